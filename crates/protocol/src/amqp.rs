@@ -1,0 +1,148 @@
+//! Bodies of the messages that travel through RabbitMQ.
+//!
+//! Every body is JSON with a schema version `v`. A consumer rejects a version it
+//! does not know instead of guessing; adding an optional field does not change
+//! the version, changing the meaning of one does.
+
+use crate::{MessageId, ReplyId, UserId};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u16 = 1;
+
+/// `content_type` of every message Switchboard publishes.
+pub const CONTENT_TYPE: &str = "application/json";
+
+/// AMQP header carrying the user a message belongs to. (The AMQP `user_id`
+/// property cannot be used: RabbitMQ checks it against the connection's login.)
+pub const USER_ID_HEADER: &str = "x-user-id";
+
+/// AMQP `type` property of a [`ChatRequest`].
+pub const CHAT_REQUEST_TYPE: &str = "chat.request";
+/// AMQP `type` property of a [`ReplyChunk`].
+pub const REPLY_CHUNK_TYPE: &str = "chat.reply_chunk";
+
+/// A user's message, published by the gateway to `chat_queue` once the client
+/// sent it; consumed by exactly one responder at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// Schema version, [`SCHEMA_VERSION`].
+    pub v: u16,
+    /// The client's message id.
+    pub id: MessageId,
+    /// Who sent it (from the verified token) and so whose queue gets the reply.
+    pub user_id: UserId,
+    pub text: String,
+    /// When the gateway accepted it, milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+}
+
+/// One chunk of an answer, published by a responder to the `chat_responses`
+/// exchange with the user id as routing key, so it lands in that user's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyChunk {
+    /// Schema version, [`SCHEMA_VERSION`].
+    pub v: u16,
+    /// Derived from `user_id` and `in_reply_to`; equal for every chunk.
+    pub id: ReplyId,
+    pub in_reply_to: MessageId,
+    /// The owner of the reply. The gateway delivers a chunk only to sockets of
+    /// this user, whatever queue it came from.
+    pub user_id: UserId,
+    pub seq: u32,
+    pub text: String,
+    pub r#final: bool,
+}
+
+/// Why an AMQP body could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("body is not valid JSON for this message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("schema version {found} is not supported (this build reads {SCHEMA_VERSION})")]
+    UnsupportedVersion { found: u16 },
+}
+
+/// Only the version, read first so that a future schema is reported as such
+/// rather than as malformed.
+#[derive(Deserialize)]
+struct Versioned {
+    v: u16,
+}
+
+/// Decodes a versioned body, checking `v` before the rest.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, BodyError> {
+    let Versioned { v } = serde_json::from_slice(body)?;
+    if v != SCHEMA_VERSION {
+        return Err(BodyError::UnsupportedVersion { found: v });
+    }
+    Ok(serde_json::from_slice(body)?)
+}
+
+/// Encodes a body. Serializing these plain structs cannot fail.
+pub fn encode<T: Serialize>(body: &T) -> Vec<u8> {
+    serde_json::to_vec(body).expect("AMQP bodies always serialize")
+}
+
+impl ChatRequest {
+    pub fn new(id: MessageId, user_id: UserId, text: String, sent_at_ms: u64) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            id,
+            user_id,
+            text,
+            sent_at_ms,
+        }
+    }
+
+    /// The reply id every chunk answering this request carries.
+    pub fn reply_id(&self) -> ReplyId {
+        ReplyId::for_request(&self.user_id, self.id)
+    }
+}
+
+impl ReplyChunk {
+    /// Chunk `seq` of the answer to `request`.
+    pub fn answering(request: &ChatRequest, seq: u32, text: String, r#final: bool) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            id: request.reply_id(),
+            in_reply_to: request.id,
+            user_id: request.user_id.clone(),
+            seq,
+            text,
+            r#final,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_versions_are_reported_as_such() {
+        let body = br#"{"v":2,"whatever":true}"#;
+        assert!(matches!(
+            decode::<ChatRequest>(body),
+            Err(BodyError::UnsupportedVersion { found: 2 })
+        ));
+        assert!(matches!(
+            decode::<ChatRequest>(b"{}"),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<ChatRequest>(b"\xff"),
+            Err(BodyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_body_with_an_invalid_user_id_is_malformed() {
+        let body = br#"{"v":1,"id":"6f1c2a4e-9a55-4a8b-9d7e-3f0c1b2a3d4e","user_id":"a.b","text":"x","sent_at_ms":0}"#;
+        assert!(matches!(
+            decode::<ChatRequest>(body),
+            Err(BodyError::Malformed(_))
+        ));
+    }
+}

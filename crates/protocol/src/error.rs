@@ -1,0 +1,121 @@
+//! Stable error and close codes. Clients branch on these strings and numbers,
+//! so a code, once published in `docs/protocol.md`, never changes meaning.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The `code` of an `error` frame (and of an HTTP error body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The text frame is not valid JSON.
+    InvalidJson,
+    /// Valid JSON, but not an object with the fields its `type` requires.
+    InvalidFrame,
+    /// The `type` is not one this server understands.
+    UnknownType,
+    /// An `id` that is not a UUID.
+    InvalidId,
+    /// `text` is empty or only white space.
+    EmptyText,
+    /// `text` is longer than the server's limit.
+    TextTooLong,
+    /// A binary WebSocket frame; the protocol is JSON text frames only.
+    BinaryNotSupported,
+    /// RabbitMQ is not reachable right now; resend the same message later.
+    BrokerUnavailable,
+    /// RabbitMQ refused the message (negative confirm or no route); resend later.
+    PublishRejected,
+    /// RabbitMQ did not confirm in time; the message may or may not have been
+    /// taken. Resend with the same `id`.
+    PublishTimeout,
+    /// The HTTP request carried no token.
+    MissingToken,
+    /// The token is malformed, wrongly signed, expired or names an invalid user.
+    InvalidToken,
+    /// An unexpected server fault; details are in the server log only.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether sending the same message again (same `id`) may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Self::BrokerUnavailable | Self::PublishRejected | Self::PublishTimeout | Self::Internal
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidFrame => "invalid_frame",
+            Self::UnknownType => "unknown_type",
+            Self::InvalidId => "invalid_id",
+            Self::EmptyText => "empty_text",
+            Self::TextTooLong => "text_too_long",
+            Self::BinaryNotSupported => "binary_not_supported",
+            Self::BrokerUnavailable => "broker_unavailable",
+            Self::PublishRejected => "publish_rejected",
+            Self::PublishTimeout => "publish_timeout",
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken => "invalid_token",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Every code, for documentation checks and exhaustive tests.
+    pub const ALL: [ErrorCode; 13] = [
+        Self::InvalidJson,
+        Self::InvalidFrame,
+        Self::UnknownType,
+        Self::InvalidId,
+        Self::EmptyText,
+        Self::TextTooLong,
+        Self::BinaryNotSupported,
+        Self::BrokerUnavailable,
+        Self::PublishRejected,
+        Self::PublishTimeout,
+        Self::MissingToken,
+        Self::InvalidToken,
+        Self::Internal,
+    ];
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// WebSocket close codes the gateway uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// 1000: the client asked to close.
+    Normal = 1000,
+    /// 1001: the gateway is shutting down; reconnect (to any gateway).
+    GoingAway = 1001,
+    /// 4000: the client read too slowly and its outbound buffer filled up;
+    /// reconnect — undelivered replies are still in the reply queue.
+    SlowConsumer = 4000,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn as_str_matches_the_serialized_form() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Switchboard's wire contract: every envelope the browser, the gateway and the
+//! responder exchange, and the names of the RabbitMQ objects they meet in.
+//!
+//! - [`ids`] — validated identifiers (`UserId`, `MessageId`, `ReplyId`).
+//! - [`ws`] — WebSocket frames between browser and gateway, with a strict decoder
+//!   that turns every bad frame into a stable [`ErrorCode`].
+//! - [`amqp`] — the versioned JSON bodies that travel through RabbitMQ.
+//! - [`topology`] — exchange, queue and routing-key names under a configurable prefix.
+//!
+//! This crate does no I/O and owns no policy beyond validation; `docs/protocol.md`
+//! documents the same contract for people writing clients.
+
+pub mod amqp;
+pub mod error;
+pub mod ids;
+pub mod topology;
+pub mod ws;
+
+pub use error::{CloseCode, ErrorCode};
+pub use ids::{IdError, MessageId, ReplyId, UserId};

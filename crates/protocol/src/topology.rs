@@ -1,0 +1,89 @@
+//! Names of every RabbitMQ object Switchboard uses. All of them sit under a
+//! configurable prefix (empty by default) so that several deployments or test
+//! runs can share one broker without colliding.
+
+use crate::UserId;
+
+/// Durable quorum queue of [`ChatRequest`](crate::amqp::ChatRequest)s.
+pub const CHAT_QUEUE: &str = "chat_queue";
+/// Durable direct exchange that routes reply chunks by user id.
+pub const RESPONSES_EXCHANGE: &str = "chat_responses";
+/// Fanout exchange that receives requests `chat_queue` gives up on.
+pub const DEAD_LETTER_EXCHANGE: &str = "chat_dead_letter";
+/// Durable queue holding dead-lettered requests for an operator to inspect.
+pub const DEAD_LETTER_QUEUE: &str = "chat_queue.dead";
+
+/// The names for one deployment (one prefix).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn prefixed(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub fn chat_queue(&self) -> String {
+        self.prefixed(CHAT_QUEUE)
+    }
+
+    pub fn responses_exchange(&self) -> String {
+        self.prefixed(RESPONSES_EXCHANGE)
+    }
+
+    pub fn dead_letter_exchange(&self) -> String {
+        self.prefixed(DEAD_LETTER_EXCHANGE)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        self.prefixed(DEAD_LETTER_QUEUE)
+    }
+
+    /// `chat_responses.<user_id>`: the user's durable reply queue.
+    pub fn reply_queue(&self, user: &UserId) -> String {
+        format!("{}{RESPONSES_EXCHANGE}.{user}", self.prefix)
+    }
+
+    /// Routing key that sends a reply to `user`'s queue through the responses
+    /// exchange. The exchange is already prefixed, so the key is the bare id.
+    pub fn reply_routing_key(user: &UserId) -> &str {
+        user.as_str()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_are_the_documented_ones() {
+        let names = Names::default();
+        let alice = UserId::parse("alice").unwrap();
+        assert_eq!(names.chat_queue(), "chat_queue");
+        assert_eq!(names.responses_exchange(), "chat_responses");
+        assert_eq!(names.reply_queue(&alice), "chat_responses.alice");
+        assert_eq!(Names::reply_routing_key(&alice), "alice");
+        assert_eq!(names.dead_letter_queue(), "chat_queue.dead");
+    }
+
+    #[test]
+    fn prefix_applies_to_every_name() {
+        let names = Names::new("t1.");
+        let bob = UserId::parse("bob").unwrap();
+        assert_eq!(names.chat_queue(), "t1.chat_queue");
+        assert_eq!(names.responses_exchange(), "t1.chat_responses");
+        assert_eq!(names.dead_letter_exchange(), "t1.chat_dead_letter");
+        assert_eq!(names.reply_queue(&bob), "t1.chat_responses.bob");
+    }
+}

@@ -1,0 +1,296 @@
+//! WebSocket frames: JSON text frames tagged by `type`.
+//!
+//! Client → gateway frames are decoded by [`ClientFrame::decode`], which never
+//! panics and maps every rejection to a stable [`ErrorCode`]. Gateway → client
+//! frames are [`ServerFrame`]s; they also deserialize, for clients written in Rust.
+
+use crate::{ErrorCode, MessageId, ReplyId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Limits applied while decoding client frames (configured by the gateway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Longest accepted `text`, counted in Unicode scalar values.
+    pub max_text_chars: usize,
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        Self {
+            max_text_chars: 4000,
+        }
+    }
+}
+
+/// A frame the client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// A chat message to be answered. `id` is chosen by the client.
+    Send { id: MessageId, text: String },
+    /// Liveness probe at the application level; answered with `pong`.
+    Ping,
+}
+
+/// Why a client frame was rejected. Becomes an `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The client's message id, when the frame carried a valid one.
+    pub id: Option<MessageId>,
+}
+
+impl FrameError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            id: None,
+        }
+    }
+
+    fn with_id(mut self, id: MessageId) -> Self {
+        self.id = Some(id);
+        self
+    }
+}
+
+impl ClientFrame {
+    /// Decodes one text frame. Unknown extra fields are ignored so that newer
+    /// clients can talk to older gateways.
+    pub fn decode(input: &str, limits: &FrameLimits) -> Result<Self, FrameError> {
+        let value: Value = serde_json::from_str(input)
+            .map_err(|e| FrameError::new(ErrorCode::InvalidJson, format!("not valid JSON: {e}")))?;
+        let Value::Object(fields) = value else {
+            return Err(FrameError::new(
+                ErrorCode::InvalidFrame,
+                "a frame must be a JSON object",
+            ));
+        };
+        let kind = match fields.get("type") {
+            Some(Value::String(kind)) => kind.as_str(),
+            Some(_) => {
+                return Err(FrameError::new(
+                    ErrorCode::InvalidFrame,
+                    "`type` must be a string",
+                ));
+            }
+            None => return Err(FrameError::new(ErrorCode::InvalidFrame, "missing `type`")),
+        };
+        match kind {
+            "ping" => Ok(Self::Ping),
+            "send" => decode_send(&fields, limits),
+            other => Err(FrameError::new(
+                ErrorCode::UnknownType,
+                format!("unknown frame type {:?}", truncate(other, 64)),
+            )),
+        }
+    }
+
+    /// The JSON text of this frame (what a client puts on the wire).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("client frames always serialize")
+    }
+}
+
+fn decode_send(
+    fields: &Map<String, Value>,
+    limits: &FrameLimits,
+) -> Result<ClientFrame, FrameError> {
+    let id = match fields.get("id") {
+        Some(Value::String(raw)) => MessageId::parse(raw)
+            .map_err(|_| FrameError::new(ErrorCode::InvalidId, "`id` must be a UUID"))?,
+        Some(_) => {
+            return Err(FrameError::new(
+                ErrorCode::InvalidId,
+                "`id` must be a UUID string",
+            ));
+        }
+        None => {
+            return Err(FrameError::new(
+                ErrorCode::InvalidFrame,
+                "`send` needs an `id`",
+            ));
+        }
+    };
+    let text = match fields.get("text") {
+        Some(Value::String(text)) => text,
+        Some(_) => {
+            return Err(
+                FrameError::new(ErrorCode::InvalidFrame, "`text` must be a string").with_id(id),
+            );
+        }
+        None => {
+            return Err(
+                FrameError::new(ErrorCode::InvalidFrame, "`send` needs a `text`").with_id(id),
+            );
+        }
+    };
+    if text.trim().is_empty() {
+        return Err(FrameError::new(ErrorCode::EmptyText, "`text` is empty").with_id(id));
+    }
+    // Count lazily: stop as soon as the limit is passed.
+    if text.chars().nth(limits.max_text_chars).is_some() {
+        return Err(FrameError::new(
+            ErrorCode::TextTooLong,
+            format!("`text` is longer than {} characters", limits.max_text_chars),
+        )
+        .with_id(id));
+    }
+    Ok(ClientFrame::Send {
+        id,
+        text: text.clone(),
+    })
+}
+
+fn truncate(s: &str, max_chars: usize) -> &str {
+    match s.char_indices().nth(max_chars) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
+/// A frame the gateway sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame on every socket: who the token says you are.
+    Welcome { user_id: UserId },
+    /// RabbitMQ has confirmed the message with this id; it will be answered.
+    Accepted { id: MessageId },
+    /// One chunk of a streamed answer.
+    Reply(ReplyFrame),
+    /// Something went wrong with a frame or with a message.
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<MessageId>,
+        /// Whether resending the same message (same `id`) may succeed.
+        retryable: bool,
+    },
+    /// Answer to `ping`.
+    Pong,
+}
+
+/// One chunk of an answer, as the browser sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyFrame {
+    /// Same for every chunk of one answer, derived from the request.
+    pub id: ReplyId,
+    /// The client's message id this answers.
+    pub in_reply_to: MessageId,
+    /// 0, 1, 2, … in the order the chunks make up the answer.
+    pub seq: u32,
+    pub text: String,
+    /// True on the last chunk of the answer, and only there.
+    pub r#final: bool,
+}
+
+impl ServerFrame {
+    pub fn error(code: ErrorCode, message: impl Into<String>, id: Option<MessageId>) -> Self {
+        Self::Error {
+            code,
+            message: message.into(),
+            id,
+            retryable: code.is_retryable(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
+impl From<FrameError> for ServerFrame {
+    fn from(e: FrameError) -> Self {
+        Self::error(e.code, e.message, e.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(input: &str) -> Result<ClientFrame, FrameError> {
+        ClientFrame::decode(input, &FrameLimits { max_text_chars: 10 })
+    }
+
+    fn code(input: &str) -> ErrorCode {
+        decode(input).expect_err(input).code
+    }
+
+    const ID: &str = "6f1c2a4e-9a55-4a8b-9d7e-3f0c1b2a3d4e";
+
+    #[test]
+    fn decodes_send_and_ping() {
+        assert_eq!(decode(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
+        assert_eq!(
+            decode(&format!(
+                r#"{{"type":"send","id":"{ID}","text":"hi","extra":1}}"#
+            )),
+            Ok(ClientFrame::Send {
+                id: MessageId::parse(ID).unwrap(),
+                text: "hi".into()
+            })
+        );
+    }
+
+    #[test]
+    fn every_rejection_has_its_code() {
+        assert_eq!(code("{"), ErrorCode::InvalidJson);
+        assert_eq!(code(""), ErrorCode::InvalidJson);
+        assert_eq!(code("[1]"), ErrorCode::InvalidFrame);
+        assert_eq!(code(r#"{"id":1}"#), ErrorCode::InvalidFrame);
+        assert_eq!(code(r#"{"type":7}"#), ErrorCode::InvalidFrame);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(
+            code(r#"{"type":"send","text":"x"}"#),
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(
+            code(r#"{"type":"send","id":"nope","text":"x"}"#),
+            ErrorCode::InvalidId
+        );
+        assert_eq!(
+            code(r#"{"type":"send","id":5,"text":"x"}"#),
+            ErrorCode::InvalidId
+        );
+        let send = |text: &str| format!(r#"{{"type":"send","id":"{ID}","text":{text}}}"#);
+        assert_eq!(code(&send("3")), ErrorCode::InvalidFrame);
+        assert_eq!(code(&send(r#""  ""#)), ErrorCode::EmptyText);
+        assert_eq!(code(&send(r#""0123456789a""#)), ErrorCode::TextTooLong);
+        assert_eq!(
+            code(&format!(r#"{{"type":"send","id":"{ID}"}}"#)),
+            ErrorCode::InvalidFrame
+        );
+    }
+
+    #[test]
+    fn text_limit_counts_characters_not_bytes() {
+        let ten_wide = "ääääääääää";
+        let frame = format!(r#"{{"type":"send","id":"{ID}","text":"{ten_wide}"}}"#);
+        assert!(decode(&frame).is_ok());
+    }
+
+    #[test]
+    fn errors_about_a_message_carry_its_id() {
+        let err = decode(&format!(r#"{{"type":"send","id":"{ID}","text":""}}"#)).unwrap_err();
+        assert_eq!(err.id, Some(MessageId::parse(ID).unwrap()));
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_not_a_stack_overflow() {
+        let deep = "[".repeat(100_000);
+        assert_eq!(code(&deep), ErrorCode::InvalidJson);
+    }
+
+    #[test]
+    fn unknown_type_message_is_bounded() {
+        let long = format!(r#"{{"type":"{}"}}"#, "x".repeat(10_000));
+        assert!(decode(&long).unwrap_err().message.len() < 200);
+    }
+}

@@ -1,0 +1,124 @@
+//! Golden JSON: the exact bytes of every envelope, as documented in
+//! `docs/protocol.md`. A failing test here means the wire format changed.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use protocol::amqp::{self, ChatRequest, ReplyChunk};
+use protocol::ws::{ClientFrame, FrameLimits, ReplyFrame, ServerFrame};
+use protocol::{ErrorCode, MessageId, ReplyId, UserId};
+use serde_json::Value;
+
+const MSG: &str = "6f1c2a4e-9a55-4a8b-9d7e-3f0c1b2a3d4e";
+
+fn msg() -> MessageId {
+    MessageId::parse(MSG).unwrap()
+}
+
+fn alice() -> UserId {
+    UserId::parse("alice").unwrap()
+}
+
+/// Serializes `value`, compares with `golden` as JSON (key order free), and
+/// checks that `golden` parses back to `value`.
+fn assert_golden<T>(value: &T, golden: &str)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let ours: Value = serde_json::to_value(value).unwrap();
+    let theirs: Value = serde_json::from_str(golden).unwrap();
+    assert_eq!(ours, theirs);
+    let back: T = serde_json::from_str(golden).unwrap();
+    assert_eq!(&back, value);
+}
+
+#[test]
+fn client_frames() {
+    let limits = FrameLimits::default();
+    let send = format!(r#"{{"type":"send","id":"{MSG}","text":"Hello"}}"#);
+    let frame = ClientFrame::Send {
+        id: msg(),
+        text: "Hello".into(),
+    };
+    assert_eq!(ClientFrame::decode(&send, &limits), Ok(frame.clone()));
+    assert_eq!(
+        serde_json::from_str::<Value>(&frame.to_json()).unwrap(),
+        serde_json::from_str::<Value>(&send).unwrap()
+    );
+    assert_eq!(
+        ClientFrame::decode(r#"{"type":"ping"}"#, &limits),
+        Ok(ClientFrame::Ping)
+    );
+    assert_eq!(ClientFrame::Ping.to_json(), r#"{"type":"ping"}"#);
+}
+
+#[test]
+fn server_frames() {
+    assert_golden(
+        &ServerFrame::Welcome { user_id: alice() },
+        r#"{"type":"welcome","user_id":"alice"}"#,
+    );
+    assert_golden(
+        &ServerFrame::Accepted { id: msg() },
+        &format!(r#"{{"type":"accepted","id":"{MSG}"}}"#),
+    );
+    let reply_id = ReplyId::for_request(&alice(), msg());
+    assert_golden(
+        &ServerFrame::Reply(ReplyFrame {
+            id: reply_id,
+            in_reply_to: msg(),
+            seq: 0,
+            text: "Hi ".into(),
+            r#final: false,
+        }),
+        &format!(
+            r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":0,"text":"Hi ","final":false}}"#
+        ),
+    );
+    assert_golden(
+        &ServerFrame::error(ErrorCode::BrokerUnavailable, "try later", Some(msg())),
+        &format!(
+            r#"{{"type":"error","code":"broker_unavailable","message":"try later","id":"{MSG}","retryable":true}}"#
+        ),
+    );
+    assert_golden(
+        &ServerFrame::error(ErrorCode::InvalidJson, "bad", None),
+        r#"{"type":"error","code":"invalid_json","message":"bad","retryable":false}"#,
+    );
+    assert_golden(&ServerFrame::Pong, r#"{"type":"pong"}"#);
+}
+
+#[test]
+fn reply_id_derivation_is_stable_across_releases() {
+    // Clients persist reply ids to drop repeats; the derivation must not drift.
+    assert_eq!(
+        ReplyId::for_request(&alice(), msg()).to_string(),
+        "f719ff90-8d54-5e40-bf50-8cdd93b8acba"
+    );
+}
+
+#[test]
+fn amqp_bodies() {
+    let request = ChatRequest::new(msg(), alice(), "Hello".into(), 1_700_000_000_000);
+    assert_golden(
+        &request,
+        &format!(
+            r#"{{"v":1,"id":"{MSG}","user_id":"alice","text":"Hello","sent_at_ms":1700000000000}}"#
+        ),
+    );
+    let chunk = ReplyChunk::answering(&request, 3, "world".into(), true);
+    let reply_id = request.reply_id();
+    assert_golden(
+        &chunk,
+        &format!(
+            r#"{{"v":1,"id":"{reply_id}","in_reply_to":"{MSG}","user_id":"alice","seq":3,"text":"world","final":true}}"#
+        ),
+    );
+    assert_eq!(
+        amqp::decode::<ChatRequest>(&amqp::encode(&request)).unwrap(),
+        request
+    );
+    assert_eq!(
+        amqp::decode::<ReplyChunk>(&amqp::encode(&chunk)).unwrap(),
+        chunk
+    );
+}
