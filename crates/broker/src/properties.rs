@@ -1,0 +1,57 @@
+//! The AMQP properties every Switchboard message carries.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use protocol::UserId;
+use protocol::amqp::{CHAT_REQUEST_TYPE, CONTENT_TYPE, REPLY_CHUNK_TYPE, USER_ID_HEADER};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// AMQP `delivery_mode` 2: written to disk, survives a broker restart.
+const PERSISTENT: u8 = 2;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+fn persistent_json(message_id: String, kind: &str, user: &UserId) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from(USER_ID_HEADER),
+        AMQPValue::LongString(user.as_str().into()),
+    );
+    BasicProperties::default()
+        .with_content_type(CONTENT_TYPE.into())
+        .with_delivery_mode(PERSISTENT)
+        .with_message_id(message_id.into())
+        .with_type(kind.into())
+        .with_timestamp(now_ms() / 1000)
+        .with_headers(headers)
+}
+
+/// Properties of a chat request: `message_id` is the client's message id.
+pub fn chat_request(message_id: protocol::MessageId, user: &UserId) -> BasicProperties {
+    persistent_json(message_id.to_string(), CHAT_REQUEST_TYPE, user)
+}
+
+/// Properties of a reply chunk: `message_id` is `<reply id>:<seq>`, and
+/// `correlation_id` the request it answers.
+pub fn reply_chunk(chunk: &protocol::amqp::ReplyChunk) -> BasicProperties {
+    persistent_json(
+        format!("{}:{}", chunk.id, chunk.seq),
+        REPLY_CHUNK_TYPE,
+        &chunk.user_id,
+    )
+    .with_correlation_id(chunk.in_reply_to.to_string().into())
+}
+
+/// The user a delivery claims to belong to (from its header), if any.
+pub fn user_header(properties: &BasicProperties) -> Option<&str> {
+    match properties.headers().as_ref()?.inner().get(USER_ID_HEADER)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        _ => None,
+    }
+}

@@ -1,0 +1,86 @@
+use serde::Deserialize;
+use std::time::Duration;
+
+/// How to reach RabbitMQ and how patient to be with it. Shared by every
+/// service; the `[amqp]` section of each service's settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    /// `amqp://user:password@host:port/vhost`. `AMQP_URL` overrides it. Never
+    /// logged with its password.
+    pub url: String,
+    /// Prefix for every exchange and queue name (empty in production; unique
+    /// per test so test runs can share a broker).
+    pub prefix: String,
+    /// AMQP heartbeat in seconds: a dead connection is noticed within about
+    /// twice this.
+    pub heartbeat_secs: u16,
+    /// Bound on the TCP connect plus AMQP handshake.
+    pub connect_timeout_ms: u64,
+    /// Bound on one publish, from writing the frame to receiving the confirm.
+    pub publish_timeout_ms: u64,
+    /// First delay before reconnecting after a failure; doubles up to the max.
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// Deliveries of one request before `chat_queue` dead-letters it
+    /// (quorum-queue `x-delivery-limit`). Part of the queue's identity:
+    /// changing it needs the queue to be re-created.
+    pub delivery_limit: u32,
+    /// Channels the process spreads its consumers over (a channel error ends
+    /// only the consumers on it, and RabbitMQ caps channels per connection).
+    pub consumer_channels: usize,
+}
+
+impl AmqpSettings {
+    /// Settings for a broker at `url` with every other knob at its default.
+    pub fn with_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: String::new(),
+            heartbeat_secs: 10,
+            connect_timeout_ms: 5_000,
+            publish_timeout_ms: 5_000,
+            reconnect_initial_ms: 200,
+            reconnect_max_ms: 5_000,
+            delivery_limit: 5,
+            consumer_channels: 8,
+        }
+    }
+
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    /// The URL with any password replaced by `***`, for logs.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redaction_hides_only_the_password() {
+        assert_eq!(
+            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://rabbit:5672"), "amqp://rabbit:5672");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+}

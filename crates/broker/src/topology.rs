@@ -1,0 +1,133 @@
+//! Idempotent declarations. Each service declares what it uses at start and
+//! after every reconnect; redeclaring with the same arguments is a no-op.
+
+use crate::{AmqpSettings, BrokerError};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, ExchangeKind};
+use protocol::UserId;
+use protocol::topology::Names;
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    }
+}
+
+fn table(entries: impl IntoIterator<Item = (&'static str, AMQPValue)>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in entries {
+        table.insert(ShortString::from(key), value);
+    }
+    table
+}
+
+/// The shared objects: the responses exchange, the request queue and its
+/// dead-letter exchange and queue.
+pub async fn declare_shared(
+    channel: &Channel,
+    names: &Names,
+    settings: &AmqpSettings,
+) -> Result<(), BrokerError> {
+    channel
+        .exchange_declare(
+            names.responses_exchange().into(),
+            ExchangeKind::Direct,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            names.dead_letter_exchange().into(),
+            ExchangeKind::Fanout,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            names.dead_letter_queue().into(),
+            durable_queue(),
+            table([("x-queue-type", AMQPValue::LongString("quorum".into()))]),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            names.dead_letter_queue().into(),
+            names.dead_letter_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            names.chat_queue().into(),
+            durable_queue(),
+            table([
+                ("x-queue-type", AMQPValue::LongString("quorum".into())),
+                (
+                    "x-dead-letter-exchange",
+                    AMQPValue::LongString(names.dead_letter_exchange().into()),
+                ),
+                (
+                    "x-delivery-limit",
+                    AMQPValue::LongLongInt(i64::from(settings.delivery_limit)),
+                ),
+            ]),
+        )
+        .await?;
+    Ok(())
+}
+
+/// How a user's reply queue is shaped.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyQueueShape {
+    /// `x-expires`: the queue is deleted after this long without consumers.
+    pub expires_ms: u64,
+}
+
+/// Declares `user`'s durable reply queue and binds it to the responses
+/// exchange with the user id as routing key. Single-active-consumer keeps
+/// per-user order when several gateways consume the same queue.
+pub async fn declare_reply_queue(
+    channel: &Channel,
+    names: &Names,
+    user: &UserId,
+    shape: ReplyQueueShape,
+) -> Result<String, BrokerError> {
+    let queue = names.reply_queue(user);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            durable_queue(),
+            table([
+                ("x-queue-type", AMQPValue::LongString("classic".into())),
+                (
+                    "x-expires",
+                    AMQPValue::LongLongInt(i64::try_from(shape.expires_ms).unwrap_or(i64::MAX)),
+                ),
+                ("x-single-active-consumer", AMQPValue::Boolean(true)),
+            ]),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            names.responses_exchange().into(),
+            Names::reply_routing_key(user).into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(queue)
+}

@@ -1,0 +1,14 @@
+//! Process plumbing every Switchboard service shares, set up once per process:
+//!
+//! - [`settings`] — layered configuration (built-in defaults, an optional file,
+//!   environment variables).
+//! - [`telemetry`] — the `tracing` subscriber (env filter; text or JSON).
+//! - [`shutdown`] — one future for Ctrl-C and SIGTERM.
+//! - [`health`] — `/healthz` and `/readyz` handlers.
+//!
+//! Nothing here knows about chat, WebSockets or RabbitMQ.
+
+pub mod health;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
