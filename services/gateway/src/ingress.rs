@@ -1,0 +1,54 @@
+//! The way into the pipeline: turn a user's message into a confirmed
+//! `chat_queue` publish. Every failure becomes a stable client-facing code.
+
+use broker::{Broker, PublishError, properties};
+use protocol::amqp::{self, ChatRequest};
+use protocol::{ErrorCode, MessageId, UserId};
+use tracing::warn;
+
+/// Publishes the message persistently to `chat_queue` and waits for
+/// RabbitMQ's confirm. `Ok` means it will be answered.
+///
+/// The caller must know that the user's reply queue exists (a socket waits
+/// for its [`Subscription`](crate::replies::Subscription) to be ready): an
+/// answer published before the queue is bound is unroutable and lost.
+pub async fn submit(
+    broker: &Broker,
+    user: &UserId,
+    id: MessageId,
+    text: String,
+) -> Result<(), ErrorCode> {
+    let Some(session) = broker.current() else {
+        return Err(ErrorCode::BrokerUnavailable);
+    };
+    let request = ChatRequest::new(id, user.clone(), text, properties::now_ms());
+    let published = session
+        .publisher()
+        .publish(
+            "",
+            &broker.names().chat_queue(),
+            &amqp::encode(&request),
+            properties::chat_request(id, user),
+        )
+        .await;
+    published.map_err(|e| {
+        warn!(user_id = %user, message_id = %id, error = %e, "publish failed");
+        match e {
+            PublishError::Timeout(_) => ErrorCode::PublishTimeout,
+            PublishError::Nacked | PublishError::Unroutable { .. } => ErrorCode::PublishRejected,
+            PublishError::Amqp(_) => ErrorCode::BrokerUnavailable,
+        }
+    })
+}
+
+/// The human text for an ingress failure.
+pub fn describe(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BrokerUnavailable => "the message broker is unreachable; send again later",
+        ErrorCode::PublishRejected => "the message broker refused the message; send again later",
+        ErrorCode::PublishTimeout => {
+            "the message broker did not confirm in time; send again with the same id"
+        }
+        _ => "the message could not be queued",
+    }
+}

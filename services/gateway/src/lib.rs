@@ -1,0 +1,175 @@
+//! The gateway: owns browser WebSockets and the per-user reply queues.
+//!
+//! - [`http`] — `POST /api/session` (guest identity), `GET /ws` (the chat
+//!   socket), `/healthz`, `/readyz`, and the web UI.
+//! - `socket`: one connection's read/write loop.
+//! - [`ingress`] — a user's message → a confirmed publish to `chat_queue`.
+//! - [`replies`] — per-user reply-queue consumers fanning out to local sockets.
+//! - [`auth`] — HS256 tokens; the user id comes from them alone.
+//! - [`settings`] — configuration.
+//!
+//! [`Gateway::build`] then [`Gateway::run_until_stopped`] is the whole life of
+//! the service; [`Gateway::spawn`] runs it in the background.
+
+pub mod auth;
+pub mod http;
+pub mod ingress;
+pub mod replies;
+pub mod settings;
+mod socket;
+
+pub use settings::Settings;
+
+use anyhow::Context;
+use auth::Tokens;
+use broker::Broker;
+use broker::topology::ReplyQueueShape;
+use replies::ReplyRouter;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// How long shutdown waits for sockets and consumers to close.
+const DRAIN_BOUND: Duration = Duration::from_secs(5);
+
+/// What every request handler and socket shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub settings: Settings,
+    pub broker: Broker,
+    pub replies: ReplyRouter,
+    pub tokens: Tokens,
+    /// Fires when the gateway begins to stop; sockets close with 1001.
+    pub stop: CancellationToken,
+    /// Socket tasks, so shutdown can wait for them.
+    pub sockets: TaskTracker,
+}
+
+/// A built gateway: listening, connecting to RabbitMQ, not yet serving.
+#[derive(Debug)]
+pub struct Gateway {
+    listener: TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Gateway {
+    /// Binds `http.listen` and starts connecting to RabbitMQ in the
+    /// background (an unreachable broker is retried, not fatal).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&settings.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on http.listen = {}", settings.http.listen))?;
+        if settings.auth.jwt_secret == settings::DEV_JWT_SECRET {
+            warn!(
+                "auth.jwt_secret is the built-in development secret: anyone can forge tokens. \
+                 Set SWITCHBOARD_AUTH__JWT_SECRET to a long random value in any real deployment"
+            );
+        }
+        let broker = Broker::start(settings.amqp.clone(), "switchboard-gateway");
+        let replies = ReplyRouter::new(
+            broker.clone(),
+            ReplyQueueShape {
+                expires_ms: settings.reply_queue.expires_ms,
+            },
+            settings.reply_queue.prefetch,
+        );
+        let state = Arc::new(AppState {
+            tokens: Tokens::new(&settings.auth),
+            settings,
+            broker,
+            replies,
+            stop: CancellationToken::new(),
+            sockets: TaskTracker::new(),
+        });
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then closes every socket with 1001,
+    /// cancels the reply consumers and disconnects from RabbitMQ.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let running = self.spawn();
+        shutdown.await;
+        running.stop().await
+    }
+
+    /// Starts serving in the background.
+    pub fn spawn(self) -> RunningGateway {
+        let addr = self.local_addr();
+        info!(%addr, "gateway listening: http://{addr}/ (WebSocket at /ws)");
+        let state = self.state;
+        let app = http::router(state.clone());
+        let stop = state.stop.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+        RunningGateway {
+            addr,
+            state,
+            server,
+        }
+    }
+}
+
+/// A gateway serving in the background.
+#[derive(Debug)]
+pub struct RunningGateway {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningGateway {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state.broker.is_connected()
+    }
+
+    /// Users with at least one socket on this gateway.
+    pub fn online_users(&self) -> usize {
+        self.state.replies.online_users()
+    }
+
+    /// Graceful stop, bounded: sockets get 1001, consumers are cancelled
+    /// (their unprocessed deliveries requeued), then the connection closes.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let state = self.state;
+        state.stop.cancel();
+        let served = self.server.await.context("HTTP server task panicked")?;
+        state.sockets.close();
+        if tokio::time::timeout(DRAIN_BOUND, state.sockets.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = state.sockets.len(),
+                "sockets still open after the drain bound"
+            );
+        }
+        if tokio::time::timeout(DRAIN_BOUND, state.replies.drain())
+            .await
+            .is_err()
+        {
+            warn!("reply consumers still running after the drain bound");
+        }
+        state.broker.close().await;
+        info!("gateway stopped");
+        served.context("HTTP server failed")
+    }
+}

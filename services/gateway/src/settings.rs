@@ -1,0 +1,75 @@
+use broker::AmqpSettings;
+use platform::telemetry::LogSettings;
+use serde::Deserialize;
+
+/// Built-in defaults; also the reference for every key.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// The development secret shipped in the defaults; using it is warned about.
+pub const DEV_JWT_SECRET: &str = "switchboard-dev-secret-change-me";
+
+/// All gateway settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub log: LogSettings,
+    pub http: HttpSettings,
+    pub auth: AuthSettings,
+    pub websocket: WebSocketSettings,
+    pub reply_queue: ReplyQueueSettings,
+}
+
+impl Settings {
+    /// Defaults, then `SWITCHBOARD_CONFIG`, `AMQP_URL` and `SWITCHBOARD_*`.
+    pub fn load() -> Result<Self, platform::settings::ConfigError> {
+        platform::settings::load(DEFAULTS)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    /// `host:port` to serve on.
+    pub listen: String,
+    /// Directory of the built web UI, served at `/`.
+    pub web_dir: String,
+}
+
+#[derive(Clone, Deserialize)]
+pub struct AuthSettings {
+    /// HS256 signing secret, shared by every replica. Never logged.
+    pub jwt_secret: String,
+    /// Token issuer (`iss`), set on issued tokens and required on verified ones.
+    pub issuer: String,
+    /// Lifetime of guest tokens.
+    pub guest_token_ttl_secs: u64,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("jwt_secret", &"***")
+            .field("issuer", &self.issuer)
+            .field("guest_token_ttl_secs", &self.guest_token_ttl_secs)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebSocketSettings {
+    /// Longest accepted message text, in characters.
+    pub max_text_chars: usize,
+    /// Largest accepted WebSocket message, in bytes.
+    pub max_message_bytes: usize,
+    /// Frames queued per socket before it is dropped as too slow.
+    pub outbound_buffer: usize,
+    /// Unconfirmed sends per socket before reading pauses.
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReplyQueueSettings {
+    /// `x-expires` of reply queues.
+    pub expires_ms: u64,
+    /// Prefetch of each per-user consumer.
+    pub prefetch: u16,
+}

@@ -1,0 +1,162 @@
+//! The responder: a stand-in for a model worker. It consumes `chat_queue` and
+//! streams a mocked answer to each requester's reply queue. Any number of
+//! replicas can run side by side; RabbitMQ spreads requests over them.
+//!
+//! - [`settings`] — configuration.
+//! - [`mock`] — the mocked answer and its chunking.
+//! - `worker`: the consumer and the per-request handler (ack after the final
+//!   chunk is confirmed).
+//!
+//! [`Responder::build`] then [`Responder::run_until_stopped`] is the whole
+//! life of the service; [`Responder::spawn`] runs it in the background.
+
+pub mod mock;
+pub mod settings;
+mod worker;
+
+pub use settings::Settings;
+pub use worker::Counters;
+
+use anyhow::Context;
+use broker::Broker;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use worker::Worker;
+
+/// A built responder, not yet running.
+#[derive(Debug)]
+pub struct Responder {
+    worker: Arc<Worker>,
+    health: Option<TcpListener>,
+}
+
+impl Responder {
+    /// Binds the health endpoint and starts connecting to RabbitMQ (in the
+    /// background: an unreachable broker is retried, not fatal).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let health = match settings.health.listen.trim() {
+            "" => None,
+            addr => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on health.listen = {addr}"))?,
+            ),
+        };
+        let broker = Broker::start(settings.amqp.clone(), "switchboard-responder");
+        let worker = Arc::new(Worker {
+            settings,
+            broker,
+            counters: watch::channel(Counters::default()).0,
+            tasks: TaskTracker::new(),
+            abandon: CancellationToken::new(),
+        });
+        Ok(Self { worker, health })
+    }
+
+    /// Where `/healthz` and `/readyz` answer, if enabled.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Runs until `shutdown` resolves, then stops taking requests, lets
+    /// in-flight answers finish within the grace period and disconnects.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let running = self.spawn();
+        shutdown.await;
+        running.stop().await;
+        Ok(())
+    }
+
+    /// Starts the responder in the background.
+    pub fn spawn(self) -> RunningResponder {
+        let Self { worker, health } = self;
+        let stop = CancellationToken::new();
+        let health_task = health.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                info!(%addr, "responder health endpoints: /healthz, /readyz");
+            }
+            let broker = worker.broker.clone();
+            let app = platform::health::router(Arc::new(move || broker.is_connected()));
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await });
+                if let Err(e) = serve.await {
+                    warn!(error = %e, "health endpoint failed");
+                }
+            })
+        });
+        let consumer = tokio::spawn(worker::consume(worker.clone(), stop.clone()));
+        RunningResponder {
+            worker,
+            stop,
+            consumer,
+            health: health_task,
+        }
+    }
+}
+
+/// A responder running in the background.
+#[derive(Debug)]
+pub struct RunningResponder {
+    worker: Arc<Worker>,
+    stop: CancellationToken,
+    consumer: JoinHandle<()>,
+    health: Option<JoinHandle<()>>,
+}
+
+impl RunningResponder {
+    /// A live view of what this responder has done.
+    pub fn counters(&self) -> watch::Receiver<Counters> {
+        self.worker.counters.subscribe()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.worker.broker.is_connected()
+    }
+
+    /// Graceful stop: no new requests; in-flight answers get the grace period
+    /// to finish; whatever is left unacked returns to `chat_queue`.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.consumer.await;
+        let tasks = &self.worker.tasks;
+        tasks.close();
+        let grace = Duration::from_millis(self.worker.settings.worker.shutdown_grace_ms);
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            warn!(
+                in_flight = tasks.len(),
+                "grace period over; abandoning answers in flight (they will be redelivered)"
+            );
+            self.worker.abandon.cancel();
+            tasks.wait().await;
+        }
+        self.worker.broker.close().await;
+        if let Some(health) = self.health {
+            let _ = health.await;
+        }
+        info!("responder stopped");
+    }
+
+    /// Stops at once, as a crash would: answers in flight are abandoned
+    /// unacked and the connection is closed, so RabbitMQ redelivers them.
+    pub async fn kill(self) {
+        self.worker.abandon.cancel();
+        self.stop.cancel();
+        self.worker.tasks.close();
+        self.worker.tasks.wait().await;
+        let _ = self.consumer.await;
+        self.worker.broker.close().await;
+        if let Some(health) = self.health {
+            let _ = health.await;
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! `cargo run -p responder`: one responder replica. Run as many as you like.
+
+use anyhow::Context;
+use responder::{Responder, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load().context("invalid responder settings")?;
+    platform::telemetry::init(&settings.log);
+    Responder::build(settings)
+        .await?
+        .run_until_stopped(platform::shutdown::signal())
+        .await
+}

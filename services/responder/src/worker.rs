@@ -1,0 +1,213 @@
+//! The request consumer: takes requests from `chat_queue` (manual acks, up to
+//! `prefetch` at once), streams each answer to the user's reply queue with
+//! confirms, and acks a request only after its final chunk is confirmed.
+
+use crate::mock;
+use crate::settings::Settings;
+use broker::lapin::message::Delivery;
+use broker::lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
+use broker::lapin::types::FieldTable;
+use broker::{Broker, BrokerError, PublishError, Session, properties};
+use futures_util::StreamExt;
+use protocol::amqp::{self, ChatRequest, ReplyChunk};
+use protocol::topology::Names;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+/// What the responder has done, for tests and operators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Requests answered in full and acked.
+    pub answered: u64,
+    /// Requests that could not be read and were dead-lettered.
+    pub rejected: u64,
+}
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub settings: Settings,
+    pub broker: Broker,
+    pub counters: watch::Sender<Counters>,
+    /// Requests are handled on this tracker so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Fires when in-flight answers must be abandoned (grace period over, or
+    /// a kill): handlers stop without acking, so RabbitMQ redelivers.
+    pub abandon: CancellationToken,
+}
+
+/// Consumes until `stop` fires, re-subscribing on every new broker session.
+pub(crate) async fn consume(worker: Arc<Worker>, stop: CancellationToken) {
+    let mut failed_generation = None;
+    loop {
+        let Some(session) = worker.broker.next_session(failed_generation, &stop).await else {
+            return;
+        };
+        match consume_session(&worker, &session, &stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                session.fail(&format!("request consumer ended: {e}"));
+                failed_generation = Some(session.generation());
+            }
+        }
+    }
+}
+
+async fn consume_session(
+    worker: &Arc<Worker>,
+    session: &Session,
+    stop: &CancellationToken,
+) -> Result<(), BrokerError> {
+    // A channel of its own: its prefetch is ours alone, and handlers keep a
+    // handle on it so it stays open until their acks are sent.
+    let channel = session.open_channel().await?;
+    channel
+        .basic_qos(worker.settings.worker.prefetch, BasicQosOptions::default())
+        .await?;
+    let queue = worker.broker.names().chat_queue();
+    let tag = format!("responder-{}", protocol::MessageId::new_random());
+    let mut requests = channel
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    info!(
+        queue,
+        prefetch = worker.settings.worker.prefetch,
+        "consuming requests"
+    );
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                // Stop taking work; what was prefetched but not started goes back.
+                broker::consumer::cancel_and_requeue(&channel, &tag, requests).await;
+                return Ok(());
+            }
+            next = requests.next() => match next {
+                Some(Ok(delivery)) => {
+                    let worker = worker.clone();
+                    let session = session.clone();
+                    let channel = channel.clone();
+                    worker.tasks.clone().spawn(async move {
+                        let abandon = worker.abandon.clone();
+                        tokio::select! {
+                            _ = abandon.cancelled() => debug!("answer abandoned; RabbitMQ will redeliver the request"),
+                            _ = handle(&worker, &session, delivery) => {}
+                        }
+                        drop(channel);
+                    });
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(BrokerError::ConsumerEnded),
+            }
+        }
+    }
+}
+
+/// Answers one request. Every path ends in exactly one ack, nack or reject
+/// (or none at all when the channel is gone, in which case RabbitMQ requeues).
+async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
+    let request = match amqp::decode::<ChatRequest>(&delivery.data) {
+        Ok(request) => request,
+        Err(e) => {
+            error!(
+                error = %e,
+                message_id = ?delivery.properties.message_id(),
+                user_id = ?properties::user_header(&delivery.properties),
+                "unreadable request; dead-lettering it"
+            );
+            let reject = delivery.reject(BasicRejectOptions { requeue: false }).await;
+            if let Err(e) = reject {
+                warn!(error = %e, "could not reject the unreadable request");
+            }
+            worker.counters.send_modify(|c| c.rejected += 1);
+            return;
+        }
+    };
+    let span = info_span!(
+        "answer",
+        user_id = %request.user_id,
+        message_id = %request.id,
+        redelivered = delivery.redelivered,
+    );
+    async {
+        match stream_answer(worker, session, &request).await {
+            Ok(()) => {
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    // The channel is gone; the request comes back and is answered
+                    // again with the same reply id and seq numbers.
+                    warn!(error = %e, "could not ack the answered request");
+                    return;
+                }
+                worker.counters.send_modify(|c| c.answered += 1);
+                debug!("answered");
+            }
+            Err(e) => {
+                warn!(error = %e, "answer failed; requeueing the request");
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                if let Err(e) = delivery.nack(requeue).await {
+                    warn!(error = %e, "could not requeue the request");
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Publishes every chunk, keeping their confirms in flight, then waits for
+/// all of them. A reply with no queue to go to (the user's queue expired) is
+/// dropped with a warning: there is nobody left to read it.
+async fn stream_answer(
+    worker: &Worker,
+    session: &Session,
+    request: &ChatRequest,
+) -> Result<(), PublishError> {
+    let mock = &worker.settings.mock;
+    let chunks = mock::answer(mock, &request.text);
+    let last = chunks.len() - 1;
+    let exchange = worker.broker.names().responses_exchange();
+    let routing_key = Names::reply_routing_key(&request.user_id);
+    let delay = Duration::from_millis(mock.chunk_delay_ms);
+    let mut pending = Vec::with_capacity(chunks.len());
+    for (seq, text) in chunks.into_iter().enumerate() {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let chunk = ReplyChunk::answering(request, seq as u32, text, seq == last);
+        let confirm = session
+            .publisher()
+            .start(
+                &exchange,
+                routing_key,
+                &amqp::encode(&chunk),
+                properties::reply_chunk(&chunk),
+            )
+            .await?;
+        pending.push(confirm);
+    }
+    let mut unroutable = false;
+    for confirm in pending {
+        match confirm.wait().await {
+            Ok(()) => {}
+            Err(PublishError::Unroutable { .. }) => unroutable = true,
+            Err(e) => return Err(e),
+        }
+    }
+    if unroutable {
+        warn!("the user's reply queue does not exist (expired?); answer dropped");
+    }
+    Ok(())
+}
