@@ -1,0 +1,176 @@
+use crate::WAIT;
+use anyhow::{Context, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use protocol::ws::{ReplyFrame, ServerFrame};
+use protocol::{MessageId, UserId};
+use std::net::SocketAddr;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A guest identity from `POST /api/session`.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    pub user_id: UserId,
+    pub token: String,
+}
+
+/// Asks the gateway at `addr` for a new guest identity.
+pub async fn guest_session(addr: SocketAddr) -> anyhow::Result<Guest> {
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/api/session"))
+        .send()
+        .await?
+        .error_for_status()?;
+    let body: serde_json::Value = response.json().await?;
+    Ok(Guest {
+        user_id: UserId::parse(body["user_id"].as_str().context("no user_id")?.to_owned())?,
+        token: body["token"].as_str().context("no token")?.to_owned(),
+    })
+}
+
+/// A WebSocket chat client, as a browser would be.
+#[derive(Debug)]
+pub struct ChatClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub user_id: UserId,
+}
+
+/// What ended a socket, as the client saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// A close frame with this code.
+    Code(u16),
+    /// The connection ended without a close frame.
+    Abrupt,
+}
+
+impl ChatClient {
+    /// Opens `/ws?token=…` and reads the `welcome` frame.
+    pub async fn connect(addr: SocketAddr, token: &str) -> anyhow::Result<Self> {
+        let url = format!("ws://{addr}/ws?token={token}");
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .context("WebSocket connect timed out")??;
+        let mut client = Self {
+            ws,
+            user_id: UserId::new_guest(),
+        };
+        match client.next_frame().await? {
+            ServerFrame::Welcome { user_id } => client.user_id = user_id,
+            other => bail!("expected welcome, got {other:?}"),
+        }
+        Ok(client)
+    }
+
+    /// Sends raw text as one frame.
+    pub async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
+        self.ws.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.ws.send(Message::binary(bytes)).await?;
+        Ok(())
+    }
+
+    /// Sends a chat message with a fresh id and returns the id.
+    pub async fn send_message(&mut self, text: &str) -> anyhow::Result<MessageId> {
+        let id = MessageId::new_random();
+        let frame = protocol::ws::ClientFrame::Send {
+            id,
+            text: text.to_owned(),
+        };
+        self.send_text(&frame.to_json()).await?;
+        Ok(id)
+    }
+
+    /// The next protocol frame (WebSocket pings and pongs are skipped).
+    pub async fn next_frame(&mut self) -> anyhow::Result<ServerFrame> {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .context("timed out waiting for a frame")?
+                .ok_or_else(|| anyhow!("socket closed"))??;
+            match message {
+                Message::Text(text) => {
+                    return serde_json::from_str(&text)
+                        .with_context(|| format!("not a server frame: {text}"));
+                }
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => bail!("unexpected WebSocket message {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for `accepted` for `id`; fails on any other frame first.
+    pub async fn expect_accepted(&mut self, id: MessageId) -> anyhow::Result<()> {
+        match self.next_frame().await? {
+            ServerFrame::Accepted { id: got } if got == id => Ok(()),
+            other => bail!("expected accepted for {id}, got {other:?}"),
+        }
+    }
+
+    /// Sends a message and waits for its `accepted`.
+    pub async fn send_accepted(&mut self, text: &str) -> anyhow::Result<MessageId> {
+        let id = self.send_message(text).await?;
+        self.expect_accepted(id).await?;
+        Ok(id)
+    }
+
+    /// Reads reply chunks answering `id` until its final chunk, returning all
+    /// of them as received (duplicates included). Other frames are an error.
+    pub async fn collect_reply(&mut self, id: MessageId) -> anyhow::Result<Vec<ReplyFrame>> {
+        let mut chunks = Vec::new();
+        loop {
+            match self.next_frame().await? {
+                ServerFrame::Reply(chunk) if chunk.in_reply_to == id => {
+                    let done = chunk.r#final;
+                    chunks.push(chunk);
+                    if done {
+                        return Ok(chunks);
+                    }
+                }
+                other => bail!("while collecting the reply to {id}: unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Sends `ping` and returns every frame that arrived before the `pong`:
+    /// a way to prove nothing else is pending on the socket.
+    pub async fn frames_before_pong(&mut self) -> anyhow::Result<Vec<ServerFrame>> {
+        self.send_text(r#"{"type":"ping"}"#).await?;
+        let mut before = Vec::new();
+        loop {
+            match self.next_frame().await? {
+                ServerFrame::Pong => return Ok(before),
+                other => before.push(other),
+            }
+        }
+    }
+
+    /// Waits for the server to close the socket and reports how.
+    pub async fn closed(&mut self) -> anyhow::Result<Closed> {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .context("timed out waiting for the socket to close")?;
+            match next {
+                Some(Ok(Message::Close(Some(CloseFrame { code, .. })))) => {
+                    return Ok(Closed::Code(code.into()));
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Ok(Closed::Abrupt),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Closes the socket as a browser tab would.
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        self.ws.close(None).await?;
+        // Drain until the server acknowledges the close.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+        Ok(())
+    }
+}

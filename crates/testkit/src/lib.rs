@@ -1,0 +1,32 @@
+//! Test fixtures shared by every integration test:
+//!
+//! - [`amqp_url`] — a real RabbitMQ — `AMQP_URL` when set, otherwise one started
+//!   with testcontainers, otherwise a failure that says exactly what is missing.
+//! - [`unique_prefix`] and [`Cleanup`]: each test gets its own exchange and
+//!   queue names, removed when it ends, so tests share one broker safely.
+//! - [`ChatClient`] — a real WebSocket client speaking the chat protocol.
+//! - [`wait_until`] — wait for a condition with a timeout (never a bare sleep).
+
+mod broker_fixture;
+mod client;
+
+pub use broker_fixture::{Cleanup, amqp_url, unique_prefix};
+pub use client::{ChatClient, Closed, Guest, guest_session};
+
+use std::time::Duration;
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `condition` every few milliseconds until it holds; fails after
+/// [`WAIT`] with `what` in the message.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

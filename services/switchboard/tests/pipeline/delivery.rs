@@ -1,0 +1,103 @@
+use crate::stack::{Mock, TestStack, expected_answer, wait_counters};
+use std::collections::BTreeSet;
+use testkit::ChatClient;
+
+#[tokio::test]
+async fn a_reply_produced_while_the_user_is_offline_arrives_when_they_reconnect() {
+    // No responder yet: the request waits in chat_queue.
+    let mut stack = TestStack::start(0, Mock::default()).await;
+    let (guest, mut client) = stack.client().await;
+    let id = client.send_accepted("are you there?").await.unwrap();
+    client.close().await.unwrap();
+    testkit::wait_until("the gateway has no socket of the user", || {
+        stack.gateway().online_users() == 0
+    })
+    .await;
+
+    // The answer is produced entirely while the user is offline.
+    let mut counters = stack.start_responder(Mock::default()).await;
+    wait_counters(&mut counters, "the request is answered", |c| {
+        c.answered == 1
+    })
+    .await;
+
+    let mut client = ChatClient::connect(stack.addr(), &guest.token)
+        .await
+        .unwrap();
+    assert_eq!(client.user_id, guest.user_id);
+    let chunks = client.collect_reply(id).await.unwrap();
+    let seqs: Vec<u32> = chunks.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, (0..chunks.len() as u32).collect::<Vec<_>>());
+    let text: String = chunks.iter().map(|c| c.text.as_str()).collect();
+    assert_eq!(text, expected_answer("are you there?"));
+}
+
+#[tokio::test]
+async fn every_socket_of_a_user_on_a_gateway_gets_every_reply() {
+    let stack = TestStack::start(1, Mock::default()).await;
+    let (guest, mut tab1) = stack.client().await;
+    let mut tab2 = ChatClient::connect(stack.addr(), &guest.token)
+        .await
+        .unwrap();
+    let id = tab1.send_accepted("two tabs").await.unwrap();
+    let in_tab1 = tab1.collect_reply(id).await.unwrap();
+    let in_tab2 = tab2.collect_reply(id).await.unwrap();
+    assert_eq!(in_tab1, in_tab2);
+}
+
+#[tokio::test]
+async fn a_responder_killed_mid_answer_leaves_no_request_unanswered() {
+    // A slow responder: one word per chunk, 100 ms apart.
+    let slow = Mock {
+        words_per_chunk: 1,
+        chunk_delay_ms: 100,
+        prefetch: 4,
+    };
+    let mut stack = TestStack::start(1, slow).await;
+    let (_, mut client) = stack.client().await;
+    let id = client.send_accepted("please survive this").await.unwrap();
+
+    // Wait until the answer is visibly under way, then kill its responder.
+    let first = client.next_frame().await.unwrap();
+    assert!(
+        matches!(&first, protocol::ws::ServerFrame::Reply(c) if c.in_reply_to == id && !c.r#final),
+        "{first:?}"
+    );
+    let victim = stack.responders.remove(0);
+    let killed_counters = victim.counters();
+    victim.kill().await;
+    assert_eq!(
+        killed_counters.borrow().answered,
+        0,
+        "killed before it could finish"
+    );
+
+    // Another responder (same answer, no delay) takes the requeued request
+    // and answers it in full.
+    let fast = Mock {
+        chunk_delay_ms: 0,
+        ..slow
+    };
+    let mut counters = stack.start_responder(fast).await;
+    let rest = client.collect_reply(id).await.unwrap();
+    wait_counters(&mut counters, "the survivor answered", |c| c.answered == 1).await;
+
+    let last = rest.last().unwrap();
+    assert!(last.r#final);
+    // At-least-once on the wire: seqs may repeat, but none may be missing,
+    // and a repeated seq carries the same text (derived ids, same answer).
+    let mut by_seq = std::collections::BTreeMap::new();
+    if let protocol::ws::ServerFrame::Reply(c) = first {
+        by_seq.insert(c.seq, c.text);
+    }
+    for chunk in &rest {
+        if let Some(earlier) = by_seq.insert(chunk.seq, chunk.text.clone()) {
+            assert_eq!(earlier, chunk.text, "a repeated chunk is the same chunk");
+        }
+        assert_eq!(chunk.id, last.id, "one reply id across both responders");
+    }
+    let seqs: BTreeSet<u32> = by_seq.keys().copied().collect();
+    assert_eq!(seqs, (0..=last.seq).collect::<BTreeSet<_>>());
+    let text: String = by_seq.values().map(String::as_str).collect();
+    assert_eq!(text, expected_answer("please survive this"));
+}

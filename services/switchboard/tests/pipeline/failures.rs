@@ -1,0 +1,107 @@
+use crate::stack::{Mock, TestStack};
+use protocol::ErrorCode;
+use protocol::ws::ServerFrame;
+use testkit::{ChatClient, Closed};
+
+fn error_code(frame: &ServerFrame) -> (ErrorCode, bool) {
+    match frame {
+        ServerFrame::Error {
+            code, retryable, ..
+        } => (*code, *retryable),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sending_while_the_broker_is_down_gets_a_clear_retryable_error() {
+    let stack = TestStack::start(0, Mock::default()).await;
+    // A gateway whose broker never answers: nothing listens on port 1.
+    let mut settings = stack.gateway_settings();
+    settings.amqp.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    let down = gateway::Gateway::build(settings).await.unwrap().spawn();
+    let addr = down.addr();
+
+    let http = reqwest::Client::new();
+    let health = http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "alive without a broker");
+    let ready = http
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "not ready without a broker");
+
+    // Identity and sockets do not need the broker; sending does.
+    let guest = testkit::guest_session(addr).await.unwrap();
+    let mut client = ChatClient::connect(addr, &guest.token).await.unwrap();
+    let id = client.send_message("anyone?").await.unwrap();
+    let frame = client.next_frame().await.unwrap();
+    assert_eq!(error_code(&frame), (ErrorCode::BrokerUnavailable, true));
+    assert!(matches!(frame, ServerFrame::Error { id: Some(got), .. } if got == id));
+    // The socket stays usable.
+    assert!(client.frames_before_pong().await.unwrap().is_empty());
+    down.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_ready_gateway_says_so() {
+    let stack = TestStack::start(0, Mock::default()).await;
+    let ready = reqwest::get(format!("http://{}/readyz", stack.addr()))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_frames_get_stable_error_codes_and_the_socket_stays_open() {
+    let stack = TestStack::start(0, Mock::default()).await;
+    let (_, mut client) = stack.client().await;
+    let id = "6f1c2a4e-9a55-4a8b-9d7e-3f0c1b2a3d4e";
+    let long = "x".repeat(4001);
+    let cases = [
+        ("{oops".to_owned(), ErrorCode::InvalidJson),
+        (r#"{"type":"dance"}"#.to_owned(), ErrorCode::UnknownType),
+        (
+            r#"{"type":"send","text":"hi"}"#.to_owned(),
+            ErrorCode::InvalidFrame,
+        ),
+        (
+            r#"{"type":"send","id":"nope","text":"hi"}"#.to_owned(),
+            ErrorCode::InvalidId,
+        ),
+        (
+            format!(r#"{{"type":"send","id":"{id}","text":"   "}}"#),
+            ErrorCode::EmptyText,
+        ),
+        (
+            format!(r#"{{"type":"send","id":"{id}","text":"{long}"}}"#),
+            ErrorCode::TextTooLong,
+        ),
+    ];
+    for (frame, code) in cases {
+        client.send_text(&frame).await.unwrap();
+        let answer = client.next_frame().await.unwrap();
+        assert_eq!(error_code(&answer), (code, false), "{frame:.60}");
+    }
+    client.send_binary(vec![0, 159, 146, 150]).await.unwrap();
+    let answer = client.next_frame().await.unwrap();
+    assert_eq!(error_code(&answer), (ErrorCode::BinaryNotSupported, false));
+    assert!(
+        client.frames_before_pong().await.unwrap().is_empty(),
+        "still serving"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_going_away() {
+    let mut stack = TestStack::start(0, Mock::default()).await;
+    let (_, mut client) = stack.client().await;
+    let gateway = stack.gateway.take().unwrap();
+    let stopping = tokio::spawn(gateway.stop());
+    assert_eq!(client.closed().await.unwrap(), Closed::Code(1001));
+    stopping.await.unwrap().unwrap();
+}
