@@ -10,6 +10,7 @@ use lapin::options::ConfirmSelectOptions;
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 use protocol::topology::Names;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OnceCell, watch};
@@ -17,6 +18,10 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+
+/// Whether this process has already explained that RabbitMQ is unreachable
+/// (two services in one process should not both print the long hint).
+static UNREACHABLE_EXPLAINED: AtomicBool = AtomicBool::new(false);
 
 /// Handle on the process's RabbitMQ connection. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -213,10 +218,12 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
         match outcome {
             Ok(session) => {
                 generation = session.generation();
-                if failures > 0 {
-                    info!(generation, url = %settings.redacted_url(), "reconnected to RabbitMQ");
+                UNREACHABLE_EXPLAINED.store(false, Ordering::Relaxed);
+                let url = settings.redacted_url();
+                if generation > 1 || failures > 0 {
+                    info!(connection = %connection_name, generation, %url, "reconnected to RabbitMQ");
                 } else {
-                    info!(generation, url = %settings.redacted_url(), "connected to RabbitMQ");
+                    info!(connection = %connection_name, %url, "connected to RabbitMQ");
                 }
                 failures = 0;
                 inner.current.send_replace(Some(session.clone()));
@@ -228,7 +235,7 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
                         break;
                     }
                     reason = lost => {
-                        warn!(generation, %reason, "lost the RabbitMQ connection");
+                        warn!(connection = %connection_name, generation, %reason, "lost the RabbitMQ connection");
                         session.inner.failed.cancel();
                         inner.current.send_replace(None);
                         session.close(320, "reconnecting").await;
@@ -238,7 +245,7 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let delay = backoff(settings, failures);
-                if failures == 1 {
+                if failures == 1 && !UNREACHABLE_EXPLAINED.swap(true, Ordering::Relaxed) {
                     error!(
                         url = %settings.redacted_url(),
                         error = %e,
@@ -247,7 +254,13 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
                         Duration::from_millis(settings.reconnect_max_ms),
                     );
                 } else {
-                    warn!(attempt = failures, error = %e, retry_in = ?delay, "still cannot reach RabbitMQ");
+                    warn!(
+                        connection = %connection_name,
+                        attempt = failures,
+                        error = %e,
+                        retry_in = ?delay,
+                        "still cannot reach RabbitMQ"
+                    );
                 }
                 tokio::select! {
                     _ = inner.stop.cancelled() => break,
