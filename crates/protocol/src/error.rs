@@ -96,6 +96,8 @@ pub enum CloseCode {
     Normal = 1000,
     /// 1001: the gateway is shutting down; reconnect (to any gateway).
     GoingAway = 1001,
+    /// 1009: a WebSocket message was larger than the gateway accepts.
+    MessageTooBig = 1009,
     /// 4000: the client read too slowly and its outbound buffer filled up;
     /// reconnect — undelivered replies are still in the reply queue.
     SlowConsumer = 4000,

@@ -89,6 +89,9 @@ pub async fn serve(
                     )),
                     // Pings are answered by the WebSocket layer itself.
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                    Some(Err(e)) if is_too_big(&e) => {
+                        break End::Close(CloseCode::MessageTooBig, "message too big");
+                    }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::ClientGone,
                 };
                 if let Some(answer) = answer
@@ -132,6 +135,13 @@ fn publish(
         }
     }
     .boxed()
+}
+
+/// Whether a read failed because the message exceeded the size limit.
+fn is_too_big(error: &axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    let cause = std::error::Error::source(error).and_then(|e| e.downcast_ref::<Error>());
+    matches!(cause, Some(Error::Capacity(_)))
 }
 
 async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), axum::Error> {

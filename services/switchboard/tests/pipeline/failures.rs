@@ -105,3 +105,12 @@ async fn shutdown_closes_sockets_with_going_away() {
     assert_eq!(client.closed().await.unwrap(), Closed::Code(1001));
     stopping.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn an_oversized_message_closes_the_socket_with_1009() {
+    let stack = TestStack::start(0, Mock::default()).await;
+    let (_, mut client) = stack.client().await;
+    let huge = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(70_000));
+    client.send_text(&huge).await.unwrap();
+    assert_eq!(client.closed().await.unwrap(), Closed::Code(1009));
+}
