@@ -146,6 +146,11 @@ impl RunningGateway {
         self.state.replies.online_users()
     }
 
+    /// The gateway's RabbitMQ connection (for fault injection in tests).
+    pub fn broker(&self) -> &Broker {
+        &self.state.broker
+    }
+
     /// Graceful stop, bounded: sockets get 1001, consumers are cancelled
     /// (their unprocessed deliveries requeued), then the connection closes.
     pub async fn stop(self) -> anyhow::Result<()> {

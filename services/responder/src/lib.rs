@@ -123,6 +123,11 @@ impl RunningResponder {
         self.worker.broker.is_connected()
     }
 
+    /// The responder's RabbitMQ connection (for fault injection in tests).
+    pub fn broker(&self) -> &Broker {
+        &self.worker.broker
+    }
+
     /// Graceful stop: no new requests; in-flight answers get the grace period
     /// to finish; whatever is left unacked returns to `chat_queue`.
     pub async fn stop(self) {

@@ -101,3 +101,100 @@ async fn a_responder_killed_mid_answer_leaves_no_request_unanswered() {
     let text: String = by_seq.values().map(String::as_str).collect();
     assert_eq!(text, expected_answer("please survive this"));
 }
+
+#[tokio::test]
+async fn a_stopping_responder_finishes_the_answer_in_flight() {
+    let slow = Mock {
+        words_per_chunk: 1,
+        chunk_delay_ms: 20,
+        prefetch: 4,
+    };
+    let mut stack = TestStack::start(1, slow).await;
+    let (_, mut client) = stack.client().await;
+    let id = client
+        .send_accepted("finish what you started")
+        .await
+        .unwrap();
+    let first = client.next_frame().await.unwrap();
+    assert!(
+        matches!(first, protocol::ws::ServerFrame::Reply(_)),
+        "{first:?}"
+    );
+
+    // Grace (2 s) is far longer than the rest of the answer (~0.2 s).
+    let responder = stack.responders.remove(0);
+    let counters = responder.counters();
+    responder.stop().await;
+    assert_eq!(
+        counters.borrow().answered,
+        1,
+        "answered before stop returned"
+    );
+    let rest = client.collect_reply(id).await.unwrap();
+    assert!(rest.last().unwrap().r#final);
+}
+
+#[tokio::test]
+async fn an_answer_outlasting_the_grace_period_is_answered_by_another_responder() {
+    let mut stack = TestStack::start(0, Mock::default()).await;
+    let glacial = Mock {
+        words_per_chunk: 1,
+        chunk_delay_ms: 1_000,
+        prefetch: 4,
+    };
+    let mut settings = stack.responder_settings(glacial);
+    settings.worker.shutdown_grace_ms = 100;
+    let responder = responder::Responder::build(settings).await.unwrap().spawn();
+    testkit::wait_until("the responder is connected", || responder.is_ready()).await;
+    let counters = responder.counters();
+
+    let (_, mut client) = stack.client().await;
+    let id = client.send_accepted("too slow to finish").await.unwrap();
+    let first = client.next_frame().await.unwrap();
+    assert!(
+        matches!(first, protocol::ws::ServerFrame::Reply(_)),
+        "{first:?}"
+    );
+    responder.stop().await;
+    assert_eq!(counters.borrow().answered, 0, "abandoned, not acked");
+
+    let mut survivor = stack
+        .start_responder(Mock {
+            chunk_delay_ms: 0,
+            ..glacial
+        })
+        .await;
+    let rest = client.collect_reply(id).await.unwrap();
+    assert!(rest.last().unwrap().r#final);
+    wait_counters(&mut survivor, "the survivor answered", |c| c.answered == 1).await;
+}
+
+#[tokio::test]
+async fn both_services_recover_from_a_lost_broker_connection() {
+    let stack = TestStack::start(1, Mock::default()).await;
+    let (_, mut client) = stack.client().await;
+    let id = client.send_accepted("before").await.unwrap();
+    client.collect_reply(id).await.unwrap();
+
+    let gateway_generation = stack.gateway().broker().current().unwrap().generation();
+    let responder_generation = stack.responders[0].broker().current().unwrap().generation();
+    stack.gateway().broker().kill_connection().await;
+    stack.responders[0].broker().kill_connection().await;
+    let reconnected = |broker: &broker::Broker, before: u64| {
+        broker.current().is_some_and(|s| s.generation() > before)
+    };
+    testkit::wait_until("the gateway reconnected", || {
+        reconnected(stack.gateway().broker(), gateway_generation)
+    })
+    .await;
+    testkit::wait_until("the responder reconnected", || {
+        reconnected(stack.responders[0].broker(), responder_generation)
+    })
+    .await;
+
+    // The same socket keeps working: sends are accepted at once, and the
+    // reply arrives because the gateway re-subscribed the user's queue.
+    let id = client.send_accepted("after").await.unwrap();
+    let chunks = client.collect_reply(id).await.unwrap();
+    assert!(chunks.last().unwrap().r#final);
+}
