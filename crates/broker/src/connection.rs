@@ -5,19 +5,27 @@
 
 use crate::publisher::Publisher;
 use crate::{AmqpSettings, BrokerError, topology};
+use futures_util::Stream;
 use futures_util::StreamExt;
 use lapin::options::ConfirmSelectOptions;
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 use protocol::topology::Names;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+
+/// A session must stay up this long before reconnect backoff starts over;
+/// a connection that keeps dying right after it is made backs off further.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+
+type Events = Pin<Box<dyn Stream<Item = Event> + Send>>;
 
 /// Whether this process has already explained that RabbitMQ is unreachable
 /// (two services in one process should not both print the long hint).
@@ -54,8 +62,9 @@ struct SessionInner {
     generation: u64,
     connection: Connection,
     publisher: Publisher,
-    /// Channels consumers are spread over, opened on first use.
-    consumer_channels: Vec<OnceCell<Channel>>,
+    /// Channels consumers are spread over, opened on first use and reopened
+    /// when a channel-level error closed them.
+    consumer_channels: Vec<tokio::sync::Mutex<Option<Channel>>>,
     /// Cancelled when a user of the session saw it fail (e.g. a consumer
     /// stream ended), so the supervisor rebuilds the connection.
     failed: CancellationToken,
@@ -71,13 +80,22 @@ impl Session {
     }
 
     /// The consumer channel for `shard` (taken modulo the channel count).
-    /// Consumers of one shard share a channel and its fate.
+    /// Consumers of one shard share a channel and its fate; a closed one is
+    /// replaced by a new one.
     pub async fn consumer_channel(&self, shard: usize) -> Result<Channel, BrokerError> {
         let slot = &self.inner.consumer_channels[shard % self.inner.consumer_channels.len()];
-        let channel = slot
-            .get_or_try_init(|| self.inner.connection.create_channel())
-            .await?;
-        Ok(channel.clone())
+        let mut slot = slot.lock().await;
+        if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let channel = self.inner.connection.create_channel().await?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Whether the connection is up and nobody reported it broken.
+    pub fn is_live(&self) -> bool {
+        !self.inner.failed.is_cancelled() && self.inner.connection.status().connected()
     }
 
     /// A new channel of its own, for work that must not share a fate.
@@ -95,10 +113,6 @@ impl Session {
             );
             self.inner.failed.cancel();
         }
-    }
-
-    pub fn is_failed(&self) -> bool {
-        self.inner.failed.is_cancelled()
     }
 
     /// Closes the connection at once, as a crash would from the broker's point
@@ -143,7 +157,7 @@ impl Broker {
             .current
             .borrow()
             .as_ref()
-            .filter(|s| !s.is_failed())
+            .filter(|s| s.is_live())
             .cloned()
     }
 
@@ -164,7 +178,7 @@ impl Broker {
             let found = rx
                 .borrow_and_update()
                 .as_ref()
-                .filter(|s| !s.is_failed() && Some(s.generation()) != after)
+                .filter(|s| s.is_live() && Some(s.generation()) != after)
                 .cloned();
             if found.is_some() {
                 return found;
@@ -216,7 +230,7 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
             outcome = connect => outcome,
         };
         match outcome {
-            Ok(session) => {
+            Ok((session, events)) => {
                 generation = session.generation();
                 UNREACHABLE_EXPLAINED.store(false, Ordering::Relaxed);
                 let url = settings.redacted_url();
@@ -225,9 +239,9 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
                 } else {
                     info!(connection = %connection_name, %url, "connected to RabbitMQ");
                 }
-                failures = 0;
+                let connected_at = tokio::time::Instant::now();
                 inner.current.send_replace(Some(session.clone()));
-                let lost = wait_for_loss(&session);
+                let lost = wait_for_loss(&session, events);
                 tokio::select! {
                     _ = inner.stop.cancelled() => {
                         inner.current.send_replace(None);
@@ -241,6 +255,11 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
                         session.close(320, "reconnecting").await;
                     }
                 }
+                failures = if connected_at.elapsed() >= STABLE_SESSION {
+                    0
+                } else {
+                    failures.saturating_add(1)
+                };
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -269,17 +288,22 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
                 continue;
             }
         }
-        // After a loss, give the broker a moment before the first retry.
+        // After a loss, give the broker a moment; longer if sessions keep dying.
+        let delay = if failures == 0 {
+            Duration::from_millis(settings.reconnect_initial_ms)
+        } else {
+            backoff(settings, failures)
+        };
         tokio::select! {
             _ = inner.stop.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(settings.reconnect_initial_ms)) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
     }
     inner.current.send_replace(None);
 }
 
 /// Exponential backoff with ±25 % jitter, so replicas do not reconnect in step.
-fn backoff(settings: &AmqpSettings, failures: u32) -> Duration {
+pub(crate) fn backoff(settings: &AmqpSettings, failures: u32) -> Duration {
     let exp = settings
         .reconnect_initial_ms
         .saturating_mul(1u64 << failures.saturating_sub(1).min(16));
@@ -295,9 +319,12 @@ async fn connect(
     names: &Names,
     connection_name: &str,
     generation: u64,
-) -> Result<Session, BrokerError> {
+) -> Result<(Session, Events), BrokerError> {
     let mut uri: AMQPUri = settings.url.parse().map_err(BrokerError::Url)?;
-    uri.query.heartbeat.get_or_insert(settings.heartbeat_secs);
+    // Heartbeats are how a silently dead connection is noticed: never off.
+    if uri.query.heartbeat.unwrap_or(0) == 0 {
+        uri.query.heartbeat = Some(settings.heartbeat_secs.max(1));
+    }
     uri.query
         .connection_timeout
         .get_or_insert(settings.connect_timeout_ms);
@@ -306,6 +333,8 @@ async fn connect(
     let connection = timeout(limit, Connection::connect_uri(uri, properties))
         .await
         .map_err(|_| BrokerError::Timeout(limit))??;
+    // Listen before anything else: lapin drops events nobody listens to.
+    let events: Events = Box::pin(connection.events_listener());
 
     let setup = async {
         let declare = connection.create_channel().await?;
@@ -321,29 +350,34 @@ async fn connect(
         .await
         .map_err(|_| BrokerError::Timeout(limit))??;
 
-    Ok(Session {
+    let session = Session {
         inner: Arc::new(SessionInner {
             generation,
             publisher: Publisher::new(publish_channel, settings.publish_timeout()),
             consumer_channels: (0..settings.consumer_channels.max(1))
-                .map(|_| OnceCell::new())
+                .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             connection,
             failed: CancellationToken::new(),
         }),
-    })
+    };
+    Ok((session, events))
 }
 
-/// Resolves when the connection reports an error or a user of the session
-/// marked it failed.
-async fn wait_for_loss(session: &Session) -> String {
-    let mut events = session.inner.connection.events_listener();
+/// Resolves when the connection is lost or a user of the session marked it
+/// failed. Channel-level errors are reported on the same event stream; they
+/// end only their channel, so they are logged, not treated as a loss (lapin
+/// marks the connection as errored before it emits a connection error).
+async fn wait_for_loss(session: &Session, mut events: Events) -> String {
     let failed = session.inner.failed.clone();
     loop {
         tokio::select! {
-            _ = failed.cancelled() => return "a user of the session reported it failed".into(),
+            _ = failed.cancelled() => return "the session was reported broken".into(),
             event = events.next() => match event {
-                Some(Event::Error(e)) => return e.to_string(),
+                Some(Event::Error(e)) if !session.inner.connection.status().connected() => {
+                    return e.to_string();
+                }
+                Some(Event::Error(e)) => warn!(error = %e, "a channel was closed by an error"),
                 Some(_) => {}
                 None => return "connection event stream ended".into(),
             }

@@ -1,41 +1,118 @@
-//! Helpers for consumers.
+//! What every consumer needs: a life that survives channel errors and
+//! reconnects, setup that cannot hang, and a stop that leaves nothing
+//! unacked.
 
+use crate::connection::backoff;
+use crate::{Broker, BrokerError, Session};
 use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicNackOptions};
 use lapin::{Channel, Consumer};
+use std::future::Future;
 use std::time::Duration;
-use tokio::time::{Instant, timeout_at};
-use tracing::warn;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
-/// How long stopping a consumer may take before the rest is left to the
-/// channel's closing (which requeues it too).
+/// How long stopping a consumer may hold up its caller; the rest of the
+/// clean-up goes on in the background.
 const STOP_BOUND: Duration = Duration::from_secs(2);
+
+/// A consumer that ran this long before failing starts its backoff over.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
+/// Runs `consume` on the broker's live session, again and again, until it
+/// returns `Ok` (it was asked to stop) or `cancel` fires. A failure while the
+/// connection is still up (a channel error, a consumer cancelled by the
+/// broker) is retried on the same session after a growing delay; a lost
+/// connection waits for the next session.
+pub async fn run_consumer<F, Fut>(
+    broker: &Broker,
+    cancel: &CancellationToken,
+    what: &str,
+    mut consume: F,
+) where
+    F: FnMut(Session) -> Fut,
+    Fut: Future<Output = Result<(), BrokerError>>,
+{
+    let mut skip_generation = None;
+    let mut failures: u32 = 0;
+    loop {
+        let Some(session) = broker.next_session(skip_generation, cancel).await else {
+            return;
+        };
+        let started = Instant::now();
+        let error = match consume(session.clone()).await {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        if started.elapsed() >= HEALTHY_RUN {
+            failures = 0;
+        }
+        if session.is_live() {
+            failures = failures.saturating_add(1);
+            let delay = backoff(broker.settings(), failures);
+            warn!(consumer = what, error = %error, retry_in = ?delay, "consumer failed; retrying");
+            skip_generation = None;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        } else {
+            debug!(consumer = what, error = %error, "consumer ended with its connection");
+            skip_generation = Some(session.generation());
+        }
+    }
+}
+
+/// Runs consumer setup (declare, qos, consume) within `limit`. On timeout the
+/// channel is closed: a `basic.consume` the broker answers after we gave up
+/// would otherwise leave a consumer whose deliveries nobody reads.
+pub async fn bounded_setup<T>(
+    channel: &Channel,
+    limit: Duration,
+    setup: impl Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
+    match timeout(limit, setup).await {
+        Ok(result) => result,
+        Err(_) => {
+            let _ = timeout(
+                STOP_BOUND,
+                channel.close(200, "consumer setup timed out".into()),
+            )
+            .await;
+            Err(BrokerError::Timeout(limit))
+        }
+    }
+}
 
 /// Cancels the consumer `tag` on `channel` and hands back every delivery it
 /// had prefetched but nobody processed, so none stays unacked on a channel
-/// that lives on (shared channels outlive their consumers).
+/// that lives on (shared channels outlive their consumers). Waits at most a
+/// short bound; if the broker is slow, the clean-up finishes in the
+/// background (it ends at the latest when the connection does).
 pub async fn cancel_and_requeue(channel: &Channel, tag: &str, mut consumer: Consumer) {
-    let deadline = Instant::now() + STOP_BOUND;
-    let cancel = channel.basic_cancel(tag.into(), BasicCancelOptions::default());
-    match timeout_at(deadline, cancel).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            warn!(tag, error = %e, "basic.cancel failed");
+    let channel = channel.clone();
+    let tag = tag.to_owned();
+    let cleanup = tokio::spawn(async move {
+        let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+        if let Err(e) = cancel.await {
+            // The channel is closed: the broker has requeued everything.
+            debug!(tag, error = %e, "basic.cancel failed");
             return;
         }
-        Err(_) => {
-            warn!(tag, "basic.cancel timed out");
-            return;
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        // lapin ends the stream after cancel-ok, behind what was buffered.
+        while let Some(Ok(delivery)) = consumer.next().await {
+            if let Err(e) = delivery.nack(requeue).await {
+                warn!(tag, error = %e, "could not requeue a prefetched delivery");
+                return;
+            }
         }
-    }
-    let requeue = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
-    while let Ok(Some(Ok(delivery))) = timeout_at(deadline, consumer.next()).await {
-        if let Err(e) = delivery.nack(requeue).await {
-            warn!(tag, error = %e, "could not requeue a prefetched delivery");
-            return;
-        }
+    });
+    if timeout(STOP_BOUND, cleanup).await.is_err() {
+        warn!("stopping a consumer is taking long; finishing in the background");
     }
 }

@@ -42,49 +42,44 @@ pub(crate) struct Worker {
     pub abandon: CancellationToken,
 }
 
-/// Consumes until `stop` fires, re-subscribing on every new broker session.
+/// Consumes until `stop` fires, re-subscribing after channel errors and on
+/// every new broker session.
 pub(crate) async fn consume(worker: Arc<Worker>, stop: CancellationToken) {
-    let mut failed_generation = None;
-    loop {
-        let Some(session) = worker.broker.next_session(failed_generation, &stop).await else {
-            return;
-        };
-        match consume_session(&worker, &session, &stop).await {
-            Ok(()) => return,
-            Err(e) => {
-                session.fail(&format!("request consumer ended: {e}"));
-                failed_generation = Some(session.generation());
-            }
-        }
-    }
+    let broker = worker.broker.clone();
+    broker::consumer::run_consumer(&broker, &stop, "requests", |session| {
+        consume_session(&worker, session, &stop)
+    })
+    .await;
 }
 
 async fn consume_session(
     worker: &Arc<Worker>,
-    session: &Session,
+    session: Session,
     stop: &CancellationToken,
 ) -> Result<(), BrokerError> {
     // A channel of its own: its prefetch is ours alone, and handlers keep a
     // handle on it so it stays open until their acks are sent.
     let channel = session.open_channel().await?;
-    channel
-        .basic_qos(worker.settings.worker.prefetch, BasicQosOptions::default())
-        .await?;
     let queue = worker.broker.names().chat_queue();
     let tag = format!("responder-{}", protocol::MessageId::new_random());
-    let mut requests = channel
-        .basic_consume(
-            queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    info!(
-        queue,
-        prefetch = worker.settings.worker.prefetch,
-        "consuming requests"
-    );
+    let prefetch = worker.settings.worker.prefetch;
+    let setup_limit = Duration::from_millis(worker.settings.amqp.connect_timeout_ms);
+    let mut requests = broker::consumer::bounded_setup(&channel, setup_limit, async {
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(consumer)
+    })
+    .await?;
+    info!(queue, prefetch, "consuming requests");
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
@@ -113,6 +108,12 @@ async fn consume_session(
     }
 }
 
+/// Attempts at streaming one answer before the request is handed back to the
+/// queue. Retrying here, rather than requeueing at once, keeps a passing
+/// broker hiccup from using up the request's delivery limit; repeating an
+/// answer is harmless because its chunks are identical (derived ids).
+const ANSWER_ATTEMPTS: u32 = 3;
+
 /// Answers one request. Every path ends in exactly one ack, nack or reject
 /// (or none at all when the channel is gone, in which case RabbitMQ requeues).
 async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
@@ -125,11 +126,13 @@ async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
                 user_id = ?properties::user_header(&delivery.properties),
                 "unreadable request; dead-lettering it"
             );
-            let reject = delivery.reject(BasicRejectOptions { requeue: false }).await;
-            if let Err(e) = reject {
-                warn!(error = %e, "could not reject the unreadable request");
+            match delivery.reject(BasicRejectOptions { requeue: false }).await {
+                Ok(true) => worker.counters.send_modify(|c| c.rejected += 1),
+                Ok(false) => {
+                    warn!("could not reject the unreadable request: its channel is closed")
+                }
+                Err(e) => warn!(error = %e, "could not reject the unreadable request"),
             }
-            worker.counters.send_modify(|c| c.rejected += 1);
             return;
         }
     };
@@ -140,17 +143,30 @@ async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
         redelivered = delivery.redelivered,
     );
     async {
-        match stream_answer(worker, session, &request).await {
-            Ok(()) => {
-                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                    // The channel is gone; the request comes back and is answered
-                    // again with the same reply id and seq numbers.
-                    warn!(error = %e, "could not ack the answered request");
-                    return;
+        let mut attempt = 1;
+        let outcome = loop {
+            match stream_answer(worker, session, &request).await {
+                Ok(()) => break Ok(()),
+                Err(e) if attempt < ANSWER_ATTEMPTS && session.is_live() => {
+                    let delay = Duration::from_millis(200 * u64::from(attempt));
+                    warn!(error = %e, attempt, retry_in = ?delay, "answer failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
                 }
-                worker.counters.send_modify(|c| c.answered += 1);
-                debug!("answered");
+                Err(e) => break Err(e),
             }
+        };
+        match outcome {
+            Ok(()) => match delivery.ack(BasicAckOptions::default()).await {
+                Ok(true) => {
+                    worker.counters.send_modify(|c| c.answered += 1);
+                    debug!("answered");
+                }
+                // The channel is gone; the request comes back and is answered
+                // again with the same reply id and seq numbers.
+                Ok(false) => warn!("could not ack the answered request: its channel is closed"),
+                Err(e) => warn!(error = %e, "could not ack the answered request"),
+            },
             Err(e) => {
                 warn!(error = %e, "answer failed; requeueing the request");
                 let requeue = BasicNackOptions {
