@@ -121,6 +121,12 @@ const REPLY_NAMESPACE: Uuid = Uuid::from_u128(0x5b1c_7e0a_3f7d_4c55_9a4e_2f1d_8c
 pub struct ReplyId(Uuid);
 
 impl ReplyId {
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
+        Uuid::try_parse(raw)
+            .map(Self)
+            .map_err(|_| IdError::NotAUuid)
+    }
+
     pub fn for_request(user: &UserId, request: MessageId) -> Self {
         let mut name = Vec::with_capacity(user.as_str().len() + 17);
         name.extend_from_slice(user.as_str().as_bytes());

@@ -31,6 +31,10 @@ pub enum ClientFrame {
     Send { id: MessageId, text: String },
     /// Liveness probe at the application level; answered with `pong`.
     Ping,
+    /// The client has received reply chunk `seq` of reply `id`. Until it
+    /// says so, the chunk stays unacknowledged in RabbitMQ and is delivered
+    /// again if the socket goes away.
+    Ack { id: ReplyId, seq: u32 },
 }
 
 /// Why a client frame was rejected. Becomes an `error` frame.
@@ -83,6 +87,7 @@ impl ClientFrame {
         match kind {
             "ping" => Ok(Self::Ping),
             "send" => decode_send(&fields, limits),
+            "ack" => decode_ack(&fields),
             other => Err(FrameError::new(
                 ErrorCode::UnknownType,
                 format!("unknown frame type {:?}", truncate(other, 64)),
@@ -144,6 +149,36 @@ fn decode_send(
         id,
         text: text.clone(),
     })
+}
+
+fn decode_ack(fields: &Map<String, Value>) -> Result<ClientFrame, FrameError> {
+    let id = match fields.get("id") {
+        Some(Value::String(raw)) => ReplyId::parse(raw)
+            .map_err(|_| FrameError::new(ErrorCode::InvalidId, "`id` must be a UUID"))?,
+        Some(_) => {
+            return Err(FrameError::new(
+                ErrorCode::InvalidId,
+                "`id` must be a UUID string",
+            ));
+        }
+        None => {
+            return Err(FrameError::new(
+                ErrorCode::InvalidFrame,
+                "`ack` needs an `id`",
+            ));
+        }
+    };
+    let seq = fields
+        .get("seq")
+        .and_then(Value::as_u64)
+        .and_then(|seq| u32::try_from(seq).ok())
+        .ok_or_else(|| {
+            FrameError::new(
+                ErrorCode::InvalidFrame,
+                "`ack` needs a `seq` (a non-negative integer)",
+            )
+        })?;
+    Ok(ClientFrame::Ack { id, seq })
 }
 
 fn truncate(s: &str, max_chars: usize) -> &str {

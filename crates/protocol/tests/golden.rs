@@ -49,6 +49,16 @@ fn client_frames() {
         Ok(ClientFrame::Ping)
     );
     assert_eq!(ClientFrame::Ping.to_json(), r#"{"type":"ping"}"#);
+    let ack = format!(r#"{{"type":"ack","id":"{MSG}","seq":7}}"#);
+    let frame = ClientFrame::Ack {
+        id: ReplyId::parse(MSG).unwrap(),
+        seq: 7,
+    };
+    assert_eq!(ClientFrame::decode(&ack, &limits), Ok(frame.clone()));
+    assert_eq!(
+        serde_json::from_str::<Value>(&frame.to_json()).unwrap(),
+        serde_json::from_str::<Value>(&ack).unwrap()
+    );
 }
 
 #[test]

@@ -30,11 +30,13 @@ pub async fn guest_session(addr: SocketAddr) -> anyhow::Result<Guest> {
     })
 }
 
-/// A WebSocket chat client, as a browser would be.
+/// A WebSocket chat client, as a browser would be: it acknowledges every
+/// reply chunk it reads (unless built with [`ChatClient::without_acks`]).
 #[derive(Debug)]
 pub struct ChatClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub user_id: UserId,
+    acks: bool,
 }
 
 /// What ended a socket, as the client saw it.
@@ -56,12 +58,19 @@ impl ChatClient {
         let mut client = Self {
             ws,
             user_id: UserId::new_guest(),
+            acks: true,
         };
         match client.next_frame().await? {
             ServerFrame::Welcome { user_id } => client.user_id = user_id,
             other => bail!("expected welcome, got {other:?}"),
         }
         Ok(client)
+    }
+
+    /// Stops acknowledging reply chunks (to test what happens without).
+    pub fn without_acks(mut self) -> Self {
+        self.acks = false;
+        self
     }
 
     /// Sends raw text as one frame.
@@ -95,8 +104,16 @@ impl ChatClient {
                 .ok_or_else(|| anyhow!("socket closed"))??;
             match message {
                 Message::Text(text) => {
-                    return serde_json::from_str(&text)
-                        .with_context(|| format!("not a server frame: {text}"));
+                    let frame: ServerFrame = serde_json::from_str(&text)
+                        .with_context(|| format!("not a server frame: {text}"))?;
+                    if let (true, ServerFrame::Reply(chunk)) = (self.acks, &frame) {
+                        let ack = protocol::ws::ClientFrame::Ack {
+                            id: chunk.id,
+                            seq: chunk.seq,
+                        };
+                        self.send_text(&ack.to_json()).await?;
+                    }
+                    return Ok(frame);
                 }
                 Message::Ping(_) | Message::Pong(_) => {}
                 other => bail!("unexpected WebSocket message {other:?}"),

@@ -7,8 +7,14 @@
 //! consumer (the queue itself stays until its `x-expires`). A socket whose
 //! outbound buffer is full is cut loose (its channel closes) instead of
 //! holding up the others.
+//!
+//! A chunk is acked to RabbitMQ only once a client has acknowledged it: each
+//! [`OutboundReply`] carries a shared receipt that acks on the first client
+//! ack and requeues the chunk if every copy is dropped unacknowledged (socket
+//! closed, cut loose, gateway stopping), so the user's next socket gets it.
 
 use axum::extract::ws::Utf8Bytes;
+use broker::lapin::Acker;
 use broker::lapin::message::Delivery;
 use broker::lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
@@ -17,21 +23,82 @@ use broker::lapin::types::FieldTable;
 use broker::topology::{self, ReplyQueueShape};
 use broker::{Broker, BrokerError, Session};
 use futures_util::StreamExt;
-use protocol::UserId;
 use protocol::amqp::{self, ReplyChunk};
 use protocol::ws::{ReplyFrame, ServerFrame};
+use protocol::{ReplyId, UserId};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-/// Outbound frames for one socket, already serialized.
-pub type Outbox = mpsc::Sender<Utf8Bytes>;
+/// Outbound reply chunks for one socket.
+pub type Outbox = mpsc::Sender<OutboundReply>;
+
+/// A reply chunk on its way to a socket: the serialized frame, the chunk it
+/// is, and the receipt that settles its AMQP delivery.
+#[derive(Debug, Clone)]
+pub struct OutboundReply {
+    pub frame: Utf8Bytes,
+    /// What the client names in its `ack`.
+    pub chunk: (ReplyId, u32),
+    receipt: Arc<Receipt>,
+}
+
+impl OutboundReply {
+    /// Call when a client acknowledged the chunk: acks the delivery (the
+    /// first call does; later ones, from other sockets, do nothing).
+    pub fn acknowledged(&self) {
+        self.receipt.settle(true);
+    }
+}
+
+/// Settles one delivery exactly once: ack when a client acknowledged it,
+/// requeue when dropped without. (Acking a delivery twice would close the
+/// channel.)
+#[derive(Debug)]
+struct Receipt {
+    acker: Acker,
+    settled: AtomicBool,
+}
+
+impl Receipt {
+    fn settle(&self, written: bool) {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Settling must not block the socket; without a runtime (process
+        // exit) the closing channel requeues the delivery anyway.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let acker = self.acker.clone();
+        runtime.spawn(async move {
+            let settled = if written {
+                acker.ack(BasicAckOptions::default()).await
+            } else {
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                acker.nack(requeue).await
+            };
+            if let Err(e) = settled {
+                debug!(error = %e, "could not settle a reply delivery; its channel requeues it");
+            }
+        });
+    }
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        self.settle(false);
+    }
+}
 
 /// Routes reply chunks from per-user queues to local sockets. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -162,16 +229,16 @@ impl ReplyRouter {
         }
     }
 
-    /// Queues `frame` on every socket of `user`; returns how many took it.
+    /// Queues `reply` on every socket of `user`; returns how many took it.
     /// Sockets whose buffer is full are dropped from the user; if that leaves
     /// none, the user's consumer is cancelled.
-    fn deliver(&self, user: &UserId, frame: &Utf8Bytes) -> usize {
+    fn deliver(&self, user: &UserId, reply: &OutboundReply) -> usize {
         let mut users = self.inner.users.lock().expect("users lock");
         let Some(local) = users.get_mut(user) else {
             return 0;
         };
         let mut delivered = 0;
-        local.sockets.retain(|socket, outbox| match outbox.try_send(frame.clone()) {
+        local.sockets.retain(|socket, outbox| match outbox.try_send(reply.clone()) {
             Ok(()) => {
                 delivered += 1;
                 true
@@ -189,50 +256,50 @@ impl ReplyRouter {
         delivered
     }
 
-    /// The life of one user's consumer: (re)subscribe on every broker
-    /// session until cancelled.
+    /// The life of one user's consumer: (re)subscribe after channel errors
+    /// and on every broker session until cancelled.
     async fn consume(self, user: UserId, cancel: CancellationToken, ready: watch::Sender<bool>) {
-        let broker = &self.inner.broker;
-        let mut failed_generation = None;
-        loop {
-            let Some(session) = broker.next_session(failed_generation, &cancel).await else {
-                return;
-            };
-            match self.consume_session(&user, &session, &cancel, &ready).await {
-                Ok(()) => return,
-                Err(e) => {
-                    session.fail(&format!("reply consumer of {user} ended: {e}"));
-                    failed_generation = Some(session.generation());
-                }
-            }
-        }
+        let broker = self.inner.broker.clone();
+        let what = format!("replies of {user}");
+        broker::consumer::run_consumer(&broker, &cancel, &what, |session| {
+            self.consume_session(&user, session, &cancel, &ready)
+        })
+        .await;
     }
 
     async fn consume_session(
         &self,
         user: &UserId,
-        session: &Session,
+        session: Session,
         cancel: &CancellationToken,
         ready: &watch::Sender<bool>,
     ) -> Result<(), BrokerError> {
         let shard = self.inner.shard_hasher.hash_one(user) as usize;
         let channel = session.consumer_channel(shard).await?;
         let names = self.inner.broker.names();
-        let queue = topology::declare_reply_queue(&channel, names, user, self.inner.shape).await?;
-        // The queue is durable: once declared it outlives reconnects, so
-        // readiness only ever goes from false to true.
-        ready.send_replace(true);
-        channel
-            .basic_qos(self.inner.prefetch, BasicQosOptions::default())
-            .await?;
         let tag = format!("gateway-{user}-{}", protocol::MessageId::new_random());
-        let mut deliveries = channel
-            .basic_consume(
-                queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+        let setup_limit =
+            std::time::Duration::from_millis(self.inner.broker.settings().connect_timeout_ms);
+        let (queue, mut deliveries) =
+            broker::consumer::bounded_setup(&channel, setup_limit, async {
+                let queue =
+                    topology::declare_reply_queue(&channel, names, user, self.inner.shape).await?;
+                // The queue is durable: once declared it outlives reconnects, so
+                // readiness only ever goes from false to true.
+                ready.send_replace(true);
+                channel
+                    .basic_qos(self.inner.prefetch, BasicQosOptions::default())
+                    .await?;
+                let consumer = channel
+                    .basic_consume(
+                        queue.as_str().into(),
+                        tag.as_str().into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                Ok((queue, consumer))
+            })
             .await?;
         debug!(user_id = %user, queue, "consuming replies");
         loop {
@@ -252,8 +319,9 @@ impl ReplyRouter {
         }
     }
 
-    /// Hands one delivery to the user's sockets, then settles it: ack once a
-    /// socket has it, requeue if none could take it, reject if unreadable.
+    /// Hands one delivery to the user's sockets. Its receipt acks it once a
+    /// socket has written it and requeues it if none does; an unreadable or
+    /// misrouted delivery is rejected at once.
     async fn dispatch(&self, user: &UserId, delivery: Delivery) -> Result<(), BrokerError> {
         let chunk = match amqp::decode::<ReplyChunk>(&delivery.data) {
             Ok(chunk) if chunk.user_id == *user => chunk,
@@ -283,18 +351,17 @@ impl ReplyRouter {
             text: chunk.text,
             r#final: chunk.r#final,
         });
-        let text = Utf8Bytes::from(frame.to_json());
-        if self.deliver(user, &text) > 0 {
-            delivery.ack(BasicAckOptions::default()).await?;
-        } else {
-            // Nobody left to read it: back to the queue for the next socket.
+        let reply = OutboundReply {
+            frame: Utf8Bytes::from(frame.to_json()),
+            chunk: (chunk.id, chunk.seq),
+            receipt: Arc::new(Receipt {
+                acker: delivery.acker,
+                settled: AtomicBool::new(false),
+            }),
+        };
+        if self.deliver(user, &reply) == 0 {
+            // Dropping the only copy requeues it for the user's next socket.
             info!(user_id = %user, "no local socket for a reply; requeued");
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await?;
         }
         Ok(())
     }

@@ -64,6 +64,9 @@ pub struct WebSocketSettings {
     pub outbound_buffer: usize,
     /// Unconfirmed sends per socket before reading pauses.
     pub max_in_flight: usize,
+    /// Bound on writing one frame to a socket; a client that does not read
+    /// for this long is disconnected.
+    pub send_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -4,15 +4,17 @@
 
 use crate::AppState;
 use crate::ingress;
-use crate::replies::{Outbox, Subscription};
+use crate::replies::{OutboundReply, Outbox, Subscription};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use protocol::ws::{ClientFrame, FrameLimits, ServerFrame};
-use protocol::{CloseCode, ErrorCode, MessageId, UserId};
+use protocol::{CloseCode, ErrorCode, MessageId, ReplyId, UserId};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -28,18 +30,18 @@ enum End {
 }
 
 /// Serves one authenticated socket until it closes or the gateway stops.
-pub async fn serve(
-    mut socket: WebSocket,
-    user: UserId,
-    state: Arc<AppState>,
-    stop: CancellationToken,
-) {
+pub async fn serve(socket: WebSocket, user: UserId, state: Arc<AppState>, stop: CancellationToken) {
+    let mut socket = Writer {
+        socket,
+        timeout: Duration::from_millis(state.settings.websocket.send_timeout_ms),
+        unacked: HashMap::new(),
+    };
     let (outbox, mut replies): (Outbox, _) =
         mpsc::channel(state.settings.websocket.outbound_buffer);
     let welcome = ServerFrame::Welcome {
         user_id: user.clone(),
     };
-    if send(&mut socket, &welcome).await.is_err() {
+    if socket.frame(&welcome).await.is_err() {
         return;
     }
     let subscription = Arc::new(state.replies.subscribe(&user, outbox));
@@ -54,15 +56,23 @@ pub async fn serve(
     let end = loop {
         tokio::select! {
             biased;
-            _ = stop.cancelled() => break End::Close(CloseCode::GoingAway, "gateway shutting down"),
+            _ = stop.cancelled() => {
+                // Hand over what is already buffered; the rest is requeued.
+                while let Ok(reply) = replies.try_recv() {
+                    if socket.reply(&reply).await.is_err() {
+                        break;
+                    }
+                }
+                break End::Close(CloseCode::GoingAway, "gateway shutting down");
+            }
             Some(answer) = publishing.next(), if !publishing.is_empty() => {
-                if send(&mut socket, &answer).await.is_err() {
+                if socket.frame(&answer).await.is_err() {
                     break End::ClientGone;
                 }
             }
             reply = replies.recv() => match reply {
-                Some(text) => {
-                    if socket.send(Message::Text(text)).await.is_err() {
+                Some(reply) => {
+                    if socket.reply(&reply).await.is_err() {
                         break End::ClientGone;
                     }
                 }
@@ -73,6 +83,10 @@ pub async fn serve(
                 let answer = match incoming {
                     Some(Ok(Message::Text(text))) => match ClientFrame::decode(&text, &limits) {
                         Ok(ClientFrame::Ping) => Some(ServerFrame::Pong),
+                        Ok(ClientFrame::Ack { id, seq }) => {
+                            socket.acknowledged(id, seq);
+                            None
+                        }
                         Ok(ClientFrame::Send { id, text }) => {
                             publishing.push_back(publish(state.clone(), subscription.clone(), user.clone(), id, text));
                             None
@@ -95,13 +109,18 @@ pub async fn serve(
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::ClientGone,
                 };
                 if let Some(answer) = answer
-                    && send(&mut socket, &answer).await.is_err()
+                    && socket.frame(&answer).await.is_err()
                 {
                     break End::ClientGone;
                 }
             }
         }
     };
+    // Unacknowledged replies go back to the queue now, not after the close
+    // handshake, so the user's next socket gets them.
+    drop(replies);
+    drop(subscription);
+    socket.unacked.clear();
     if let End::Close(code, reason) = end {
         let close = Message::Close(Some(CloseFrame {
             code: code.code(),
@@ -110,6 +129,56 @@ pub async fn serve(
         let _ = socket.send(close).await;
     }
     debug!(user_id = %user, "socket closed");
+}
+
+/// The socket with every write time-boxed (a client that stops reading
+/// cannot hold its task, and its user's consumer, forever), and the reply
+/// chunks written to it that the client has not acknowledged yet. Their
+/// number is bounded by the user's reply-queue prefetch.
+struct Writer {
+    socket: WebSocket,
+    timeout: Duration,
+    /// By chunk; a chunk published twice (a responder redid an answer) can be
+    /// in flight twice, and one client ack settles both.
+    unacked: HashMap<(ReplyId, u32), Vec<OutboundReply>>,
+}
+
+/// A write that failed or did not finish in time; the socket is done.
+struct WriteFailed;
+
+impl Writer {
+    async fn send(&mut self, message: Message) -> Result<(), WriteFailed> {
+        match tokio::time::timeout(self.timeout, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(WriteFailed),
+        }
+    }
+
+    async fn frame(&mut self, frame: &ServerFrame) -> Result<(), WriteFailed> {
+        self.send(Message::Text(frame.to_json().into())).await
+    }
+
+    /// Writes a reply chunk and holds it until the client acknowledges it.
+    async fn reply(&mut self, reply: &OutboundReply) -> Result<(), WriteFailed> {
+        self.send(Message::Text(reply.frame.clone())).await?;
+        self.unacked
+            .entry(reply.chunk)
+            .or_default()
+            .push(reply.clone());
+        Ok(())
+    }
+
+    /// The client has chunk `seq` of reply `id`: settle it. An ack for
+    /// nothing (already acked, or never sent here) is ignored.
+    fn acknowledged(&mut self, id: ReplyId, seq: u32) {
+        for reply in self.unacked.remove(&(id, seq)).unwrap_or_default() {
+            reply.acknowledged();
+        }
+    }
+
+    async fn recv(&mut self) -> Option<Result<Message, axum::Error>> {
+        self.socket.recv().await
+    }
 }
 
 fn publish(
@@ -142,8 +211,4 @@ fn is_too_big(error: &axum::Error) -> bool {
     use tokio_tungstenite::tungstenite::Error;
     let cause = std::error::Error::source(error).and_then(|e| e.downcast_ref::<Error>());
     matches!(cause, Some(Error::Capacity(_)))
-}
-
-async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), axum::Error> {
-    socket.send(Message::Text(frame.to_json().into())).await
 }

@@ -173,8 +173,8 @@ async fn an_answer_outlasting_the_grace_period_is_answered_by_another_responder(
 async fn both_services_recover_from_a_lost_broker_connection() {
     let stack = TestStack::start(1, Mock::default()).await;
     let (_, mut client) = stack.client().await;
-    let id = client.send_accepted("before").await.unwrap();
-    client.collect_reply(id).await.unwrap();
+    let before = client.send_accepted("before").await.unwrap();
+    let before_chunks = client.collect_reply(before).await.unwrap();
 
     let gateway_generation = stack.gateway().broker().current().unwrap().generation();
     let responder_generation = stack.responders[0].broker().current().unwrap().generation();
@@ -194,7 +194,83 @@ async fn both_services_recover_from_a_lost_broker_connection() {
 
     // The same socket keeps working: sends are accepted at once, and the
     // reply arrives because the gateway re-subscribed the user's queue.
-    let id = client.send_accepted("after").await.unwrap();
-    let chunks = client.collect_reply(id).await.unwrap();
-    assert!(chunks.last().unwrap().r#final);
+    // Chunks of "before" whose acks the kill overtook may come again: the
+    // same chunks (at least once on the wire), which a client drops.
+    let id = client.send_message("after").await.unwrap();
+    let mut accepted = false;
+    let mut after = Vec::new();
+    while after
+        .last()
+        .is_none_or(|c: &protocol::ws::ReplyFrame| !c.r#final)
+    {
+        match client.next_frame().await.unwrap() {
+            protocol::ws::ServerFrame::Accepted { id: got } if got == id => accepted = true,
+            protocol::ws::ServerFrame::Reply(c) if c.in_reply_to == id => after.push(c),
+            protocol::ws::ServerFrame::Reply(c) if c.in_reply_to == before => {
+                assert!(before_chunks.contains(&c), "a repeat is identical: {c:?}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(accepted);
+    let seqs: Vec<u32> = after.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, (0..after.len() as u32).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_socket_dropped_mid_answer_loses_no_chunk() {
+    // Many small chunks, streamed while the socket goes away.
+    let chatty = Mock {
+        words_per_chunk: 1,
+        chunk_delay_ms: 2,
+        prefetch: 4,
+    };
+    let stack = TestStack::start(1, chatty).await;
+    let (guest, mut client) = stack.client().await;
+    let text = "word ".repeat(60);
+    let id = client.send_accepted(&text).await.unwrap();
+    let mut seen = BTreeSet::new();
+    while seen.len() < 5 {
+        if let protocol::ws::ServerFrame::Reply(chunk) = client.next_frame().await.unwrap() {
+            seen.insert(chunk.seq);
+        }
+    }
+    drop(client); // gone without a close handshake, chunks still in flight
+
+    let mut client = ChatClient::connect(stack.addr(), &guest.token)
+        .await
+        .unwrap();
+    let rest = client.collect_reply(id).await.unwrap();
+    let last = rest.last().unwrap().seq;
+    seen.extend(rest.iter().map(|c| c.seq));
+    assert_eq!(
+        seen,
+        (0..=last).collect::<BTreeSet<_>>(),
+        "every chunk reached a socket"
+    );
+}
+
+#[tokio::test]
+async fn chunks_a_client_never_acknowledged_are_delivered_again() {
+    let stack = TestStack::start(1, Mock::default()).await;
+    let guest = stack.guest().await;
+    let mut forgetful = ChatClient::connect(stack.addr(), &guest.token)
+        .await
+        .unwrap()
+        .without_acks();
+    let id = forgetful.send_accepted("remember me").await.unwrap();
+    let first = forgetful.collect_reply(id).await.unwrap();
+    forgetful.close().await.unwrap();
+
+    let mut client = ChatClient::connect(stack.addr(), &guest.token)
+        .await
+        .unwrap();
+    let again = client.collect_reply(id).await.unwrap();
+    assert_eq!(again, first, "the same chunks, delivered again");
+    // Acknowledged now: a third connection gets nothing more.
+    client.close().await.unwrap();
+    let mut third = ChatClient::connect(stack.addr(), &guest.token)
+        .await
+        .unwrap();
+    assert!(third.frames_before_pong().await.unwrap().is_empty());
 }

@@ -114,3 +114,58 @@ async fn an_oversized_message_closes_the_socket_with_1009() {
     client.send_text(&huge).await.unwrap();
     assert_eq!(client.closed().await.unwrap(), Closed::Code(1009));
 }
+
+#[tokio::test]
+async fn a_consumer_cancelled_by_the_broker_comes_back_without_a_reconnect() {
+    use broker::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    let stack = TestStack::start(1, Mock::default()).await;
+    let (guest, mut client) = stack.client().await;
+    let generation = stack.gateway().broker().current().unwrap().generation();
+
+    // An operator deletes the user's reply queue under its consumer.
+    let admin = broker::lapin::Connection::connect(&stack.url, Default::default())
+        .await
+        .unwrap();
+    let queue = protocol::topology::Names::new(&stack.prefix).reply_queue(&guest.user_id);
+    let channel = admin.create_channel().await.unwrap();
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+
+    // The gateway re-declares and re-consumes it on the same connection.
+    let mut consumers = 0;
+    for _ in 0..400 {
+        let probe = admin.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        if let Ok(q) = probe
+            .queue_declare(queue.as_str().into(), passive, Default::default())
+            .await
+        {
+            consumers = q.consumer_count();
+            let _ = probe.close(200, "probe".into()).await;
+            if consumers == 1 {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(consumers, 1, "the reply queue is consumed again");
+    let now = stack.gateway().broker().current().unwrap().generation();
+    assert_eq!(now, generation, "no reconnect for a consumer-level failure");
+
+    let id = client.send_accepted("still there?").await.unwrap();
+    assert!(
+        client
+            .collect_reply(id)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .r#final
+    );
+    let _ = admin.close(200, "done".into()).await;
+}
