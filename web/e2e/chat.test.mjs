@@ -1,0 +1,95 @@
+// The chat page in a real headless Chromium against the real stack.
+
+import assert from "node:assert/strict";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Stack, answerTo, artifacts, completedReply, exchange, launchBrowser, say } from "./stack.mjs";
+
+let browser;
+before(async () => {
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+});
+
+describe("the chat page", () => {
+  it("sends a message and shows the reply streaming in until it is complete", async () => {
+    const stack = await Stack.start({ name: "round-trip" });
+    try {
+      const { page, user } = await stack.open(browser);
+      assert.match(user, /^g-[0-9a-f]{32}$/);
+      const text = "hello from the browser";
+      await say(page, text);
+      const item = exchange(page, text);
+      // The answer is seen part-way, then whole.
+      await item.locator('[data-testid="reply"][data-complete="false"]').waitFor();
+      assert.equal(await completedReply(page, text), answerTo(text));
+      // The composer is ready for the next message.
+      assert.equal(await page.getByLabel("Message").inputValue(), "");
+      await page.screenshot({ path: path.join(artifacts, "conversation.png"), fullPage: true });
+    } finally {
+      await stack.stop();
+    }
+  });
+
+  it("gives two people two identities that each see only their own replies", async () => {
+    const stack = await Stack.start({ name: "two-users" });
+    try {
+      const alice = await stack.open(browser);
+      const bob = await stack.open(browser);
+      assert.notEqual(alice.user, bob.user);
+      await say(alice.page, "alice asks");
+      await say(bob.page, "bob asks");
+      assert.equal(await completedReply(alice.page, "alice asks"), answerTo("alice asks"));
+      assert.equal(await completedReply(bob.page, "bob asks"), answerTo("bob asks"));
+      const aliceSees = await alice.page.locator("ol.messages").textContent();
+      const bobSees = await bob.page.locator("ol.messages").textContent();
+      assert.ok(!aliceSees.includes("bob asks"), aliceSees);
+      assert.ok(!bobSees.includes("alice asks"), bobSees);
+    } finally {
+      await stack.stop();
+    }
+  });
+
+  it("keeps its identity and conversation across a reload", async () => {
+    const stack = await Stack.start({ name: "reload" });
+    try {
+      const { page, user } = await stack.open(browser);
+      await say(page, "before the reload");
+      await completedReply(page, "before the reload");
+      await page.reload();
+      await page.getByTestId("connection").getByText("connected", { exact: true }).waitFor();
+      assert.equal((await page.getByTestId("user-id").textContent()).trim(), user);
+      assert.equal(await completedReply(page, "before the reload"), answerTo("before the reload"));
+    } finally {
+      await stack.stop();
+    }
+  });
+
+  it("reconnects by itself when the gateway restarts and still gets every reply", async () => {
+    // Slow answers, so one is still streaming when the gateway goes away.
+    const stack = await Stack.start({ name: "gateway-restart", chunkDelayMs: 150 });
+    try {
+      const { page } = await stack.open(browser);
+      const connection = page.getByTestId("connection");
+
+      await say(page, "sent before the restart");
+      await exchange(page, "sent before the restart").getByTestId("status").getByText("queued").waitFor();
+      await stack.stopGateway();
+      await connection.getByText("reconnecting…").waitFor();
+
+      // Typed while offline: shown at once, sent when the connection is back.
+      await say(page, "typed while offline");
+      await exchange(page, "typed while offline").getByTestId("status").getByText("sending…").waitFor();
+
+      await stack.startGateway();
+      await connection.getByText("connected", { exact: true }).waitFor({ timeout: 30_000 });
+      assert.equal(await completedReply(page, "sent before the restart"), answerTo("sent before the restart"));
+      assert.equal(await completedReply(page, "typed while offline"), answerTo("typed while offline"));
+      await page.screenshot({ path: path.join(artifacts, "after-gateway-restart.png"), fullPage: true });
+    } finally {
+      await stack.stop();
+    }
+  });
+});

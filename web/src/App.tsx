@@ -1,0 +1,144 @@
+import { useEffect, useLayoutEffect, useRef, useState, useSyncExternalStore, type FormEvent, type KeyboardEvent } from "react";
+import type { ChatClient, ConnectionState } from "./lib/client";
+import { isStreaming, type Message, type Status } from "./lib/conversation";
+
+const STATUS_LABEL: Record<Status, string> = {
+  sending: "sending…",
+  queued: "queued",
+  answered: "answered",
+  failed: "failed",
+};
+
+const CONNECTION_LABEL: Record<ConnectionState, string> = {
+  connecting: "connecting…",
+  connected: "connected",
+  reconnecting: "reconnecting…",
+};
+
+export function App({ client }: { client: ChatClient }) {
+  const snapshot = useSyncExternalStore(client.subscribe, client.getSnapshot);
+  const { conversation, connection, userId, notice } = snapshot;
+  const messages = conversation.order
+    .map((id) => conversation.messages[id])
+    .filter((m): m is Message => m !== undefined);
+
+  return (
+    <div className="app">
+      <header className="bar">
+        <h1>Switchboard</h1>
+        <p className="identity">
+          You are <code data-testid="user-id">{userId ?? "…"}</code>
+        </p>
+        <p className={`connection connection-${connection}`} role="status" data-testid="connection">
+          <span className="dot" aria-hidden="true" />
+          {CONNECTION_LABEL[connection]}
+        </p>
+      </header>
+      {notice && (
+        <div className="notice" role="alert" data-testid="notice">
+          <span>{notice}</span>
+          <button type="button" onClick={() => client.dismissNotice()} aria-label="Dismiss">
+            ×
+          </button>
+        </div>
+      )}
+      <MessageList messages={messages} onRetry={(id) => client.retry(id)} />
+      <Composer connected={connection === "connected"} onSend={(text) => client.send(text)} />
+    </div>
+  );
+}
+
+function MessageList({ messages, onRetry }: { messages: Message[]; onRetry: (id: string) => void }) {
+  const list = useRef<HTMLOListElement>(null);
+  const pinned = useRef(true);
+  // Follow the conversation while the reader is at the bottom; leave them
+  // alone when they scrolled up to read.
+  useLayoutEffect(() => {
+    const el = list.current;
+    if (el && pinned.current) el.scrollTop = el.scrollHeight;
+  });
+  return (
+    <ol
+      className="messages"
+      ref={list}
+      aria-live="polite"
+      aria-label="Conversation"
+      onScroll={(e) => {
+        const el = e.currentTarget;
+        pinned.current = el.scrollHeight - el.scrollTop - el.clientHeight < 40;
+      }}
+    >
+      {messages.length === 0 && <li className="empty">Say something — the assistant answers.</li>}
+      {messages.map((m) => (
+        <li key={m.id} className="exchange" data-message-id={m.id}>
+          {m.text !== null && (
+            <div className="bubble mine" data-testid="my-message">
+              <p className="text">{m.text}</p>
+              <p className={`status status-${m.status}`} data-testid="status">
+                {STATUS_LABEL[m.status]}
+                {m.error && m.status !== "answered" && <span className="why"> — {m.error.message}</span>}
+                {m.status === "failed" && (
+                  <button type="button" className="retry" onClick={() => onRetry(m.id)}>
+                    Retry
+                  </button>
+                )}
+              </p>
+            </div>
+          )}
+          {m.reply && (
+            <div className="bubble assistant" data-testid="reply" data-complete={m.reply.complete}>
+              <p className="text">
+                {m.reply.text}
+                {isStreaming(m) && <span className="typing" aria-label="assistant is typing" />}
+              </p>
+            </div>
+          )}
+          {!m.reply && m.status === "queued" && (
+            <div className="bubble assistant waiting" aria-label="waiting for the assistant">
+              <span className="typing" />
+            </div>
+          )}
+        </li>
+      ))}
+    </ol>
+  );
+}
+
+function Composer({ connected, onSend }: { connected: boolean; onSend: (text: string) => void }) {
+  const [text, setText] = useState("");
+  const input = useRef<HTMLTextAreaElement>(null);
+  useEffect(() => input.current?.focus(), []);
+
+  const submit = (e?: FormEvent) => {
+    e?.preventDefault();
+    const trimmed = text.trim();
+    if (!trimmed) return;
+    onSend(trimmed);
+    setText("");
+    input.current?.focus();
+  };
+  const onKeyDown = (e: KeyboardEvent<HTMLTextAreaElement>) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.nativeEvent.isComposing) submit(e);
+  };
+
+  return (
+    <form className="composer" onSubmit={submit}>
+      <label htmlFor="message-input" className="visually-hidden">
+        Message
+      </label>
+      <textarea
+        id="message-input"
+        ref={input}
+        value={text}
+        rows={2}
+        maxLength={4000}
+        placeholder={connected ? "Write a message — Enter to send, Shift+Enter for a new line" : "Offline — messages are sent when the connection is back"}
+        onChange={(e) => setText(e.target.value)}
+        onKeyDown={onKeyDown}
+      />
+      <button type="submit" disabled={!text.trim()}>
+        Send
+      </button>
+    </form>
+  );
+}

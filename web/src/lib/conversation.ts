@@ -1,0 +1,151 @@
+// The conversation as the page shows it: a pure model, updated by what the
+// user does and what the gateway says. No I/O here; see connection.ts.
+
+import type { ErrorInfo, ServerFrame } from "./protocol";
+
+/** Where a message of mine is on its way to an answer. */
+export type Status = "sending" | "queued" | "answered" | "failed";
+
+export type Reply = {
+  id: string;
+  /** Chunk texts by seq; a repeat of a seq is ignored. */
+  chunks: Record<number, string>;
+  /** The seq of the final chunk, once seen. */
+  finalSeq: number | null;
+  /** The text of chunks 0..n without gaps: what can be shown. */
+  text: string;
+  complete: boolean;
+};
+
+export type Message = {
+  id: string;
+  /** null for a reply to a message this page no longer knows (history trimmed). */
+  text: string | null;
+  status: Status;
+  /** The last error about this message (kept while a retryable one is retried). */
+  error: ErrorInfo | null;
+  reply: Reply | null;
+  createdAt: number;
+};
+
+export type Conversation = {
+  order: string[];
+  messages: Record<string, Message>;
+};
+
+export const emptyConversation: Conversation = { order: [], messages: {} };
+
+/** How many messages are kept (and stored across reloads). */
+export const HISTORY_LIMIT = 200;
+
+function put(c: Conversation, message: Message): Conversation {
+  const known = message.id in c.messages;
+  let order = known ? c.order : [...c.order, message.id];
+  let messages = { ...c.messages, [message.id]: message };
+  if (order.length > HISTORY_LIMIT) {
+    const dropped = order.slice(0, order.length - HISTORY_LIMIT);
+    order = order.slice(-HISTORY_LIMIT);
+    messages = { ...messages };
+    for (const id of dropped) delete messages[id];
+  }
+  return { order, messages };
+}
+
+/** I sent a message: it shows at once, as sending. */
+export function submitted(c: Conversation, id: string, text: string, now = Date.now()): Conversation {
+  return put(c, { id, text, status: "sending", error: null, reply: null, createdAt: now });
+}
+
+/** RabbitMQ has it: sending → queued (never backwards from answered). */
+export function accepted(c: Conversation, id: string): Conversation {
+  const m = c.messages[id];
+  if (!m || m.status === "answered") return c;
+  return put(c, { ...m, status: m.reply?.complete ? "answered" : "queued", error: null });
+}
+
+/**
+ * The gateway refused the message. A retryable refusal keeps it pending
+ * (it is sent again, same id); any other marks it failed.
+ */
+export function refused(c: Conversation, id: string, error: ErrorInfo): Conversation {
+  const m = c.messages[id];
+  if (!m || m.status === "answered" || m.status === "queued") return c;
+  return put(c, { ...m, status: error.retryable ? "sending" : "failed", error });
+}
+
+/** The person pressed retry on a failed message: pending again, same id. */
+export function retried(c: Conversation, id: string): Conversation {
+  const m = c.messages[id];
+  if (!m || m.status !== "failed") return c;
+  return put(c, { ...m, status: "sending", error: null });
+}
+
+function contiguousText(chunks: Record<number, string>): string {
+  let text = "";
+  for (let seq = 0; seq in chunks; seq++) text += chunks[seq];
+  return text;
+}
+
+function isComplete(chunks: Record<number, string>, finalSeq: number | null): boolean {
+  if (finalSeq === null) return false;
+  for (let seq = 0; seq <= finalSeq; seq++) if (!(seq in chunks)) return false;
+  return true;
+}
+
+/**
+ * A reply chunk arrived. Chunks are placed by seq whatever order they come
+ * in; a chunk already seen changes nothing (at-least-once delivery).
+ */
+export function replied(
+  c: Conversation,
+  frame: Extract<ServerFrame, { type: "reply" }>,
+  now = Date.now(),
+): Conversation {
+  const m: Message = c.messages[frame.in_reply_to] ?? {
+    id: frame.in_reply_to,
+    text: null,
+    status: "queued",
+    error: null,
+    reply: null,
+    createdAt: now,
+  };
+  const reply: Reply = m.reply ?? { id: frame.id, chunks: {}, finalSeq: null, text: "", complete: false };
+  if (frame.seq in reply.chunks) return c;
+  const chunks = { ...reply.chunks, [frame.seq]: frame.text };
+  const finalSeq = frame.final ? frame.seq : reply.finalSeq;
+  const complete = isComplete(chunks, finalSeq);
+  const next: Reply = { id: reply.id, chunks, finalSeq, text: contiguousText(chunks), complete };
+  return put(c, { ...m, reply: next, status: complete ? "answered" : "queued", error: null });
+}
+
+/** Messages waiting to be (re)sent, oldest first. */
+export function pending(c: Conversation): Message[] {
+  return c.order.map((id) => c.messages[id]).filter((m): m is Message => m?.status === "sending");
+}
+
+/** Whether an answer is streaming right now. */
+export function isStreaming(m: Message): boolean {
+  return m.status === "queued" && m.reply !== null && !m.reply.complete;
+}
+
+const STORAGE_KEY = "switchboard.conversation.v1";
+
+export function save(storage: Pick<Storage, "setItem">, c: Conversation): void {
+  try {
+    storage.setItem(STORAGE_KEY, JSON.stringify(c));
+  } catch {
+    // Full or unavailable storage only costs the history on reload.
+  }
+}
+
+export function load(storage: Pick<Storage, "getItem">): Conversation {
+  try {
+    const raw = storage.getItem(STORAGE_KEY);
+    if (!raw) return emptyConversation;
+    const parsed = JSON.parse(raw) as Conversation;
+    if (!Array.isArray(parsed.order) || typeof parsed.messages !== "object") return emptyConversation;
+    return parsed;
+  } catch {
+    return emptyConversation;
+  }
+}

@@ -1,0 +1,76 @@
+// The wire protocol as the browser sees it (docs/protocol.md is the reference).
+
+export type ErrorInfo = { code: string; message: string; retryable: boolean };
+
+export type ServerFrame =
+  | { type: "welcome"; user_id: string }
+  | { type: "accepted"; id: string }
+  | { type: "reply"; id: string; in_reply_to: string; seq: number; text: string; final: boolean }
+  | ({ type: "error"; id?: string } & ErrorInfo)
+  | { type: "pong" };
+
+const isString = (v: unknown): v is string => typeof v === "string";
+
+/**
+ * Parses one text frame from the gateway. Returns null for anything that is
+ * not a frame this client understands (newer servers may add types), so a
+ * surprise never breaks the page.
+ */
+export function parseServerFrame(text: string): ServerFrame | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (typeof value !== "object" || value === null) return null;
+  const f = value as Record<string, unknown>;
+  switch (f.type) {
+    case "welcome":
+      return isString(f.user_id) ? { type: "welcome", user_id: f.user_id } : null;
+    case "accepted":
+      return isString(f.id) ? { type: "accepted", id: f.id } : null;
+    case "reply":
+      if (
+        isString(f.id) &&
+        isString(f.in_reply_to) &&
+        Number.isInteger(f.seq) &&
+        (f.seq as number) >= 0 &&
+        isString(f.text) &&
+        typeof f.final === "boolean"
+      ) {
+        return {
+          type: "reply",
+          id: f.id,
+          in_reply_to: f.in_reply_to,
+          seq: f.seq as number,
+          text: f.text,
+          final: f.final,
+        };
+      }
+      return null;
+    case "error":
+      if (!isString(f.code) || !isString(f.message)) return null;
+      return {
+        type: "error",
+        code: f.code,
+        message: f.message,
+        retryable: f.retryable === true,
+        ...(isString(f.id) ? { id: f.id } : {}),
+      };
+    case "pong":
+      return { type: "pong" };
+    default:
+      return null;
+  }
+}
+
+export function sendFrame(id: string, text: string): string {
+  return JSON.stringify({ type: "send", id, text });
+}
+
+/** The WebSocket URL for this page: same host, ws for http, wss for https. */
+export function socketUrl(location: { protocol: string; host: string }, token: string): string {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/ws?token=${encodeURIComponent(token)}`;
+}

@@ -1,0 +1,17 @@
+import { StrictMode } from "react";
+import { createRoot } from "react-dom/client";
+import { App } from "./App";
+import { ChatClient, browserEnv } from "./lib/client";
+import "./styles.css";
+
+const client = new ChatClient(browserEnv());
+client.start();
+window.addEventListener("pagehide", () => client.stop());
+
+const root = document.getElementById("root");
+if (!root) throw new Error("#root is missing from index.html");
+createRoot(root).render(
+  <StrictMode>
+    <App client={client} />
+  </StrictMode>,
+);
