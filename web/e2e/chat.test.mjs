@@ -82,6 +82,7 @@ describe("the chat page", () => {
       // Typed while offline: shown at once, sent when the connection is back.
       await say(page, "typed while offline");
       await exchange(page, "typed while offline").getByTestId("status").getByText("sending…").waitFor();
+      await page.getByTestId("send-state").getByText("1 waiting").waitFor();
 
       await stack.startGateway();
       await connection.getByText("connected", { exact: true }).waitFor({ timeout: 30_000 });

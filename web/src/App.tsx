@@ -43,7 +43,12 @@ export function App({ client }: { client: ChatClient }) {
         </div>
       )}
       <MessageList messages={messages} onRetry={(id) => client.retry(id)} />
-      <Composer connected={connection === "connected"} onSend={(text) => client.send(text)} />
+      <Composer
+        connected={connection === "connected"}
+        pending={messages.filter((m) => m.status === "sending").length}
+        failed={messages.filter((m) => m.status === "failed").length}
+        onSend={(text) => client.send(text)}
+      />
     </div>
   );
 }
@@ -104,7 +109,15 @@ function MessageList({ messages, onRetry }: { messages: Message[]; onRetry: (id:
   );
 }
 
-function Composer({ connected, onSend }: { connected: boolean; onSend: (text: string) => void }) {
+type ComposerProps = {
+  connected: boolean;
+  /** My messages not yet accepted by the server. */
+  pending: number;
+  failed: number;
+  onSend: (text: string) => void;
+};
+
+function Composer({ connected, pending, failed, onSend }: ComposerProps) {
   const [text, setText] = useState("");
   const input = useRef<HTMLTextAreaElement>(null);
   useEffect(() => input.current?.focus(), []);
@@ -136,9 +149,20 @@ function Composer({ connected, onSend }: { connected: boolean; onSend: (text: st
         onChange={(e) => setText(e.target.value)}
         onKeyDown={onKeyDown}
       />
-      <button type="submit" disabled={!text.trim()}>
-        Send
-      </button>
+      <div className="send">
+        <button type="submit" disabled={!text.trim()} aria-describedby="send-state">
+          Send
+        </button>
+        <span id="send-state" className={`send-state${failed > 0 ? " send-failed" : ""}`} data-testid="send-state">
+          {sendState(connected, pending, failed)}
+        </span>
+      </div>
     </form>
   );
+}
+
+function sendState(connected: boolean, pending: number, failed: number): string {
+  if (failed > 0) return `${failed} failed`;
+  if (pending === 0) return "";
+  return connected ? "sending…" : `${pending} waiting`;
 }

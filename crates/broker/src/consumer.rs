@@ -5,7 +5,8 @@
 use crate::connection::backoff;
 use crate::{Broker, BrokerError, Session};
 use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicNackOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use std::future::Future;
 use std::time::Duration;
@@ -62,6 +63,30 @@ pub async fn run_consumer<F, Fut>(
             skip_generation = Some(session.generation());
         }
     }
+}
+
+/// Starts a manual-ack consumer on `queue` with at most `prefetch` unacked
+/// deliveries. Returns its tag (`<label>-<random>`, unique so several
+/// consumers can share a channel) and its delivery stream.
+pub async fn start(
+    channel: &Channel,
+    queue: &str,
+    label: &str,
+    prefetch: u16,
+) -> Result<(String, Consumer), BrokerError> {
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("{label}-{}", protocol::MessageId::new_random());
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((tag, consumer))
 }
 
 /// Runs consumer setup (declare, qos, consume) within `limit`. On timeout the

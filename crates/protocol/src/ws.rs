@@ -101,26 +101,33 @@ impl ClientFrame {
     }
 }
 
+/// The frame's `id`: a missing one makes the frame invalid, one that is not
+/// a UUID string is an invalid id.
+fn decode_id<T>(
+    fields: &Map<String, Value>,
+    frame: &str,
+    parse: impl Fn(&str) -> Result<T, crate::IdError>,
+) -> Result<T, FrameError> {
+    match fields.get("id") {
+        Some(Value::String(raw)) => {
+            parse(raw).map_err(|_| FrameError::new(ErrorCode::InvalidId, "`id` must be a UUID"))
+        }
+        Some(_) => Err(FrameError::new(
+            ErrorCode::InvalidId,
+            "`id` must be a UUID string",
+        )),
+        None => Err(FrameError::new(
+            ErrorCode::InvalidFrame,
+            format!("`{frame}` needs an `id`"),
+        )),
+    }
+}
+
 fn decode_send(
     fields: &Map<String, Value>,
     limits: &FrameLimits,
 ) -> Result<ClientFrame, FrameError> {
-    let id = match fields.get("id") {
-        Some(Value::String(raw)) => MessageId::parse(raw)
-            .map_err(|_| FrameError::new(ErrorCode::InvalidId, "`id` must be a UUID"))?,
-        Some(_) => {
-            return Err(FrameError::new(
-                ErrorCode::InvalidId,
-                "`id` must be a UUID string",
-            ));
-        }
-        None => {
-            return Err(FrameError::new(
-                ErrorCode::InvalidFrame,
-                "`send` needs an `id`",
-            ));
-        }
-    };
+    let id = decode_id(fields, "send", MessageId::parse)?;
     let text = match fields.get("text") {
         Some(Value::String(text)) => text,
         Some(_) => {
@@ -152,22 +159,7 @@ fn decode_send(
 }
 
 fn decode_ack(fields: &Map<String, Value>) -> Result<ClientFrame, FrameError> {
-    let id = match fields.get("id") {
-        Some(Value::String(raw)) => ReplyId::parse(raw)
-            .map_err(|_| FrameError::new(ErrorCode::InvalidId, "`id` must be a UUID"))?,
-        Some(_) => {
-            return Err(FrameError::new(
-                ErrorCode::InvalidId,
-                "`id` must be a UUID string",
-            ));
-        }
-        None => {
-            return Err(FrameError::new(
-                ErrorCode::InvalidFrame,
-                "`ack` needs an `id`",
-            ));
-        }
-    };
+    let id = decode_id(fields, "ack", ReplyId::parse)?;
     let seq = fields
         .get("seq")
         .and_then(Value::as_u64)

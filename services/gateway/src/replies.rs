@@ -16,10 +16,7 @@
 use axum::extract::ws::Utf8Bytes;
 use broker::lapin::Acker;
 use broker::lapin::message::Delivery;
-use broker::lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-};
-use broker::lapin::types::FieldTable;
+use broker::lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use broker::topology::{self, ReplyQueueShape};
 use broker::{Broker, BrokerError, Session};
 use futures_util::StreamExt;
@@ -277,30 +274,21 @@ impl ReplyRouter {
         let shard = self.inner.shard_hasher.hash_one(user) as usize;
         let channel = session.consumer_channel(shard).await?;
         let names = self.inner.broker.names();
-        let tag = format!("gateway-{user}-{}", protocol::MessageId::new_random());
         let setup_limit =
             std::time::Duration::from_millis(self.inner.broker.settings().connect_timeout_ms);
-        let (queue, mut deliveries) =
-            broker::consumer::bounded_setup(&channel, setup_limit, async {
-                let queue =
-                    topology::declare_reply_queue(&channel, names, user, self.inner.shape).await?;
-                // The queue is durable: once declared it outlives reconnects, so
-                // readiness only ever goes from false to true.
-                ready.send_replace(true);
-                channel
-                    .basic_qos(self.inner.prefetch, BasicQosOptions::default())
-                    .await?;
-                let consumer = channel
-                    .basic_consume(
-                        queue.as_str().into(),
-                        tag.as_str().into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-                Ok((queue, consumer))
-            })
-            .await?;
+        let setup = async {
+            let queue =
+                topology::declare_reply_queue(&channel, names, user, self.inner.shape).await?;
+            // The queue is durable: once declared it outlives reconnects, so
+            // readiness only ever goes from false to true.
+            ready.send_replace(true);
+            let label = format!("gateway-{user}");
+            let (tag, consumer) =
+                broker::consumer::start(&channel, &queue, &label, self.inner.prefetch).await?;
+            Ok((queue, tag, consumer))
+        };
+        let (queue, tag, mut deliveries) =
+            broker::consumer::bounded_setup(&channel, setup_limit, setup).await?;
         debug!(user_id = %user, queue, "consuming replies");
         loop {
             tokio::select! {

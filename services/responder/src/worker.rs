@@ -5,10 +5,7 @@
 use crate::mock;
 use crate::settings::Settings;
 use broker::lapin::message::Delivery;
-use broker::lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-};
-use broker::lapin::types::FieldTable;
+use broker::lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use broker::{Broker, BrokerError, PublishError, Session, properties};
 use futures_util::StreamExt;
 use protocol::amqp::{self, ChatRequest, ReplyChunk};
@@ -61,24 +58,10 @@ async fn consume_session(
     // handle on it so it stays open until their acks are sent.
     let channel = session.open_channel().await?;
     let queue = worker.broker.names().chat_queue();
-    let tag = format!("responder-{}", protocol::MessageId::new_random());
     let prefetch = worker.settings.worker.prefetch;
     let setup_limit = Duration::from_millis(worker.settings.amqp.connect_timeout_ms);
-    let mut requests = broker::consumer::bounded_setup(&channel, setup_limit, async {
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(consumer)
-    })
-    .await?;
+    let setup = broker::consumer::start(&channel, &queue, "responder", prefetch);
+    let (tag, mut requests) = broker::consumer::bounded_setup(&channel, setup_limit, setup).await?;
     info!(queue, prefetch, "consuming requests");
     loop {
         tokio::select! {
