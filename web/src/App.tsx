@@ -13,6 +13,7 @@ const CONNECTION_LABEL: Record<ConnectionState, string> = {
   connecting: "connecting…",
   connected: "connected",
   reconnecting: "reconnecting…",
+  stopped: "disconnected",
 };
 
 export function App({ client }: { client: ChatClient }) {
@@ -91,7 +92,12 @@ function MessageList({ messages, onRetry }: { messages: Message[]; onRetry: (id:
             </div>
           )}
           {m.reply && (
-            <div className="bubble assistant" data-testid="reply" data-complete={m.reply.complete}>
+            <div
+              className="bubble assistant"
+              data-testid="reply"
+              data-complete={m.reply.complete}
+              aria-busy={isStreaming(m)}
+            >
               <p className="text">
                 {m.reply.text}
                 {isStreaming(m) && <span className="typing" aria-label="assistant is typing" />}
@@ -124,9 +130,8 @@ function Composer({ connected, pending, failed, onSend }: ComposerProps) {
 
   const submit = (e?: FormEvent) => {
     e?.preventDefault();
-    const trimmed = text.trim();
-    if (!trimmed) return;
-    onSend(trimmed);
+    if (!text.trim()) return;
+    onSend(text);
     setText("");
     input.current?.focus();
   };

@@ -7,6 +7,10 @@ import "./styles.css";
 const client = new ChatClient(browserEnv());
 client.start();
 window.addEventListener("pagehide", () => client.stop());
+// Back/forward cache: a restored page must connect again.
+window.addEventListener("pageshow", (e) => {
+  if (e.persisted) client.start();
+});
 
 const root = document.getElementById("root");
 if (!root) throw new Error("#root is missing from index.html");

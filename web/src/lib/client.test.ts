@@ -1,14 +1,17 @@
 import { beforeEach, describe, expect, it } from "vitest";
 import { ChatClient, type ClientEnv, type SocketLike } from "./client";
+import { HISTORY_LIMIT, STORAGE_KEY, submitted, emptyConversation, save } from "./conversation";
 
 class FakeSocket implements SocketLike {
-  onopen: SocketLike["onopen"] = null;
   onmessage: SocketLike["onmessage"] = null;
   onclose: SocketLike["onclose"] = null;
   onerror: SocketLike["onerror"] = null;
   sent: unknown[] = [];
   closed = false;
-  constructor(public url: string) {}
+  constructor(
+    public url: string,
+    public protocols: string[],
+  ) {}
   send(data: string) {
     this.sent.push(JSON.parse(data));
   }
@@ -19,21 +22,38 @@ class FakeSocket implements SocketLike {
   frame(f: object) {
     this.onmessage?.({ data: JSON.stringify(f) });
   }
-  drop() {
-    this.onclose?.({ code: 1006, reason: "" });
+  drop(code = 1006) {
+    this.onclose?.({ code, reason: "" });
   }
 }
+
+type Timer = { fn: () => void; ms: number; cleared: boolean };
 
 type Harness = {
   env: ClientEnv;
   sockets: FakeSocket[];
-  timers: { fn: () => void; ms: number }[];
+  timers: Timer[];
   sessions: number;
+  /** What GET /api/session answers. */
+  checkStatus: number;
   store: Map<string, string>;
+  storageListeners: (() => void)[];
 };
 
+function jwt(exp: number): string {
+  return `h.${btoa(JSON.stringify({ sub: "g", exp })).replace(/=+$/, "")}.s`;
+}
+
 function harness(): Harness {
-  const h: Harness = { sockets: [], timers: [], sessions: 0, store: new Map(), env: undefined as never };
+  const h: Harness = {
+    sockets: [],
+    timers: [],
+    sessions: 0,
+    checkStatus: 200,
+    store: new Map(),
+    storageListeners: [],
+    env: undefined as never,
+  };
   let ids = 0;
   h.env = {
     location: { protocol: "http:", host: "chat.test" },
@@ -42,27 +62,45 @@ function harness(): Harness {
       setItem: (k, v) => void h.store.set(k, v),
       removeItem: (k) => void h.store.delete(k),
     },
-    fetch: async () => {
-      h.sessions += 1;
-      return { ok: true, status: 200, json: async () => ({ user_id: "g-1", token: "tok" }) };
+    fetch: async (_url, init) => {
+      if (init?.method === "POST") {
+        h.sessions += 1;
+        return { ok: true, status: 200, json: async () => ({ user_id: `g-${h.sessions}`, token: jwt(4_000_000_000 + h.sessions) }) };
+      }
+      return { ok: h.checkStatus === 200, status: h.checkStatus, json: async () => ({}) };
     },
-    openSocket: (url) => {
-      const s = new FakeSocket(url);
+    openSocket: (url, protocols) => {
+      const s = new FakeSocket(url, protocols);
       h.sockets.push(s);
       return s;
     },
-    setTimeout: (fn, ms) => h.timers.push({ fn, ms }),
-    clearTimeout: () => {},
-    now: () => 0,
+    setTimeout: (fn, ms) => {
+      const timer = { fn, ms, cleared: false };
+      h.timers.push(timer);
+      return timer;
+    },
+    clearTimeout: (handle) => {
+      (handle as Timer).cleared = true;
+    },
+    now: () => 1_000,
     newId: () => `m${++ids}`,
     backoff: { baseMs: 100, maxMs: 1_000, random: () => 0 },
+    watchStorage: (_key, fn) => void h.storageListeners.push(fn),
   };
   return h;
 }
 
-const flushPromises = () => new Promise((resolve) => setTimeout(resolve, 0));
+const settle = () => new Promise((resolve) => setTimeout(resolve, 0));
 const last = (h: Harness) => h.sockets[h.sockets.length - 1]!;
 const sends = (s: FakeSocket) => s.sent.filter((f) => (f as { type: string }).type === "send");
+/** Fires the newest pending timer of `ms`. */
+const fire = (h: Harness, ms: number) => {
+  const timer = [...h.timers].reverse().find((t) => t.ms === ms && !t.cleared);
+  if (!timer) throw new Error(`no pending ${ms} ms timer`);
+  timer.cleared = true;
+  timer.fn();
+};
+const welcome = (h: Harness, user = "g-1") => last(h).frame({ type: "welcome", user_id: user });
 
 describe("ChatClient", () => {
   let h: Harness;
@@ -71,28 +109,28 @@ describe("ChatClient", () => {
     h = harness();
     client = new ChatClient(h.env);
     client.start();
-    await flushPromises();
+    await settle();
   });
 
-  it("gets a guest session once, keeps the token, and connects with it", async () => {
+  it("gets a guest session once and sends the token as a subprotocol, not in the URL", async () => {
     expect(h.sessions).toBe(1);
-    expect(last(h).url).toBe("ws://chat.test/ws?token=tok");
-    last(h).frame({ type: "welcome", user_id: "g-1" });
+    expect(last(h).url).toBe("ws://chat.test/ws");
+    expect(last(h).protocols).toEqual(["switchboard", `bearer.${h.store.get("switchboard.token")}`]);
+    welcome(h);
     expect(client.getSnapshot().connection).toBe("connected");
     expect(client.getSnapshot().userId).toBe("g-1");
     // A reload: a new client with the same storage reuses the identity.
     const again = new ChatClient(h.env);
     again.start();
-    await flushPromises();
+    await settle();
     expect(h.sessions).toBe(1);
-    expect(last(h).url).toBe("ws://chat.test/ws?token=tok");
   });
 
   it("queues messages typed while offline and sends them once connected, once", () => {
     client.send("early");
     expect(sends(last(h))).toEqual([]);
     expect(client.getSnapshot().conversation.messages.m1?.status).toBe("sending");
-    last(h).frame({ type: "welcome", user_id: "g-1" });
+    welcome(h);
     expect(sends(last(h))).toEqual([{ type: "send", id: "m1", text: "early" }]);
     client.send("now");
     expect(sends(last(h))).toEqual([
@@ -102,17 +140,17 @@ describe("ChatClient", () => {
   });
 
   it("resends what was not accepted after a reconnect, with the same id", async () => {
-    last(h).frame({ type: "welcome", user_id: "g-1" });
+    welcome(h);
     client.send("a");
     client.send("b");
     last(h).frame({ type: "accepted", id: "m1" });
     last(h).drop();
+    await settle();
     expect(client.getSnapshot().connection).toBe("reconnecting");
-    expect(h.timers.at(-1)?.ms).toBe(50);
-    h.timers.at(-1)!.fn();
-    await flushPromises();
+    fire(h, 50);
+    await settle();
     expect(h.sockets.length).toBe(2);
-    last(h).frame({ type: "welcome", user_id: "g-1" });
+    welcome(h);
     expect(sends(last(h))).toEqual([{ type: "send", id: "m2", text: "b" }]);
   });
 
@@ -120,18 +158,21 @@ describe("ChatClient", () => {
     const delays: number[] = [];
     for (let i = 0; i < 4; i++) {
       last(h).drop();
-      delays.push(h.timers.at(-1)!.ms);
-      h.timers.at(-1)!.fn();
-      await flushPromises();
+      await settle();
+      const pending = h.timers.filter((t) => !t.cleared);
+      delays.push(pending[pending.length - 1]!.ms);
+      fire(h, delays[i]!);
+      await settle();
     }
     expect(delays).toEqual([50, 100, 200, 400]);
-    last(h).frame({ type: "welcome", user_id: "g-1" });
+    welcome(h);
     last(h).drop();
-    expect(h.timers.at(-1)!.ms).toBe(50);
+    await settle();
+    expect(h.timers.filter((t) => !t.cleared).at(-1)!.ms).toBe(50);
   });
 
   it("acknowledges every reply chunk, repeats included, and shows each once", () => {
-    last(h).frame({ type: "welcome", user_id: "g-1" });
+    welcome(h);
     client.send("q");
     const chunk = { type: "reply", id: "r", in_reply_to: "m1", seq: 0, text: "hi", final: true };
     last(h).frame(chunk);
@@ -147,15 +188,12 @@ describe("ChatClient", () => {
   });
 
   it("retries a retryable refusal later and shows a final one", () => {
-    last(h).frame({ type: "welcome", user_id: "g-1" });
+    welcome(h);
     client.send("q");
     last(h).frame({ type: "error", code: "broker_unavailable", message: "later", id: "m1", retryable: true });
     expect(client.getSnapshot().conversation.messages.m1?.status).toBe("sending");
-    h.timers.at(-1)!.fn();
-    expect(sends(last(h))).toEqual([
-      { type: "send", id: "m1", text: "q" },
-      { type: "send", id: "m1", text: "q" },
-    ]);
+    fire(h, 1_000);
+    expect(sends(last(h)).length).toBe(2);
     last(h).frame({ type: "error", code: "text_too_long", message: "too long", id: "m1", retryable: false });
     expect(client.getSnapshot().conversation.messages.m1?.status).toBe("failed");
     expect(client.getSnapshot().notice).toContain("too long");
@@ -163,11 +201,120 @@ describe("ChatClient", () => {
     expect(sends(last(h)).length).toBe(3);
   });
 
+  it("does not send twice when a retry timer outlives its connection", async () => {
+    welcome(h);
+    client.send("q");
+    last(h).frame({ type: "error", code: "broker_unavailable", message: "later", id: "m1", retryable: true });
+    const resend = h.timers.find((t) => t.ms === 1_000)!;
+    last(h).drop();
+    await settle();
+    fire(h, 50);
+    await settle();
+    welcome(h);
+    expect(sends(last(h))).toEqual([{ type: "send", id: "m1", text: "q" }]);
+    resend.fn(); // even if it fired anyway
+    expect(sends(last(h))).toEqual([{ type: "send", id: "m1", text: "q" }]);
+  });
+
+  it("ignores an error about a message that was already accepted", () => {
+    welcome(h);
+    client.send("q");
+    last(h).frame({ type: "accepted", id: "m1" });
+    last(h).frame({ type: "error", code: "publish_timeout", message: "slow", id: "m1", retryable: true });
+    expect(client.getSnapshot().conversation.messages.m1?.status).toBe("queued");
+    expect(client.getSnapshot().notice).toBeNull();
+    expect(h.timers.some((t) => t.ms === 1_000)).toBe(false);
+  });
+
+  it("replaces a token the gateway refuses, and says so", async () => {
+    // The upgrade is refused (the browser sees only 1006) and the session
+    // check confirms the token is dead.
+    h.checkStatus = 401;
+    last(h).drop();
+    await settle();
+    expect(client.getSnapshot().notice).toContain("no longer valid");
+    fire(h, 50);
+    await settle();
+    expect(h.sessions).toBe(2);
+    welcome(h, "g-2");
+    expect(client.getSnapshot().userId).toBe("g-2");
+  });
+
+  it("keeps the token when the gateway is merely unreachable", async () => {
+    h.checkStatus = 502;
+    last(h).drop();
+    await settle();
+    fire(h, 50);
+    await settle();
+    expect(h.sessions).toBe(1);
+    expect(client.getSnapshot().notice).toBeNull();
+  });
+
+  it("gets a new session when the socket closes because the token expired", async () => {
+    welcome(h);
+    last(h).drop(4001);
+    await settle();
+    expect(client.getSnapshot().notice).toContain("expired");
+    fire(h, 50);
+    await settle();
+    expect(h.sessions).toBe(2);
+  });
+
+  it("drops a connection that stops answering pings", async () => {
+    welcome(h);
+    fire(h, 20_000);
+    expect(last(h).sent.at(-1)).toEqual({ type: "ping" });
+    fire(h, 10_000);
+    expect(last(h).closed).toBe(true);
+    await settle();
+    expect(client.getSnapshot().connection).toBe("reconnecting");
+  });
+
+  it("keeps a connection that answers pings", () => {
+    welcome(h);
+    fire(h, 20_000);
+    last(h).frame({ type: "pong" });
+    fire(h, 10_000);
+    expect(last(h).closed).toBe(false);
+    expect(h.timers.some((t) => t.ms === 20_000 && !t.cleared)).toBe(true);
+  });
+
+  it("stops cleanly and starts again (back/forward cache)", async () => {
+    welcome(h);
+    client.stop();
+    expect(last(h).closed).toBe(true);
+    expect(client.getSnapshot().connection).toBe("stopped");
+    expect(h.timers.every((t) => t.cleared || t.ms !== 20_000)).toBe(true);
+    client.start();
+    await settle();
+    expect(h.sockets.length).toBe(2);
+  });
+
   it("keeps its conversation across a reload", () => {
-    last(h).frame({ type: "welcome", user_id: "g-1" });
+    welcome(h);
     client.send("remember");
     last(h).frame({ type: "accepted", id: "m1" });
     const reloaded = new ChatClient(h.env);
     expect(reloaded.getSnapshot().conversation.messages.m1?.status).toBe("queued");
+  });
+
+  it("shows what another tab of the same user stored", () => {
+    const other = submitted(emptyConversation, "x1", "from the other tab", 5);
+    save(h.env.storage, { ...other, messages: { x1: { ...other.messages.x1!, status: "queued" } } });
+    for (const listener of h.storageListeners) listener();
+    expect(client.getSnapshot().conversation.messages.x1?.text).toBe("from the other tab");
+    expect(h.store.has(STORAGE_KEY)).toBe(true);
+  });
+});
+
+describe("history trimming", () => {
+  it("never drops a message that is still to be sent", () => {
+    let c = submitted(emptyConversation, "unsent", "x", 0);
+    for (let i = 0; i < HISTORY_LIMIT + 3; i++) {
+      c = submitted(c, `m${i}`, "x", i + 1);
+      c = { ...c, messages: { ...c.messages, [`m${i}`]: { ...c.messages[`m${i}`]!, status: "answered" } } };
+    }
+    expect(c.messages.unsent?.status).toBe("sending");
+    expect(c.order.length).toBe(HISTORY_LIMIT);
   });
 });

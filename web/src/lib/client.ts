@@ -5,9 +5,16 @@
 
 import { backoffDelay, defaultBackoff, type BackoffOptions } from "./backoff";
 import * as conv from "./conversation";
-import { parseServerFrame, sendFrame, socketUrl } from "./protocol";
+import {
+  CLOSE_TOKEN_EXPIRED,
+  parseServerFrame,
+  sendFrame,
+  socketProtocols,
+  socketUrl,
+  tokenExpiry,
+} from "./protocol";
 
-export type ConnectionState = "connecting" | "connected" | "reconnecting";
+export type ConnectionState = "connecting" | "connected" | "reconnecting" | "stopped";
 
 export type Snapshot = {
   conversation: conv.Conversation;
@@ -21,7 +28,6 @@ export type Snapshot = {
 
 /** The part of a WebSocket the client uses. */
 export interface SocketLike {
-  onopen: ((ev: unknown) => void) | null;
   onmessage: ((ev: { data: unknown }) => void) | null;
   onclose: ((ev: { code: number; reason: string }) => void) | null;
   onerror: ((ev: unknown) => void) | null;
@@ -29,16 +35,20 @@ export interface SocketLike {
   close(code?: number, reason?: string): void;
 }
 
+type HttpResponse = { ok: boolean; status: number; json(): Promise<unknown> };
+
 export type ClientEnv = {
   location: { protocol: string; host: string };
   storage: Pick<Storage, "getItem" | "setItem" | "removeItem">;
-  fetch: (url: string, init?: { method?: string }) => Promise<{ ok: boolean; status: number; json(): Promise<unknown> }>;
-  openSocket: (url: string) => SocketLike;
+  fetch: (url: string, init?: { method?: string; headers?: Record<string, string> }) => Promise<HttpResponse>;
+  openSocket: (url: string, protocols: string[]) => SocketLike;
   setTimeout: (fn: () => void, ms: number) => unknown;
   clearTimeout: (handle: unknown) => void;
   now: () => number;
   newId: () => string;
   backoff: BackoffOptions;
+  /** Calls `fn` when another tab changes `key` in storage. */
+  watchStorage: (key: string, fn: () => void) => void;
 };
 
 export function browserEnv(): ClientEnv {
@@ -46,12 +56,16 @@ export function browserEnv(): ClientEnv {
     location: window.location,
     storage: window.localStorage,
     fetch: (url, init) => window.fetch(url, init),
-    openSocket: (url) => new WebSocket(url) as unknown as SocketLike,
+    openSocket: (url, protocols) => new WebSocket(url, protocols) as unknown as SocketLike,
     setTimeout: (fn, ms) => window.setTimeout(fn, ms),
     clearTimeout: (handle) => window.clearTimeout(handle as number),
     now: () => Date.now(),
     newId: () => crypto.randomUUID(),
     backoff: defaultBackoff,
+    watchStorage: (key, fn) =>
+      window.addEventListener("storage", (e) => {
+        if (e.key === key) fn();
+      }),
   };
 }
 
@@ -60,6 +74,12 @@ const USER_KEY = "switchboard.user_id";
 
 /** Delay before re-sending a message the gateway refused as retryable. */
 const RESEND_DELAY_MS = 1_000;
+/** The page pings this often while connected… */
+const PING_INTERVAL_MS = 20_000;
+/** …and drops a connection that stays silent this long after a ping. */
+const PONG_TIMEOUT_MS = 10_000;
+/** A token this close to its expiry is replaced before connecting. */
+const EXPIRY_MARGIN_S = 60;
 
 export class ChatClient {
   private snapshot: Snapshot;
@@ -69,16 +89,23 @@ export class ChatClient {
   private sentHere = new Set<string>();
   private attempt = 0;
   private reconnectTimer: unknown = null;
+  /** Timers that belong to the current connection; cleared when it ends. */
+  private connectionTimers = new Set<unknown>();
+  /** Bumped on every connect and stop, so a late async step can tell it is stale. */
+  private generation = 0;
   private stopped = true;
 
   constructor(private env: ClientEnv) {
     this.snapshot = {
       conversation: conv.load(env.storage),
-      connection: "connecting",
+      connection: "stopped",
       userId: env.storage.getItem(USER_KEY),
       notice: null,
       reconnectAt: null,
     };
+    env.watchStorage(conv.STORAGE_KEY, () => {
+      this.updateConversation(conv.merged(this.snapshot.conversation, conv.load(env.storage)), false);
+    });
   }
 
   // --- for React (useSyncExternalStore)
@@ -93,16 +120,17 @@ export class ChatClient {
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
+    this.update({ connection: "connecting" });
     void this.connect();
   }
 
   stop(): void {
     this.stopped = true;
+    this.generation += 1;
     if (this.reconnectTimer !== null) this.env.clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
-    const socket = this.socket;
-    this.socket = null;
-    socket?.close(1000, "page closed");
+    this.endConnection();
+    this.update({ connection: "stopped", reconnectAt: null });
   }
 
   /** Shows the message at once and sends it now, or as soon as connected. */
@@ -130,17 +158,46 @@ export class ChatClient {
     for (const listener of this.listeners) listener();
   }
 
-  private updateConversation(conversation: conv.Conversation): void {
+  private updateConversation(conversation: conv.Conversation, persist = true): void {
     if (conversation === this.snapshot.conversation) return;
-    conv.save(this.env.storage, conversation);
+    if (persist) conv.save(this.env.storage, conversation);
     this.update({ conversation });
+  }
+
+  private later(fn: () => void, ms: number): void {
+    const handle = this.env.setTimeout(() => {
+      this.connectionTimers.delete(handle);
+      fn();
+    }, ms);
+    this.connectionTimers.add(handle);
+  }
+
+  /** Closes the current socket (if any) and forgets its timers and sends. */
+  private endConnection(): void {
+    for (const handle of this.connectionTimers) this.env.clearTimeout(handle);
+    this.connectionTimers.clear();
+    this.sentHere.clear();
+    const socket = this.socket;
+    this.socket = null;
+    socket?.close(1000, "page closed");
+  }
+
+  private forgetIdentity(notice: string): void {
+    this.env.storage.removeItem(TOKEN_KEY);
+    this.env.storage.removeItem(USER_KEY);
+    this.update({ userId: null, notice });
   }
 
   private async token(): Promise<string> {
     const stored = this.env.storage.getItem(TOKEN_KEY);
-    if (stored) return stored;
+    const exp = stored ? tokenExpiry(stored) : null;
+    if (stored && (exp === null || exp - EXPIRY_MARGIN_S > this.env.now() / 1000)) return stored;
+    if (stored) this.forgetIdentity("Your session expired; you continue as a new guest.");
     const response = await this.env.fetch("/api/session", { method: "POST" });
-    if (!response.ok) throw new Error(`the server refused a session (HTTP ${response.status})`);
+    if (!response.ok) {
+      const body = (await response.json().catch(() => ({}))) as { message?: unknown };
+      throw new SessionRefused(typeof body.message === "string" ? body.message : `HTTP ${response.status}`);
+    }
     const body = (await response.json()) as { user_id?: unknown; token?: unknown };
     if (typeof body.token !== "string" || typeof body.user_id !== "string") {
       throw new Error("the server sent a malformed session");
@@ -151,28 +208,54 @@ export class ChatClient {
     return body.token;
   }
 
+  /**
+   * The socket closed before `welcome`: the gateway may be down, or it may
+   * have refused the token (a browser sees a refused upgrade only as 1006).
+   * Ask the session endpoint; a definite 401 means the token is dead.
+   */
+  private async checkToken(): Promise<void> {
+    const token = this.env.storage.getItem(TOKEN_KEY);
+    if (!token) return;
+    try {
+      const response = await this.env.fetch("/api/session", { headers: { Authorization: `Bearer ${token}` } });
+      if (response.status === 401) {
+        this.forgetIdentity("Your session is no longer valid; you continue as a new guest.");
+      }
+    } catch {
+      // Unreachable: keep the token and retry with backoff.
+    }
+  }
+
   private async connect(): Promise<void> {
+    const generation = ++this.generation;
     this.reconnectTimer = null;
     this.update({ reconnectAt: null });
     let token: string;
     try {
       token = await this.token();
-    } catch {
-      // The gateway is unreachable (or refusing): same as a lost socket.
+    } catch (e) {
+      if (generation !== this.generation) return;
+      if (e instanceof SessionRefused) this.update({ notice: `Cannot start a session: ${e.message}` });
       this.scheduleReconnect();
       return;
     }
-    if (this.stopped) return;
-    const socket = this.env.openSocket(socketUrl(this.env.location, token));
+    if (generation !== this.generation || this.stopped) return;
+    const socket = this.env.openSocket(socketUrl(this.env.location), socketProtocols(token));
     this.socket = socket;
+    let welcomed = false;
     socket.onmessage = (ev) => {
-      if (this.socket === socket && typeof ev.data === "string") this.onFrame(ev.data);
+      if (this.socket !== socket || typeof ev.data !== "string") return;
+      if (this.onFrame(ev.data) === "welcome") welcomed = true;
     };
-    socket.onclose = () => {
+    socket.onclose = (ev) => {
       if (this.socket !== socket) return;
-      this.socket = null;
-      this.sentHere.clear();
-      if (!this.stopped) this.scheduleReconnect();
+      this.endConnection();
+      if (this.stopped) return;
+      if (ev.code === CLOSE_TOKEN_EXPIRED) {
+        this.forgetIdentity("Your session expired; you continue as a new guest.");
+      }
+      const check = welcomed ? Promise.resolve() : this.checkToken();
+      void check.then(() => this.scheduleReconnect());
     };
     socket.onerror = () => {
       // A close event always follows; reconnecting is handled there.
@@ -187,17 +270,45 @@ export class ChatClient {
     this.reconnectTimer = this.env.setTimeout(() => void this.connect(), delay);
   }
 
-  private onFrame(text: string): void {
+  /** Frames received so far, for the keep-alive. */
+  private framesHeard = 0;
+
+  /**
+   * Pings while connected; a connection that stays silent after a ping is
+   * dropped (a half-open connection would otherwise look connected forever).
+   */
+  private keepAlive(socket: SocketLike): void {
+    this.later(() => {
+      if (this.socket !== socket) return;
+      const heard = this.framesHeard;
+      socket.send(JSON.stringify({ type: "ping" }));
+      this.later(() => {
+        if (this.socket !== socket) return;
+        if (this.framesHeard === heard) {
+          socket.close(4002, "no answer to ping");
+          socket.onclose?.({ code: 1006, reason: "no answer to ping" });
+          return;
+        }
+        this.keepAlive(socket);
+      }, PONG_TIMEOUT_MS);
+    }, PING_INTERVAL_MS);
+  }
+
+  private onFrame(text: string): string | null {
+    this.framesHeard += 1;
     const frame = parseServerFrame(text);
-    if (!frame) return; // something newer than this page understands
+    if (!frame) return null; // something newer than this page understands
     const c = this.snapshot.conversation;
     switch (frame.type) {
-      case "welcome":
+      case "welcome": {
         this.attempt = 0;
         this.env.storage.setItem(USER_KEY, frame.user_id);
         this.update({ connection: "connected", userId: frame.user_id, reconnectAt: null });
+        const socket = this.socket;
+        if (socket) this.keepAlive(socket);
         this.flush();
         break;
+      }
       case "accepted":
         this.updateConversation(conv.accepted(c, frame.id));
         break;
@@ -207,22 +318,29 @@ export class ChatClient {
         this.socket?.send(JSON.stringify({ type: "ack", id: frame.id, seq: frame.seq }));
         this.updateConversation(conv.replied(c, frame, this.env.now()));
         break;
-      case "error":
-        if (frame.id && frame.id in c.messages) {
-          this.updateConversation(conv.refused(c, frame.id, frame));
-          if (frame.retryable) this.resendLater(frame.id);
-          else this.update({ notice: `Message not sent: ${frame.message}` });
-        } else {
+      case "error": {
+        if (!frame.id || !(frame.id in c.messages)) {
           this.update({ notice: frame.message });
+          break;
         }
+        const next = conv.refused(c, frame.id, frame);
+        if (next === c) break; // already queued or answered: nothing to do
+        this.updateConversation(next);
+        if (frame.retryable) this.resendLater(frame.id);
+        else this.update({ notice: `Message not sent: ${frame.message}` });
         break;
+      }
       case "pong":
         break;
     }
+    return frame.type;
   }
 
+  /** Sends `id` again after a pause, on this connection only. */
   private resendLater(id: string): void {
-    this.env.setTimeout(() => {
+    const socket = this.socket;
+    this.later(() => {
+      if (this.socket !== socket) return; // a new connection resends by itself
       this.sentHere.delete(id);
       this.flush();
     }, RESEND_DELAY_MS);
@@ -239,3 +357,6 @@ export class ChatClient {
     }
   }
 }
+
+/** The gateway answered the session request with a refusal. */
+class SessionRefused extends Error {}

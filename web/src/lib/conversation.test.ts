@@ -84,7 +84,7 @@ describe("the offline outbox", () => {
 describe("history", () => {
   it("is bounded", () => {
     let s = c.emptyConversation;
-    for (let i = 0; i < c.HISTORY_LIMIT + 5; i++) s = c.submitted(s, `m${i}`, "x", i);
+    for (let i = 0; i < c.HISTORY_LIMIT + 5; i++) s = c.accepted(c.submitted(s, `m${i}`, "x", i), `m${i}`);
     expect(s.order.length).toBe(c.HISTORY_LIMIT);
     expect(s.order[0]).toBe("m5");
     expect(Object.keys(s.messages).length).toBe(c.HISTORY_LIMIT);

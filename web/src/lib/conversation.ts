@@ -1,5 +1,5 @@
 // The conversation as the page shows it: a pure model, updated by what the
-// user does and what the gateway says. No I/O here; see connection.ts.
+// user does and what the gateway says. No I/O here; see client.ts.
 
 import type { ErrorInfo, ServerFrame } from "./protocol";
 
@@ -40,15 +40,54 @@ export const HISTORY_LIMIT = 200;
 
 function put(c: Conversation, message: Message): Conversation {
   const known = message.id in c.messages;
-  let order = known ? c.order : [...c.order, message.id];
-  let messages = { ...c.messages, [message.id]: message };
-  if (order.length > HISTORY_LIMIT) {
-    const dropped = order.slice(0, order.length - HISTORY_LIMIT);
-    order = order.slice(-HISTORY_LIMIT);
-    messages = { ...messages };
-    for (const id of dropped) delete messages[id];
-  }
+  const order = known ? c.order : [...c.order, message.id];
+  return trim({ order, messages: { ...c.messages, [message.id]: message } });
+}
+
+/** Drops the oldest messages beyond the limit, but never one still to be sent. */
+function trim(c: Conversation): Conversation {
+  let excess = c.order.length - HISTORY_LIMIT;
+  if (excess <= 0) return c;
+  const messages = { ...c.messages };
+  const order = c.order.filter((id) => {
+    if (excess > 0 && messages[id]?.status !== "sending") {
+      excess -= 1;
+      delete messages[id];
+      return false;
+    }
+    return true;
+  });
   return { order, messages };
+}
+
+/** How far along a message is, to pick the fresher of two copies. */
+function progress(m: Message): number {
+  const rank = { sending: 0, failed: 1, queued: 2, answered: 3 }[m.status];
+  return rank * 1_000_000 + Object.keys(m.reply?.chunks ?? {}).length;
+}
+
+/**
+ * Folds in what another tab of the same user stored: its messages appear
+ * here too, and a copy further along replaces ours. Messages the other tab
+ * has not sent yet stay with it (only the tab that holds them sends them).
+ */
+export function merged(mine: Conversation, theirs: Conversation): Conversation {
+  let changed = false;
+  const messages = { ...mine.messages };
+  for (const id of theirs.order) {
+    const their = theirs.messages[id];
+    if (!their) continue;
+    const my = messages[id];
+    if (my ? progress(their) > progress(my) : their.status !== "sending") {
+      messages[id] = their;
+      changed = true;
+    }
+  }
+  if (!changed) return mine;
+  const order = Object.values(messages)
+    .sort((a, b) => a.createdAt - b.createdAt)
+    .map((m) => m.id);
+  return trim({ order, messages });
 }
 
 /** I sent a message: it shows at once, as sending. */
@@ -128,7 +167,7 @@ export function isStreaming(m: Message): boolean {
   return m.status === "queued" && m.reply !== null && !m.reply.complete;
 }
 
-const STORAGE_KEY = "switchboard.conversation.v1";
+export const STORAGE_KEY = "switchboard.conversation.v1";
 
 export function save(storage: Pick<Storage, "setItem">, c: Conversation): void {
   try {

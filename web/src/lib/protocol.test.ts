@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { parseServerFrame, sendFrame, socketUrl } from "./protocol";
+import { parseServerFrame, sendFrame, socketProtocols, socketUrl, tokenExpiry } from "./protocol";
 
 describe("parseServerFrame", () => {
   it("reads every frame the gateway sends", () => {
@@ -49,11 +49,22 @@ describe("frames the page sends", () => {
   });
 });
 
-describe("socketUrl", () => {
-  it("follows the page's scheme and host, so it works behind a proxy", () => {
-    expect(socketUrl({ protocol: "http:", host: "localhost:5055" }, "t")).toBe("ws://localhost:5055/ws?token=t");
-    expect(socketUrl({ protocol: "https:", host: "chat.example" }, "a+b/c=")).toBe(
-      "wss://chat.example/ws?token=a%2Bb%2Fc%3D",
-    );
+describe("socketUrl and socketProtocols", () => {
+  it("follow the page's scheme and host, so it works behind a proxy", () => {
+    expect(socketUrl({ protocol: "http:", host: "localhost:5055" })).toBe("ws://localhost:5055/ws");
+    expect(socketUrl({ protocol: "https:", host: "chat.example" })).toBe("wss://chat.example/ws");
+  });
+
+  it("carry the token in a subprotocol, not in the URL", () => {
+    expect(socketProtocols("a.b.c")).toEqual(["switchboard", "bearer.a.b.c"]);
+  });
+});
+
+describe("tokenExpiry", () => {
+  it("reads exp from a JWT and tolerates junk", () => {
+    const payload = btoa(JSON.stringify({ sub: "g-1", exp: 1_800_000_000 })).replace(/=+$/, "");
+    expect(tokenExpiry(`h.${payload}.s`)).toBe(1_800_000_000);
+    expect(tokenExpiry("not a token")).toBeNull();
+    expect(tokenExpiry("h.%%%.s")).toBeNull();
   });
 });

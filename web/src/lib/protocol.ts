@@ -70,7 +70,32 @@ export function sendFrame(id: string, text: string): string {
 }
 
 /** The WebSocket URL for this page: same host, ws for http, wss for https. */
-export function socketUrl(location: { protocol: string; host: string }, token: string): string {
+export function socketUrl(location: { protocol: string; host: string }): string {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}/ws?token=${encodeURIComponent(token)}`;
+  return `${scheme}//${location.host}/ws`;
+}
+
+/**
+ * The subprotocols to offer: the protocol itself, and the token. Browsers
+ * cannot set headers on a WebSocket; a subprotocol keeps the token out of
+ * URLs (and so out of proxy access logs). The server selects "switchboard".
+ */
+export function socketProtocols(token: string): string[] {
+  return ["switchboard", `bearer.${token}`];
+}
+
+/** Close codes the page reacts to (docs/protocol.md §4). */
+export const CLOSE_TOKEN_EXPIRED = 4001;
+
+/** Seconds-since-epoch expiry of a JWT, or null if it cannot be read. */
+export function tokenExpiry(token: string): number | null {
+  const payload = token.split(".")[1];
+  if (!payload) return null;
+  try {
+    const json = atob(payload.replace(/-/g, "+").replace(/_/g, "/"));
+    const exp = (JSON.parse(json) as { exp?: unknown }).exp;
+    return typeof exp === "number" ? exp : null;
+  } catch {
+    return null;
+  }
 }
