@@ -288,12 +288,9 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
                 continue;
             }
         }
-        // After a loss, give the broker a moment; longer if sessions keep dying.
-        let delay = if failures == 0 {
-            Duration::from_millis(settings.reconnect_initial_ms)
-        } else {
-            backoff(settings, failures)
-        };
+        // After a loss, give the broker a moment (jittered, so replicas do not
+        // return in step); longer if sessions keep dying.
+        let delay = backoff(settings, failures.max(1));
         tokio::select! {
             _ = inner.stop.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}

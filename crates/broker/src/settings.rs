@@ -25,9 +25,15 @@ pub struct AmqpSettings {
     /// (quorum-queue `x-delivery-limit`). Part of the queue's identity:
     /// changing it needs the queue to be re-created.
     pub delivery_limit: u32,
-    /// Channels the process spreads its consumers over (a channel error ends
-    /// only the consumers on it, and RabbitMQ caps channels per connection).
+    /// Channels the gateway spreads its per-user consumers over (a channel
+    /// error ends only the consumers on it, and RabbitMQ caps channels per
+    /// connection). The responder's consumer has a channel of its own.
+    #[serde(default = "default_consumer_channels")]
     pub consumer_channels: usize,
+}
+
+fn default_consumer_channels() -> usize {
+    8
 }
 
 impl AmqpSettings {

@@ -5,7 +5,8 @@
 //! 2. the TOML file named by `SWITCHBOARD_CONFIG`, if set;
 //! 3. `AMQP_URL`, for `amqp.url` (the conventional variable);
 //! 4. environment variables `SWITCHBOARD_<SECTION>__<KEY>`, e.g.
-//!    `SWITCHBOARD_HTTP__LISTEN=0.0.0.0:8080`.
+//!    `SWITCHBOARD_HTTP__LISTEN=0.0.0.0:8080`; a list-valued key takes a
+//!    comma-separated value.
 
 pub use config::ConfigError;
 use config::{Config, Environment, File, FileFormat};
@@ -17,12 +18,27 @@ pub const CONFIG_FILE_VAR: &str = "SWITCHBOARD_CONFIG";
 pub const ENV_PREFIX: &str = "SWITCHBOARD";
 
 /// Loads settings of type `T` from `defaults` (TOML) and the layers above.
-pub fn load<T: DeserializeOwned>(defaults: &str) -> Result<T, ConfigError> {
+/// `list_keys` are the keys (`section.key`) whose environment value is a
+/// comma-separated list.
+pub fn load<T: DeserializeOwned>(defaults: &str, list_keys: &[&str]) -> Result<T, ConfigError> {
     load_from(
         defaults,
         |name| std::env::var(name).ok(),
-        Environment::with_prefix(ENV_PREFIX),
+        environment(list_keys),
     )
+}
+
+/// The `SWITCHBOARD_*` variables. A list separator applies to the named keys
+/// only: config-rs splits *every* value when it has a separator and no keys.
+fn environment(list_keys: &[&str]) -> Environment {
+    let mut environment = Environment::with_prefix(ENV_PREFIX);
+    if !list_keys.is_empty() {
+        environment = environment.list_separator(",");
+        for key in list_keys {
+            environment = environment.with_list_parse_key(key);
+        }
+    }
+    environment
 }
 
 /// [`load`] with the environment passed in, for tests.
@@ -70,6 +86,7 @@ mod tests {
     struct Http {
         listen: String,
         max: u32,
+        origins: Vec<String>,
     }
 
     const DEFAULTS: &str = r#"
@@ -78,15 +95,34 @@ mod tests {
         [http]
         listen = "127.0.0.1:1"
         max = 7
+        origins = ["a"]
     "#;
 
-    fn load_with(vars: &[(&str, &str)]) -> Sample {
+    fn load_listing(list_keys: &[&str], vars: &[(&str, &str)]) -> Sample {
         let vars: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let env = Environment::with_prefix(ENV_PREFIX).source(Some(vars.clone()));
+        let env = environment(list_keys).source(Some(vars.clone()));
         load_from(DEFAULTS, |name| vars.get(name).cloned(), env).unwrap()
+    }
+
+    fn load_with(vars: &[(&str, &str)]) -> Sample {
+        load_listing(&["http.origins"], vars)
+    }
+
+    #[test]
+    fn list_keys_split_on_commas_and_other_keys_stay_strings() {
+        let s = load_with(&[
+            ("SWITCHBOARD_HTTP__ORIGINS", "http://a,http://b"),
+            ("SWITCHBOARD_HTTP__LISTEN", ""),
+        ]);
+        assert_eq!(s.http.origins, ["http://a", "http://b"]);
+        assert_eq!(s.http.listen, "");
+        // Without list keys, an empty value is still an empty string.
+        let s = load_listing(&[], &[("SWITCHBOARD_HTTP__LISTEN", "")]);
+        assert_eq!(s.http.listen, "");
+        assert_eq!(s.http.origins, ["a"]);
     }
 
     #[test]

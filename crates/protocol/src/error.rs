@@ -33,6 +33,19 @@ pub enum ErrorCode {
     MissingToken,
     /// The token is malformed, wrongly signed, expired or names an invalid user.
     InvalidToken,
+    /// The page's `Origin` may not open a socket here (cross-site WebSocket
+    /// hijacking protection).
+    OriginNotAllowed,
+    /// This deployment issues no guest identities; get a token from its own
+    /// login system.
+    GuestSessionsDisabled,
+    /// The user already has the maximum number of sockets on this gateway.
+    TooManySockets,
+    /// The gateway has the maximum number of sockets it accepts; try another
+    /// (or later).
+    GatewayFull,
+    /// The socket sends frames faster than its rate limit; slow down.
+    RateLimited,
     /// An unexpected server fault; details are in the server log only.
     Internal,
 }
@@ -42,7 +55,12 @@ impl ErrorCode {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Self::BrokerUnavailable | Self::PublishRejected | Self::PublishTimeout | Self::Internal
+            Self::BrokerUnavailable
+                | Self::PublishRejected
+                | Self::PublishTimeout
+                | Self::Internal
+                | Self::GatewayFull
+                | Self::RateLimited
         )
     }
 
@@ -60,12 +78,17 @@ impl ErrorCode {
             Self::PublishTimeout => "publish_timeout",
             Self::MissingToken => "missing_token",
             Self::InvalidToken => "invalid_token",
+            Self::OriginNotAllowed => "origin_not_allowed",
+            Self::GuestSessionsDisabled => "guest_sessions_disabled",
+            Self::TooManySockets => "too_many_sockets",
+            Self::GatewayFull => "gateway_full",
+            Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
         }
     }
 
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 18] = [
         Self::InvalidJson,
         Self::InvalidFrame,
         Self::UnknownType,
@@ -78,6 +101,11 @@ impl ErrorCode {
         Self::PublishTimeout,
         Self::MissingToken,
         Self::InvalidToken,
+        Self::OriginNotAllowed,
+        Self::GuestSessionsDisabled,
+        Self::TooManySockets,
+        Self::GatewayFull,
+        Self::RateLimited,
         Self::Internal,
     ];
 }
@@ -96,11 +124,20 @@ pub enum CloseCode {
     Normal = 1000,
     /// 1001: the gateway is shutting down; reconnect (to any gateway).
     GoingAway = 1001,
+    /// 1007: a text frame that is not valid UTF-8.
+    InvalidPayload = 1007,
+    /// 1008: the client kept sending after being rate limited.
+    PolicyViolation = 1008,
     /// 1009: a WebSocket message was larger than the gateway accepts.
     MessageTooBig = 1009,
     /// 4000: the client read too slowly and its outbound buffer filled up;
     /// reconnect — undelivered replies are still in the reply queue.
     SlowConsumer = 4000,
+    /// 4001: the token expired; get a new one before reconnecting.
+    TokenExpired = 4001,
+    /// 4002: nothing heard from the client (not even a pong) for the idle
+    /// timeout; the connection is presumed dead.
+    IdleTimeout = 4002,
 }
 
 impl CloseCode {

@@ -6,7 +6,11 @@ use protocol::{MessageId, UserId};
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
+use tokio_tungstenite::tungstenite::http::HeaderMap;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// A guest identity from `POST /api/session`.
@@ -51,8 +55,26 @@ pub enum Closed {
 impl ChatClient {
     /// Opens `/ws?token=…` and reads the `welcome` frame.
     pub async fn connect(addr: SocketAddr, token: &str) -> anyhow::Result<Self> {
-        let url = format!("ws://{addr}/ws?token={token}");
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        Self::connect_with(addr, Some(token), |_| {})
+            .await
+            .map(|(client, _)| client)
+    }
+
+    /// Opens `/ws` (with `?token=` when given), letting `adjust` add headers
+    /// to the upgrade request; returns the client (welcome read) and the
+    /// upgrade response.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        token: Option<&str>,
+        adjust: impl FnOnce(&mut HeaderMap),
+    ) -> anyhow::Result<(Self, Response)> {
+        let url = match token {
+            Some(token) => format!("ws://{addr}/ws?token={token}"),
+            None => format!("ws://{addr}/ws"),
+        };
+        let mut request = url.into_client_request()?;
+        adjust(request.headers_mut());
+        let (ws, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
             .await
             .context("WebSocket connect timed out")??;
         let mut client = Self {
@@ -64,7 +86,13 @@ impl ChatClient {
             ServerFrame::Welcome { user_id } => client.user_id = user_id,
             other => bail!("expected welcome, got {other:?}"),
         }
-        Ok(client)
+        Ok((client, response))
+    }
+
+    /// Sends a raw WebSocket frame (e.g. a text frame that is not UTF-8).
+    pub async fn send_raw_frame(&mut self, frame: Frame) -> anyhow::Result<()> {
+        self.ws.send(Message::Frame(frame)).await?;
+        Ok(())
     }
 
     /// Stops acknowledging reply chunks (to test what happens without).

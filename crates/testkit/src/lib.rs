@@ -4,14 +4,17 @@
 //!   with testcontainers, otherwise a failure that says exactly what is missing.
 //! - [`unique_prefix`] and [`Cleanup`]: each test gets its own exchange and
 //!   queue names, removed when it ends, so tests share one broker safely.
-//! - [`ChatClient`] — a real WebSocket client speaking the chat protocol.
+//! - [`ChatClient`] — a real WebSocket client speaking the chat protocol;
+//!   [`MuteSocket`] — one that never answers (a half-open connection).
 //! - [`wait_until`] — wait for a condition with a timeout (never a bare sleep).
 
 mod broker_fixture;
 mod client;
+mod raw;
 
 pub use broker_fixture::{Cleanup, amqp_url, unique_prefix};
 pub use client::{ChatClient, Closed, Guest, guest_session};
+pub use raw::MuteSocket;
 
 use std::time::Duration;
 

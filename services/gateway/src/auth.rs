@@ -1,6 +1,10 @@
 //! Tokens: HS256 JWTs whose `sub` is the user id. The gateway issues guest
 //! tokens and verifies every token it is shown; the user id of a connection
-//! comes from a verified token and from nothing else.
+//! comes from a verified token and from nothing else. Any system holding the
+//! secret can mint tokens (`sub`, `exp`, and `iss`/`aud` when configured), so
+//! an application plugs in its own login by issuing them.
+//!
+//! Tokens are never logged.
 
 use crate::settings::AuthSettings;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -11,9 +15,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
-    iss: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+    /// Informational; tokens from other issuers may leave it out.
+    #[serde(default)]
     iat: u64,
     exp: u64,
+}
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub user: UserId,
+    /// `exp`, seconds since the Unix epoch.
+    pub expires_at: u64,
 }
 
 /// Why a token was refused. The detail is for logs; clients get one code.
@@ -30,7 +47,8 @@ pub struct Tokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
-    issuer: String,
+    issuer: Option<String>,
+    audience: Option<String>,
     guest_ttl: Duration,
 }
 
@@ -42,7 +60,8 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the Unix epoch, now.
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -52,15 +71,31 @@ fn now_secs() -> u64 {
 impl Tokens {
     pub fn new(settings: &AuthSettings) -> Self {
         let secret = settings.jwt_secret.as_bytes();
+        let configured = |value: &str| Some(value.trim().to_owned()).filter(|v| !v.is_empty());
+        let issuer = configured(&settings.issuer);
+        let audience = configured(&settings.audience);
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[&settings.issuer]);
-        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        match &audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        // Clocks of token issuers and gateways differ a little.
         validation.leeway = 30;
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
-            issuer: settings.issuer.clone(),
+            issuer,
+            audience,
             guest_ttl: Duration::from_secs(settings.guest_token_ttl_secs),
         }
     }
@@ -71,6 +106,7 @@ impl Tokens {
         let claims = Claims {
             sub: user.to_string(),
             iss: self.issuer.clone(),
+            aud: self.audience.clone(),
             iat,
             exp: iat + ttl.as_secs(),
         };
@@ -89,9 +125,12 @@ impl Tokens {
     }
 
     /// The user a token was issued to, if it is genuine and current.
-    pub fn verify(&self, token: &str) -> Result<UserId, TokenError> {
+    pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?;
-        Ok(UserId::parse(data.claims.sub)?)
+        Ok(Verified {
+            user: UserId::parse(data.claims.sub)?,
+            expires_at: data.claims.exp,
+        })
     }
 }
 
@@ -103,7 +142,23 @@ mod tests {
         AuthSettings {
             jwt_secret: secret.into(),
             issuer: "switchboard".into(),
+            audience: String::new(),
+            guest_sessions: true,
             guest_token_ttl_secs: 60,
+        }
+    }
+
+    fn mint(tokens: &Tokens, claims: &Claims) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &tokens.encoding).unwrap()
+    }
+
+    fn claims(sub: &str, iss: Option<&str>, aud: Option<&str>) -> Claims {
+        Claims {
+            sub: sub.into(),
+            iss: iss.map(Into::into),
+            aud: aud.map(Into::into),
+            iat: now_secs(),
+            exp: now_secs() + 60,
         }
     }
 
@@ -111,7 +166,9 @@ mod tests {
     fn a_guest_token_verifies_to_its_user() {
         let tokens = Tokens::new(&settings("s1"));
         let (user, token) = tokens.issue_guest().unwrap();
-        assert_eq!(tokens.verify(&token).unwrap(), user);
+        let verified = tokens.verify(&token).unwrap();
+        assert_eq!(verified.user, user);
+        assert!(verified.expires_at > now_secs());
     }
 
     #[test]
@@ -123,32 +180,79 @@ mod tests {
     #[test]
     fn expired_tokens_are_refused() {
         let tokens = Tokens::new(&settings("s1"));
-        let claims = Claims {
-            sub: "alice".into(),
-            iss: "switchboard".into(),
-            iat: 0,
+        let expired = Claims {
             exp: now_secs() - 120,
+            ..claims("alice", Some("switchboard"), None)
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &tokens.encoding)
-            .unwrap();
-        assert!(tokens.verify(&token).is_err());
+        assert!(tokens.verify(&mint(&tokens, &expired)).is_err());
     }
 
     #[test]
     fn a_genuine_token_with_an_unsafe_user_id_is_refused() {
         let tokens = Tokens::new(&settings("s1"));
-        let claims = Claims {
-            sub: "alice.#".into(),
-            iss: "switchboard".into(),
-            iat: now_secs(),
-            exp: now_secs() + 60,
-        };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &tokens.encoding)
-            .unwrap();
+        let token = mint(&tokens, &claims("alice.#", Some("switchboard"), None));
         assert!(matches!(
             tokens.verify(&token),
             Err(TokenError::InvalidUser(_))
         ));
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let tokens = Tokens::new(&settings("s1"));
+        assert!(
+            tokens
+                .verify(&mint(&tokens, &claims("a", Some("switchboard"), None)))
+                .is_ok()
+        );
+        assert!(
+            tokens
+                .verify(&mint(&tokens, &claims("a", Some("someone-else"), None)))
+                .is_err()
+        );
+        assert!(
+            tokens
+                .verify(&mint(&tokens, &claims("a", None, None)))
+                .is_err()
+        );
+
+        let strict = Tokens::new(&AuthSettings {
+            audience: "chat".into(),
+            ..settings("s1")
+        });
+        assert!(
+            strict
+                .verify(&mint(
+                    &strict,
+                    &claims("a", Some("switchboard"), Some("chat"))
+                ))
+                .is_ok()
+        );
+        assert!(
+            strict
+                .verify(&mint(
+                    &strict,
+                    &claims("a", Some("switchboard"), Some("other"))
+                ))
+                .is_err()
+        );
+        assert!(
+            strict
+                .verify(&mint(&strict, &claims("a", Some("switchboard"), None)))
+                .is_err()
+        );
+        let (user, token) = strict.issue_guest().unwrap();
+        assert_eq!(strict.verify(&token).unwrap().user, user);
+
+        let lax = Tokens::new(&AuthSettings {
+            issuer: String::new(),
+            ..settings("s1")
+        });
+        assert!(lax.verify(&mint(&lax, &claims("a", None, None))).is_ok());
+        assert!(
+            lax.verify(&mint(&lax, &claims("a", Some("anyone"), None)))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! HTTP surface: `POST /api/session`, `GET /ws`, health, and the web UI.
+//! HTTP surface: `POST /api/session`, `GET /api/session`, `GET /ws`, health,
+//! and the web UI. Every request that acts for a user is authenticated by a
+//! verified token; tokens are never logged.
 
+use crate::auth::Verified;
 use crate::{AppState, socket};
 use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use protocol::{ErrorCode, UserId};
 use serde::{Deserialize, Serialize};
@@ -13,15 +16,32 @@ use std::sync::Arc;
 use tower_http::services::{ServeDir, ServeFile};
 use tracing::{debug, error};
 
+/// The WebSocket subprotocol the gateway speaks (and selects when offered).
+pub const SUBPROTOCOL: &str = "switchboard";
+/// Prefix of the subprotocol entry that carries a token:
+/// `Sec-WebSocket-Protocol: switchboard, bearer.<token>`.
+pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "bearer.";
+
 /// Errors of the HTTP API, each with its status and stable code.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 401: no token in the request.
-    #[error("a token is required: GET /ws?token=<token from POST /api/session>")]
+    #[error(
+        "a token is required (Authorization: Bearer, the bearer.<token> subprotocol, or ?token=)"
+    )]
     MissingToken,
     /// 401: the token is not one this gateway accepts.
-    #[error("the token is invalid or expired; get a new one from POST /api/session")]
+    #[error("the token is invalid or expired; get a new one")]
     InvalidToken,
+    /// 403: the page's origin may not open a socket here.
+    #[error("this origin may not open a socket here")]
+    OriginNotAllowed,
+    /// 403: guest identities are turned off.
+    #[error("guest sessions are turned off; sign in through the application")]
+    GuestSessionsDisabled,
+    /// 429 / 503: a socket cap is reached.
+    #[error("{}", match .0 { ErrorCode::TooManySockets => "too many open sockets for this user", _ => "the gateway is full; try again later" })]
+    Capacity(ErrorCode),
     /// 500: logged in full, reported without detail.
     #[error("internal error")]
     Internal,
@@ -38,6 +58,14 @@ impl ApiError {
         match self {
             Self::MissingToken => (StatusCode::UNAUTHORIZED, ErrorCode::MissingToken),
             Self::InvalidToken => (StatusCode::UNAUTHORIZED, ErrorCode::InvalidToken),
+            Self::OriginNotAllowed => (StatusCode::FORBIDDEN, ErrorCode::OriginNotAllowed),
+            Self::GuestSessionsDisabled => {
+                (StatusCode::FORBIDDEN, ErrorCode::GuestSessionsDisabled)
+            }
+            Self::Capacity(ErrorCode::TooManySockets) => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManySockets)
+            }
+            Self::Capacity(code) => (StatusCode::SERVICE_UNAVAILABLE, *code),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }
     }
@@ -58,7 +86,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let broker = state.broker.clone();
     let ready = Arc::new(move || broker.is_connected());
     Router::new()
-        .route("/api/session", post(create_session))
+        .route("/api/session", get(check_session).post(create_session))
         .route("/ws", get(upgrade))
         .merge(platform::health::router(ready))
         .fallback_service(web_ui(&state.settings.http.web_dir))
@@ -94,6 +122,9 @@ pub struct SessionBody {
 /// A new guest identity. Keep the token to keep the identity (and so the
 /// reply queue) across reloads and reconnects.
 async fn create_session(State(state): State<Arc<AppState>>) -> Result<Json<SessionBody>, ApiError> {
+    if !state.settings.auth.guest_sessions {
+        return Err(ApiError::GuestSessionsDisabled);
+    }
     let (user_id, token) = state.tokens.issue_guest().map_err(|e| {
         error!(error = %e, "cannot issue a guest token");
         ApiError::Internal
@@ -101,31 +132,187 @@ async fn create_session(State(state): State<Arc<AppState>>) -> Result<Json<Sessi
     Ok(Json(SessionBody { user_id, token }))
 }
 
+#[derive(Serialize, Deserialize, Debug)]
+pub struct SessionCheck {
+    pub user_id: UserId,
+    /// `exp` of the token, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// Whether the presented token is still good, and whose it is.
+async fn check_session(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<SessionCheck>, ApiError> {
+    let verified = authenticate(&state, &headers, None)?;
+    Ok(Json(SessionCheck {
+        user_id: verified.user,
+        expires_at: verified.expires_at,
+    }))
+}
+
 #[derive(Deserialize)]
 struct WsParams {
     token: Option<String>,
 }
 
+/// The token a request presents: `Authorization: Bearer <token>`, else a
+/// `bearer.<token>` WebSocket subprotocol (what browsers can send), else
+/// `?token=` (simple clients; it may end up in proxy logs).
+fn presented_token(headers: &HeaderMap, query: Option<String>) -> Option<String> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let subprotocol = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(TOKEN_SUBPROTOCOL_PREFIX));
+    bearer
+        .or(subprotocol)
+        .map(str::to_owned)
+        .or(query)
+        .filter(|t| !t.is_empty())
+}
+
+fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<String>,
+) -> Result<Verified, ApiError> {
+    let token = presented_token(headers, query).ok_or(ApiError::MissingToken)?;
+    state.tokens.verify(&token).map_err(|e| {
+        debug!(error = %e, "token refused");
+        ApiError::InvalidToken
+    })
+}
+
+/// Cross-site WebSocket hijacking protection: a browser page may open a
+/// socket only from the gateway's own origin (same host as the request) or
+/// an allowed one. Clients that send no `Origin` are not browsers and are
+/// let through (they could forge it anyway).
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (origin.split_once("://"), host) {
+        (Some((_, origin_host)), Some(host)) => origin_host.eq_ignore_ascii_case(host),
+        _ => false,
+    }
+}
+
 async fn upgrade(
     State(state): State<Arc<AppState>>,
     Query(params): Query<WsParams>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let token = params
-        .token
-        .filter(|t| !t.is_empty())
-        .ok_or(ApiError::MissingToken)?;
-    let user = state.tokens.verify(&token).map_err(|e| {
-        debug!(error = %e, "WebSocket upgrade refused");
-        ApiError::InvalidToken
-    })?;
+    if !origin_allowed(&headers, &state.settings.http.allowed_origins) {
+        debug!(origin = ?headers.get(header::ORIGIN), "WebSocket upgrade from a foreign origin refused");
+        return Err(ApiError::OriginNotAllowed);
+    }
+    let verified = authenticate(&state, &headers, params.token)?;
+    let slot = state
+        .admission
+        .admit(&verified.user)
+        .map_err(ApiError::Capacity)?;
     let limits = &state.settings.websocket;
     let stop = state.stop.clone();
     let sockets = state.sockets.clone();
     let response = ws
+        .protocols([SUBPROTOCOL])
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
+        // Small buffers: an idle socket should cost kilobytes, not the
+        // 128 KiB tungstenite reads into by default.
         .read_buffer_size(4 * 1024)
-        .on_upgrade(move |socket| sockets.track_future(socket::serve(socket, user, state, stop)));
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * limits.max_message_bytes)
+        .on_upgrade(move |socket| {
+            sockets.track_future(async move {
+                socket::serve(socket, verified, state, stop).await;
+                drop(slot);
+            })
+        });
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn the_token_comes_from_the_header_the_subprotocol_or_the_query() {
+        let q = || Some("q".to_owned());
+        assert_eq!(
+            presented_token(&headers(&[(header::AUTHORIZATION, "Bearer h")]), q()).as_deref(),
+            Some("h")
+        );
+        let offered = headers(&[(header::SEC_WEBSOCKET_PROTOCOL, "switchboard, bearer.p.q.r")]);
+        assert_eq!(presented_token(&offered, q()).as_deref(), Some("p.q.r"));
+        assert_eq!(
+            presented_token(&HeaderMap::new(), q()).as_deref(),
+            Some("q")
+        );
+        assert_eq!(
+            presented_token(&HeaderMap::new(), Some(String::new())),
+            None
+        );
+        assert_eq!(
+            presented_token(&headers(&[(header::AUTHORIZATION, "Basic x")]), None),
+            None
+        );
+    }
+
+    #[test]
+    fn origins_are_checked_against_the_host_and_the_allowlist() {
+        let allowed = vec!["http://localhost:5173".to_owned()];
+        let check = |origin: &str, host: &str| {
+            origin_allowed(
+                &headers(&[(header::ORIGIN, origin), (header::HOST, host)]),
+                &allowed,
+            )
+        };
+        assert!(check("http://chat.example", "chat.example"), "same origin");
+        assert!(
+            check("https://chat.example:8443", "chat.example:8443"),
+            "same origin with port"
+        );
+        assert!(
+            check("http://localhost:5173", "127.0.0.1:5055"),
+            "allowed dev origin"
+        );
+        assert!(!check("http://evil.example", "chat.example"), "foreign");
+        assert!(
+            !check("http://chat.example.evil.example", "chat.example"),
+            "suffix trick"
+        );
+        assert!(!check("null", "chat.example"), "opaque origin");
+        assert!(
+            origin_allowed(&headers(&[(header::HOST, "chat.example")]), &allowed),
+            "no Origin: not a browser"
+        );
+    }
 }

@@ -6,20 +6,25 @@
 //! - [`ingress`] — a user's message → a confirmed publish to `chat_queue`.
 //! - [`replies`] — per-user reply-queue consumers fanning out to local sockets.
 //! - [`auth`] — HS256 tokens; the user id comes from them alone.
+//! - [`admission`] — caps on sockets per user and per gateway.
+//! - `server` — the accept loop (handshake timeout, `TCP_NODELAY`).
 //! - [`settings`] — configuration.
 //!
 //! [`Gateway::build`] then [`Gateway::run_until_stopped`] is the whole life of
 //! the service; [`Gateway::spawn`] runs it in the background.
 
+pub mod admission;
 pub mod auth;
 pub mod http;
 pub mod ingress;
 pub mod replies;
+mod server;
 pub mod settings;
 mod socket;
 
 pub use settings::Settings;
 
+use admission::Admission;
 use anyhow::Context;
 use auth::Tokens;
 use broker::Broker;
@@ -45,6 +50,7 @@ pub struct AppState {
     pub broker: Broker,
     pub replies: ReplyRouter,
     pub tokens: Tokens,
+    pub admission: Arc<Admission>,
     /// Fires when the gateway begins to stop; sockets close with 1001.
     pub stop: CancellationToken,
     /// Socket tasks, so shutdown can wait for them.
@@ -81,6 +87,10 @@ impl Gateway {
         );
         let state = Arc::new(AppState {
             tokens: Tokens::new(&settings.auth),
+            admission: Admission::new(
+                settings.websocket.max_sockets_per_user,
+                settings.websocket.max_sockets,
+            ),
             settings,
             broker,
             replies,
@@ -110,12 +120,13 @@ impl Gateway {
         info!(%addr, "gateway listening: http://{addr}/ (WebSocket at /ws)");
         let state = self.state;
         let app = http::router(state.clone());
-        let stop = state.stop.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(self.listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
+        let handshake = Duration::from_millis(state.settings.http.handshake_timeout_ms);
+        let server = tokio::spawn(server::serve(
+            self.listener,
+            app,
+            handshake,
+            state.stop.clone(),
+        ));
         RunningGateway {
             addr,
             state,
@@ -129,7 +140,7 @@ impl Gateway {
 pub struct RunningGateway {
     addr: SocketAddr,
     state: Arc<AppState>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
 }
 
 impl RunningGateway {
@@ -146,6 +157,11 @@ impl RunningGateway {
         self.state.replies.online_users()
     }
 
+    /// Sockets open on this gateway.
+    pub fn open_sockets(&self) -> usize {
+        self.state.admission.open_sockets()
+    }
+
     /// The gateway's RabbitMQ connection (for fault injection in tests).
     pub fn broker(&self) -> &Broker {
         &self.state.broker
@@ -156,7 +172,7 @@ impl RunningGateway {
     pub async fn stop(self) -> anyhow::Result<()> {
         let state = self.state;
         state.stop.cancel();
-        let served = self.server.await.context("HTTP server task panicked")?;
+        self.server.await.context("HTTP server task panicked")?;
         state.sockets.close();
         if tokio::time::timeout(DRAIN_BOUND, state.sockets.wait())
             .await
@@ -175,6 +191,6 @@ impl RunningGateway {
         }
         state.broker.close().await;
         info!("gateway stopped");
-        served.context("HTTP server failed")
+        Ok(())
     }
 }

@@ -17,12 +17,13 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub websocket: WebSocketSettings,
     pub reply_queue: ReplyQueueSettings,
+    pub rate_limit: RateLimitSettings,
 }
 
 impl Settings {
     /// Defaults, then `SWITCHBOARD_CONFIG`, `AMQP_URL` and `SWITCHBOARD_*`.
     pub fn load() -> Result<Self, platform::settings::ConfigError> {
-        platform::settings::load(DEFAULTS)
+        platform::settings::load(DEFAULTS, &["http.allowed_origins"])
     }
 }
 
@@ -32,14 +33,24 @@ pub struct HttpSettings {
     pub listen: String,
     /// Directory of the built web UI, served at `/`.
     pub web_dir: String,
+    /// Extra origins whose pages may open the WebSocket (the gateway's own
+    /// origin always may).
+    pub allowed_origins: Vec<String>,
+    /// Time a client has to send its request headers.
+    pub handshake_timeout_ms: u64,
 }
 
 #[derive(Clone, Deserialize)]
 pub struct AuthSettings {
     /// HS256 signing secret, shared by every replica. Never logged.
     pub jwt_secret: String,
-    /// Token issuer (`iss`), set on issued tokens and required on verified ones.
+    /// Token issuer (`iss`), set on issued tokens and required on verified
+    /// ones; empty: not checked.
     pub issuer: String,
+    /// Token audience (`aud`), likewise; empty: not checked.
+    pub audience: String,
+    /// Whether `POST /api/session` issues guest identities.
+    pub guest_sessions: bool,
     /// Lifetime of guest tokens.
     pub guest_token_ttl_secs: u64,
 }
@@ -49,6 +60,8 @@ impl std::fmt::Debug for AuthSettings {
         f.debug_struct("AuthSettings")
             .field("jwt_secret", &"***")
             .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("guest_sessions", &self.guest_sessions)
             .field("guest_token_ttl_secs", &self.guest_token_ttl_secs)
             .finish()
     }
@@ -67,6 +80,23 @@ pub struct WebSocketSettings {
     /// Bound on writing one frame to a socket; a client that does not read
     /// for this long is disconnected.
     pub send_timeout_ms: u64,
+    /// Open sockets per user on this gateway.
+    pub max_sockets_per_user: usize,
+    /// Open sockets on this gateway.
+    pub max_sockets: usize,
+    /// Interval of WebSocket pings from the gateway.
+    pub ping_interval_ms: u64,
+    /// Silence after which a socket is closed as dead.
+    pub idle_timeout_ms: u64,
+}
+
+/// Per-socket token bucket over client frames.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimitSettings {
+    pub burst: u32,
+    pub per_second: u32,
+    /// Refused frames in a row before the socket is closed.
+    pub abuse_threshold: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,10 +1,17 @@
 //! One WebSocket connection: reads client frames, publishes `send`s through
 //! the ingress, and writes everything bound for this socket — answers to its
 //! own frames and the user's reply chunks — from a single writer.
+//!
+//! The socket also enforces its limits: a token bucket over client frames
+//! (`rate_limited`, then 1008 on sustained abuse), pings and an idle timeout
+//! (4002: dead or half-open connections), the token's expiry (4001), and
+//! closes with 1007 / 1009 on invalid UTF-8 / oversized messages.
 
 use crate::AppState;
+use crate::auth::{self, Verified};
 use crate::ingress;
 use crate::replies::{OutboundReply, Outbox, Subscription};
+use crate::settings::RateLimitSettings;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
@@ -16,8 +23,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info};
 
 type Publishing = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
@@ -29,15 +37,42 @@ enum End {
     Close(CloseCode, &'static str),
 }
 
+/// What one client text frame asks of the socket. Deciding it is pure, so
+/// it is property-tested on its own.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Answer with this frame.
+    Answer(ServerFrame),
+    /// Publish this message.
+    Publish { id: MessageId, text: String },
+    /// The client has this reply chunk.
+    Acknowledge { id: ReplyId, seq: u32 },
+}
+
+pub(crate) fn step(text: &str, limits: &FrameLimits) -> Step {
+    match ClientFrame::decode(text, limits) {
+        Ok(ClientFrame::Ping) => Step::Answer(ServerFrame::Pong),
+        Ok(ClientFrame::Send { id, text }) => Step::Publish { id, text },
+        Ok(ClientFrame::Ack { id, seq }) => Step::Acknowledge { id, seq },
+        Err(e) => Step::Answer(ServerFrame::from(e)),
+    }
+}
+
 /// Serves one authenticated socket until it closes or the gateway stops.
-pub async fn serve(socket: WebSocket, user: UserId, state: Arc<AppState>, stop: CancellationToken) {
+pub async fn serve(
+    socket: WebSocket,
+    verified: Verified,
+    state: Arc<AppState>,
+    stop: CancellationToken,
+) {
+    let settings = &state.settings.websocket;
+    let user = verified.user;
     let mut socket = Writer {
         socket,
-        timeout: Duration::from_millis(state.settings.websocket.send_timeout_ms),
+        timeout: Duration::from_millis(settings.send_timeout_ms),
         unacked: HashMap::new(),
     };
-    let (outbox, mut replies): (Outbox, _) =
-        mpsc::channel(state.settings.websocket.outbound_buffer);
+    let (outbox, mut replies): (Outbox, _) = mpsc::channel(settings.outbound_buffer);
     let welcome = ServerFrame::Welcome {
         user_id: user.clone(),
     };
@@ -46,12 +81,19 @@ pub async fn serve(socket: WebSocket, user: UserId, state: Arc<AppState>, stop: 
     }
     let subscription = Arc::new(state.replies.subscribe(&user, outbox));
     let limits = FrameLimits {
-        max_text_chars: state.settings.websocket.max_text_chars,
+        max_text_chars: settings.max_text_chars,
     };
-    let max_in_flight = state.settings.websocket.max_in_flight.max(1);
+    let max_in_flight = settings.max_in_flight.max(1);
     // Confirms complete in publish order; FuturesOrdered keeps `accepted`
     // frames in the order the client sent its messages regardless.
     let mut publishing: FuturesOrdered<Publishing> = FuturesOrdered::new();
+    let mut bucket = TokenBucket::new(&state.settings.rate_limit);
+    let idle_timeout = Duration::from_millis(settings.idle_timeout_ms);
+    let mut heard_at = Instant::now();
+    let mut pings = tokio::time::interval(Duration::from_millis(settings.ping_interval_ms));
+    pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let token_expiry = tokio::time::sleep_until(until_unix(verified.expires_at));
+    tokio::pin!(token_expiry);
 
     let end = loop {
         tokio::select! {
@@ -64,6 +106,16 @@ pub async fn serve(socket: WebSocket, user: UserId, state: Arc<AppState>, stop: 
                     }
                 }
                 break End::Close(CloseCode::GoingAway, "gateway shutting down");
+            }
+            _ = &mut token_expiry => break End::Close(CloseCode::TokenExpired, "token expired"),
+            _ = pings.tick() => {
+                if heard_at.elapsed() >= idle_timeout {
+                    info!(user_id = %user, "no sign of life from the client; closing");
+                    break End::Close(CloseCode::IdleTimeout, "idle timeout");
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break End::ClientGone;
+                }
             }
             Some(answer) = publishing.next(), if !publishing.is_empty() => {
                 if socket.frame(&answer).await.is_err() {
@@ -80,38 +132,51 @@ pub async fn serve(socket: WebSocket, user: UserId, state: Arc<AppState>, stop: 
                 None => break End::Close(CloseCode::SlowConsumer, "too slow to read replies; reconnect"),
             },
             incoming = socket.recv(), if publishing.len() < max_in_flight => {
-                let answer = match incoming {
-                    Some(Ok(Message::Text(text))) => match ClientFrame::decode(&text, &limits) {
-                        Ok(ClientFrame::Ping) => Some(ServerFrame::Pong),
-                        Ok(ClientFrame::Ack { id, seq }) => {
-                            socket.acknowledged(id, seq);
-                            None
-                        }
-                        Ok(ClientFrame::Send { id, text }) => {
-                            publishing.push_back(publish(state.clone(), subscription.clone(), user.clone(), id, text));
-                            None
-                        }
-                        Err(e) => {
-                            debug!(user_id = %user, code = %e.code, "bad frame");
-                            Some(ServerFrame::from(e))
-                        }
-                    },
-                    Some(Ok(Message::Binary(_))) => Some(ServerFrame::error(
+                heard_at = Instant::now();
+                let message = match incoming {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => break read_failure(&e),
+                    None => break End::ClientGone,
+                };
+                let step = match message {
+                    Message::Text(text) => step(&text, &limits),
+                    Message::Binary(_) => Step::Answer(ServerFrame::error(
                         ErrorCode::BinaryNotSupported,
                         "binary frames are not supported; send JSON text frames",
                         None,
                     )),
-                    // Pings are answered by the WebSocket layer itself.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
-                    Some(Err(e)) if is_too_big(&e) => {
-                        break End::Close(CloseCode::MessageTooBig, "message too big");
-                    }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::ClientGone,
+                    // Pings are answered by the WebSocket layer; pongs only
+                    // prove the client is alive.
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                    Message::Close(_) => break End::ClientGone,
                 };
-                if let Some(answer) = answer
-                    && socket.frame(&answer).await.is_err()
-                {
-                    break End::ClientGone;
+                // Acks of chunks this socket holds are bounded by the prefetch
+                // and free; everything else spends from the bucket.
+                let free = matches!(&step, Step::Acknowledge { id, seq } if socket.holds(*id, *seq));
+                if !free && !bucket.take() {
+                    if bucket.refused_in_a_row >= state.settings.rate_limit.abuse_threshold {
+                        info!(user_id = %user, "rate limit ignored; closing");
+                        break End::Close(CloseCode::PolicyViolation, "rate limit exceeded");
+                    }
+                    let refusal = ServerFrame::error(ErrorCode::RateLimited, "too many frames; slow down", None);
+                    if socket.frame(&refusal).await.is_err() {
+                        break End::ClientGone;
+                    }
+                    continue;
+                }
+                match step {
+                    Step::Answer(answer) => {
+                        if let ServerFrame::Error { code, .. } = &answer {
+                            debug!(user_id = %user, %code, "bad frame");
+                        }
+                        if socket.frame(&answer).await.is_err() {
+                            break End::ClientGone;
+                        }
+                    }
+                    Step::Publish { id, text } => {
+                        publishing.push_back(publish(state.clone(), subscription.clone(), user.clone(), id, text));
+                    }
+                    Step::Acknowledge { id, seq } => socket.acknowledged(id, seq),
                 }
             }
         }
@@ -126,9 +191,95 @@ pub async fn serve(socket: WebSocket, user: UserId, state: Arc<AppState>, stop: 
             code: code.code(),
             reason: Utf8Bytes::from_static(reason),
         }));
-        let _ = socket.send(close).await;
+        if socket.send(close).await.is_ok() {
+            socket.finish_closing().await;
+        }
     }
     debug!(user_id = %user, "socket closed");
+}
+
+/// How long the closing handshake may take.
+const CLOSING_HANDSHAKE: Duration = Duration::from_secs(1);
+
+/// Time from now until `unix_secs` (zero if past).
+fn until_unix(unix_secs: u64) -> Instant {
+    Instant::now() + Duration::from_secs(unix_secs.saturating_sub(auth::now_secs()))
+}
+
+/// How to end after a failed read: a too-big message gets 1009, invalid
+/// UTF-8 gets 1007; anything else means the connection is gone.
+fn read_failure(error: &axum::Error) -> End {
+    use tokio_tungstenite::tungstenite::Error;
+    let cause = std::error::Error::source(error).and_then(|e| e.downcast_ref::<Error>());
+    match cause {
+        Some(Error::Capacity(_)) => End::Close(CloseCode::MessageTooBig, "message too big"),
+        Some(Error::Utf8(_)) => {
+            End::Close(CloseCode::InvalidPayload, "text frame is not valid UTF-8")
+        }
+        _ => End::ClientGone,
+    }
+}
+
+fn publish(
+    state: Arc<AppState>,
+    subscription: Arc<Subscription>,
+    user: UserId,
+    id: MessageId,
+    text: String,
+) -> Publishing {
+    async move {
+        let submitted = if state.broker.is_connected()
+            && subscription
+                .reply_queue_ready(state.settings.amqp.publish_timeout())
+                .await
+        {
+            ingress::submit(&state.broker, &user, id, text).await
+        } else {
+            Err(ErrorCode::BrokerUnavailable)
+        };
+        match submitted {
+            Ok(()) => ServerFrame::Accepted { id },
+            Err(code) => ServerFrame::error(code, ingress::describe(code), Some(id)),
+        }
+    }
+    .boxed()
+}
+
+/// A token bucket: `burst` frames at once, refilled at `per_second`.
+struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    per_second: f64,
+    refilled_at: Instant,
+    /// Frames refused since the last one let through.
+    refused_in_a_row: u32,
+}
+
+impl TokenBucket {
+    fn new(settings: &RateLimitSettings) -> Self {
+        Self {
+            tokens: f64::from(settings.burst),
+            burst: f64::from(settings.burst),
+            per_second: f64::from(settings.per_second),
+            refilled_at: Instant::now(),
+            refused_in_a_row: 0,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled_at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.refilled_at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refused_in_a_row = 0;
+            true
+        } else {
+            self.refused_in_a_row += 1;
+            false
+        }
+    }
 }
 
 /// The socket with every write time-boxed (a client that stops reading
@@ -168,6 +319,10 @@ impl Writer {
         Ok(())
     }
 
+    fn holds(&self, id: ReplyId, seq: u32) -> bool {
+        self.unacked.contains_key(&(id, seq))
+    }
+
     /// The client has chunk `seq` of reply `id`: settle it. An ack for
     /// nothing (already acked, or never sent here) is ignored.
     fn acknowledged(&mut self, id: ReplyId, seq: u32) {
@@ -179,36 +334,126 @@ impl Writer {
     async fn recv(&mut self) -> Option<Result<Message, axum::Error>> {
         self.socket.recv().await
     }
+
+    /// After our close frame: read (and drop) what the client still sends
+    /// until its close frame, briefly. Closing with unread data in the
+    /// receive buffer makes the kernel reset the connection, and the client
+    /// would lose our close frame — and with it the close code.
+    async fn finish_closing(&mut self) {
+        let drain = async {
+            while let Some(Ok(message)) = self.socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSING_HANDSHAKE, drain).await;
+    }
 }
 
-fn publish(
-    state: Arc<AppState>,
-    subscription: Arc<Subscription>,
-    user: UserId,
-    id: MessageId,
-    text: String,
-) -> Publishing {
-    async move {
-        let submitted = if state.broker.is_connected()
-            && subscription
-                .reply_queue_ready(state.settings.amqp.publish_timeout())
-                .await
-        {
-            ingress::submit(&state.broker, &user, id, text).await
-        } else {
-            Err(ErrorCode::BrokerUnavailable)
-        };
-        match submitted {
-            Ok(()) => ServerFrame::Accepted { id },
-            Err(code) => ServerFrame::error(code, ingress::describe(code), Some(id)),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn limits() -> FrameLimits {
+        FrameLimits { max_text_chars: 50 }
+    }
+
+    /// Every code an `error` frame may carry, as listed in docs/protocol.md.
+    fn documented_codes() -> Vec<String> {
+        let doc = include_str!("../../../docs/protocol.md");
+        ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str().to_owned())
+            .filter(|c| doc.contains(&format!("| `{c}` |")))
+            .collect()
+    }
+
+    #[test]
+    fn every_error_code_is_documented() {
+        assert_eq!(documented_codes().len(), ErrorCode::ALL.len());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics_and_errors_are_documented(text in any::<String>()) {
+            if let Step::Answer(ServerFrame::Error { code, .. }) = step(&text, &limits()) {
+                prop_assert!(documented_codes().contains(&code.as_str().to_owned()));
+            }
+        }
+
+        #[test]
+        fn arbitrary_json_values_never_panic(value in arb_json()) {
+            let text = value.to_string();
+            let outcome = step(&text, &limits());
+            if let Step::Answer(ServerFrame::Error { code, .. }) = outcome {
+                prop_assert!(!code.is_retryable(), "a malformed frame is never worth resending");
+            }
+        }
+
+        #[test]
+        fn every_valid_frame_is_understood(frame in arb_client_frame()) {
+            let expected = match frame.clone() {
+                ClientFrame::Ping => Step::Answer(ServerFrame::Pong),
+                ClientFrame::Send { id, text } => Step::Publish { id, text },
+                ClientFrame::Ack { id, seq } => Step::Acknowledge { id, seq },
+            };
+            prop_assert_eq!(step(&frame.to_json(), &limits()), expected);
         }
     }
-    .boxed()
-}
 
-/// Whether a read failed because the message exceeded the size limit.
-fn is_too_big(error: &axum::Error) -> bool {
-    use tokio_tungstenite::tungstenite::Error;
-    let cause = std::error::Error::source(error).and_then(|e| e.downcast_ref::<Error>());
-    matches!(cause, Some(Error::Capacity(_)))
+    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::{Value, json};
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            prop_oneof![
+                Just("send".to_owned()),
+                Just("ack".to_owned()),
+                Just("ping".to_owned()),
+                Just("6f1c2a4e-9a55-4a8b-9d7e-3f0c1b2a3d4e".to_owned()),
+                ".*",
+            ]
+            .prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("type".to_owned()),
+                        Just("id".to_owned()),
+                        Just("text".to_owned()),
+                        Just("seq".to_owned()),
+                        "[a-z]{1,6}"
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn arb_client_frame() -> impl Strategy<Value = ClientFrame> {
+        let uuid = any::<u128>().prop_map(uuid::Uuid::from_u128);
+        prop_oneof![
+            Just(ClientFrame::Ping),
+            (uuid.clone(), "\\PC{0,50}")
+                .prop_filter("non-blank", |(_, t)| !t.trim().is_empty())
+                .prop_map(|(id, text)| ClientFrame::Send {
+                    id: MessageId::from(id),
+                    text
+                }),
+            (uuid, any::<u32>()).prop_map(|(id, seq)| ClientFrame::Ack {
+                id: ReplyId::parse(&id.to_string()).expect("a UUID"),
+                seq
+            }),
+        ]
+    }
 }

@@ -18,7 +18,7 @@ pub struct Settings {
 impl Settings {
     /// Defaults, then `SWITCHBOARD_CONFIG`, `AMQP_URL` and `SWITCHBOARD_*`.
     pub fn load() -> Result<Self, platform::settings::ConfigError> {
-        platform::settings::load(DEFAULTS)
+        platform::settings::load(DEFAULTS, &[])
     }
 }
 

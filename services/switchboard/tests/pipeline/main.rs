@@ -12,3 +12,4 @@ mod failures;
 mod identity;
 mod round_trip;
 mod scale;
+mod security;

@@ -43,6 +43,15 @@ pub struct TestStack {
 impl TestStack {
     /// A gateway and `responders` responders answering with `mock`.
     pub async fn start(responders: usize, mock: Mock) -> Self {
+        Self::start_with(responders, mock, |_| {}).await
+    }
+
+    /// Like [`TestStack::start`], with the gateway's settings adjusted.
+    pub async fn start_with(
+        responders: usize,
+        mock: Mock,
+        adjust: impl FnOnce(&mut gateway::Settings),
+    ) -> Self {
         platform::telemetry::init_for_tests();
         let url = testkit::amqp_url().await;
         let prefix = testkit::unique_prefix();
@@ -53,7 +62,7 @@ impl TestStack {
             gateway: None,
             responders: Vec::new(),
         };
-        stack.start_gateway().await;
+        stack.start_gateway_with(adjust).await;
         for _ in 0..responders {
             stack.start_responder(mock).await;
         }
@@ -87,9 +96,11 @@ impl TestStack {
         settings
     }
 
-    /// Starts the gateway (again) and waits until it is connected.
-    pub async fn start_gateway(&mut self) {
-        let settings = self.gateway_settings();
+    /// Starts the gateway, with adjusted settings, and waits until it is
+    /// connected.
+    pub async fn start_gateway_with(&mut self, adjust: impl FnOnce(&mut gateway::Settings)) {
+        let mut settings = self.gateway_settings();
+        adjust(&mut settings);
         let gateway = gateway::Gateway::build(settings)
             .await
             .expect("gateway builds")
