@@ -234,13 +234,19 @@ async fn upgrade(
     let sockets = state.sockets.clone();
     let response = ws
         .protocols([SUBPROTOCOL])
-        .max_message_size(limits.max_message_bytes)
-        .max_frame_size(limits.max_message_bytes)
+        // The WebSocket layer reads up to 4x the limit and the socket enforces
+        // the limit itself: a message read whole can be answered with a clean
+        // 1009 close, while one cut off mid-frame leaves unread bytes that make
+        // the close a reset the client never sees. Only grossly oversized
+        // frames are cut off at their header.
+        .max_message_size(limits.max_message_bytes.saturating_mul(4))
+        .max_frame_size(limits.max_message_bytes.saturating_mul(4))
         // Small buffers: an idle socket should cost kilobytes, not the
         // 128 KiB tungstenite reads into by default.
         .read_buffer_size(4 * 1024)
+        // Every send is flushed, so the write buffer holds at most the frame
+        // being written; no cap on it, or a large reply chunk could not go out.
         .write_buffer_size(0)
-        .max_write_buffer_size(2 * limits.max_message_bytes)
         .on_upgrade(move |socket| {
             sockets.track_future(async move {
                 socket::serve(socket, verified, state, stop).await;

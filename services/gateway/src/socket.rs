@@ -138,6 +138,14 @@ pub async fn serve(
                     Some(Err(e)) => break read_failure(&e),
                     None => break End::ClientGone,
                 };
+                let too_big = match &message {
+                    Message::Text(text) => text.len() > settings.max_message_bytes,
+                    Message::Binary(bytes) => bytes.len() > settings.max_message_bytes,
+                    _ => false,
+                };
+                if too_big {
+                    break End::Close(CloseCode::MessageTooBig, "message too big");
+                }
                 let step = match message {
                     Message::Text(text) => step(&text, &limits),
                     Message::Binary(_) => Step::Answer(ServerFrame::error(

@@ -394,3 +394,83 @@ async fn malformed_amqp_bodies_are_dropped_by_both_services_without_harm() {
     assert!(client.frames_before_pong().await.unwrap().is_empty());
     let _ = admin.close(200, "done".into()).await;
 }
+
+#[tokio::test]
+async fn a_client_too_slow_to_read_is_disconnected_and_loses_nothing() {
+    // ~8 MB of answers (200 KB each) to a client that never reads: its receive
+    // window stays small, the gateway's writes time out, the socket is dropped.
+    let mut stack = TestStack::start_with(0, Mock::default(), |s| {
+        s.websocket.send_timeout_ms = 300;
+    })
+    .await;
+    let one_at_a_time = Mock {
+        prefetch: 1,
+        chunk_delay_ms: 20,
+        ..Mock::default()
+    };
+    let mut settings = stack.responder_settings(one_at_a_time);
+    settings.mock.template = "{text}".repeat(50);
+    settings.mock.words_per_chunk = 1_000_000;
+    let responder = responder::Responder::build(settings).await.unwrap().spawn();
+    testkit::wait_until("the responder is connected", || responder.is_ready()).await;
+    stack.responders.push(responder);
+
+    let guest = stack.guest().await;
+    let mut sluggard = ChatClient::connect(stack.addr(), &guest.token)
+        .await
+        .unwrap();
+    let (_, mut bystander) = stack.client().await;
+    let text = "x".repeat(4_000);
+    let ids: Vec<protocol::MessageId> =
+        (0..40).map(|_| protocol::MessageId::new_random()).collect();
+    let send = |id: protocol::MessageId| {
+        protocol::ws::ClientFrame::Send {
+            id,
+            text: text.clone(),
+        }
+        .to_json()
+    };
+    for id in &ids {
+        // The gateway may drop the socket before all are sent.
+        if sluggard.send_text(&send(*id)).await.is_err() {
+            break;
+        }
+    }
+    testkit::wait_until("the gateway dropped the slow socket", || {
+        stack.gateway().open_sockets() == 1
+    })
+    .await;
+    // Meanwhile another user is served as usual.
+    let id = bystander.send_accepted("meanwhile").await.unwrap();
+    assert!(
+        bystander
+            .collect_reply(id)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .r#final
+    );
+    drop(sluggard);
+
+    // Back, the client re-sends what it never saw accepted, with the same
+    // ids (as the web page does); every message ends up answered in full.
+    let mut again = ChatClient::connect(stack.addr(), &guest.token)
+        .await
+        .unwrap();
+    for id in &ids {
+        again.send_text(&send(*id)).await.unwrap();
+    }
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < ids.len() {
+        match again.next_frame().await.unwrap() {
+            ServerFrame::Reply(chunk) if chunk.r#final => {
+                assert_eq!(chunk.text.len(), 200_000);
+                answered.insert(chunk.in_reply_to);
+            }
+            ServerFrame::Reply(_) | ServerFrame::Accepted { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(answered, ids.iter().copied().collect());
+}
