@@ -18,7 +18,7 @@ const CONNECTION_LABEL: Record<ConnectionState, string> = {
 
 export function App({ client }: { client: ChatClient }) {
   const snapshot = useSyncExternalStore(client.subscribe, client.getSnapshot);
-  const { conversation, connection, userId, notice } = snapshot;
+  const { conversation, connection, userId, notice, brokerUp } = snapshot;
   const messages = conversation.order
     .map((id) => conversation.messages[id])
     .filter((m): m is Message => m !== undefined);
@@ -32,7 +32,7 @@ export function App({ client }: { client: ChatClient }) {
         </p>
         <p className={`connection connection-${connection}`} role="status" data-testid="connection">
           <span className="dot" aria-hidden="true" />
-          {CONNECTION_LABEL[connection]}
+          {connection === "connected" && !brokerUp ? "connected — broker away" : CONNECTION_LABEL[connection]}
         </p>
       </header>
       {notice && (

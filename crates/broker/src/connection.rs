@@ -49,6 +49,26 @@ struct Inner {
     supervisor: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Watches whether the broker is connected.
+#[derive(Debug)]
+pub struct LinkChanges {
+    rx: watch::Receiver<Option<Session>>,
+}
+
+impl LinkChanges {
+    /// Waits for the next change; returns whether the broker is connected
+    /// now, or `None` once the broker is closed.
+    pub async fn changed(&mut self) -> Option<bool> {
+        self.rx.changed().await.ok()?;
+        Some(
+            self.rx
+                .borrow_and_update()
+                .as_ref()
+                .is_some_and(Session::is_live),
+        )
+    }
+}
+
 /// One live connection: its publisher and its consumer channels. A session
 /// that has failed stays failed; wait for the next one.
 #[derive(Debug, Clone)]
@@ -163,6 +183,13 @@ impl Broker {
 
     pub fn is_connected(&self) -> bool {
         self.current().is_some()
+    }
+
+    /// Notifies on every change of session (connected, lost, reconnected).
+    pub fn link_changes(&self) -> LinkChanges {
+        LinkChanges {
+            rx: self.inner.current.subscribe(),
+        }
     }
 
     /// Waits for a live session whose generation differs from `after` (pass

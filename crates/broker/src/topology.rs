@@ -53,22 +53,26 @@ pub async fn declare_shared(
             FieldTable::default(),
         )
         .await?;
-    channel
-        .queue_declare(
-            names.dead_letter_queue().into(),
-            durable_queue(),
-            table([("x-queue-type", AMQPValue::LongString("quorum".into()))]),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            names.dead_letter_queue().into(),
-            names.dead_letter_exchange().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    // Every dead-lettered request is kept for operators, and a copy goes to
+    // the responders to tell its user.
+    for queue in [names.dead_letter_queue(), names.dead_letter_notify_queue()] {
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                durable_queue(),
+                table([("x-queue-type", AMQPValue::LongString("quorum".into()))]),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                names.dead_letter_exchange().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     channel
         .queue_declare(
             names.chat_queue().into(),
@@ -94,6 +98,11 @@ pub async fn declare_shared(
 pub struct ReplyQueueShape {
     /// `x-expires`: the queue is deleted after this long without consumers.
     pub expires_ms: u64,
+    /// `x-max-length`: chunks the queue holds at most. Beyond that RabbitMQ
+    /// refuses new ones (`x-overflow=reject-publish`): the responder's
+    /// publish is nacked and the request is retried, then dead-lettered —
+    /// never silently dropping what is already queued.
+    pub max_length: u32,
 }
 
 /// Declares `user`'s durable reply queue and binds it to the responses
@@ -117,6 +126,11 @@ pub async fn declare_reply_queue(
                     AMQPValue::LongLongInt(i64::try_from(shape.expires_ms).unwrap_or(i64::MAX)),
                 ),
                 ("x-single-active-consumer", AMQPValue::Boolean(true)),
+                (
+                    "x-max-length",
+                    AMQPValue::LongLongInt(i64::from(shape.max_length)),
+                ),
+                ("x-overflow", AMQPValue::LongString("reject-publish".into())),
             ]),
         )
         .await?;

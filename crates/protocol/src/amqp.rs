@@ -52,7 +52,23 @@ pub struct ReplyChunk {
     pub seq: u32,
     pub text: String,
     pub r#final: bool,
+    /// Set on the final chunk of a request that could not be answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ReplyError>,
 }
+
+/// Why a request got no answer. The chunk carrying it is final and has
+/// `seq` [`ERROR_SEQ`], after any chunk that may have been streamed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyError {
+    pub code: crate::ErrorCode,
+    pub message: String,
+}
+
+/// `seq` of the chunk that reports a failed request: above every real
+/// chunk, so it never collides with (and is never dropped as a repeat of)
+/// one.
+pub const ERROR_SEQ: u32 = u32::MAX;
 
 /// Why an AMQP body could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +128,21 @@ impl ReplyChunk {
             seq,
             text,
             r#final,
+            error: None,
+        }
+    }
+
+    /// The final chunk telling `user` that request `id` failed.
+    pub fn failure(user_id: UserId, id: MessageId, error: ReplyError) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            id: ReplyId::for_request(&user_id, id),
+            in_reply_to: id,
+            user_id,
+            seq: ERROR_SEQ,
+            text: String::new(),
+            r#final: true,
+            error: Some(error),
         }
     }
 }

@@ -46,6 +46,10 @@ pub enum ErrorCode {
     GatewayFull,
     /// The socket sends frames faster than its rate limit; slow down.
     RateLimited,
+    /// The request could not be answered: it was unreadable, or failed on
+    /// every attempt, and was set aside (dead-lettered). Sent as the `error`
+    /// of a final reply chunk.
+    RequestFailed,
     /// An unexpected server fault; details are in the server log only.
     Internal,
 }
@@ -83,12 +87,13 @@ impl ErrorCode {
             Self::TooManySockets => "too_many_sockets",
             Self::GatewayFull => "gateway_full",
             Self::RateLimited => "rate_limited",
+            Self::RequestFailed => "request_failed",
             Self::Internal => "internal",
         }
     }
 
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         Self::InvalidJson,
         Self::InvalidFrame,
         Self::UnknownType,
@@ -106,6 +111,7 @@ impl ErrorCode {
         Self::TooManySockets,
         Self::GatewayFull,
         Self::RateLimited,
+        Self::RequestFailed,
         Self::Internal,
     ];
 }

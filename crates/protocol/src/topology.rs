@@ -12,6 +12,9 @@ pub const RESPONSES_EXCHANGE: &str = "chat_responses";
 pub const DEAD_LETTER_EXCHANGE: &str = "chat_dead_letter";
 /// Durable queue holding dead-lettered requests for an operator to inspect.
 pub const DEAD_LETTER_QUEUE: &str = "chat_queue.dead";
+/// Durable queue getting a copy of every dead-lettered request, consumed by
+/// responders to tell its user that it failed.
+pub const DEAD_LETTER_NOTIFY_QUEUE: &str = "chat_queue.dead.notify";
 
 /// The names for one deployment (one prefix).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,6 +51,10 @@ impl Names {
 
     pub fn dead_letter_queue(&self) -> String {
         self.prefixed(DEAD_LETTER_QUEUE)
+    }
+
+    pub fn dead_letter_notify_queue(&self) -> String {
+        self.prefixed(DEAD_LETTER_NOTIFY_QUEUE)
     }
 
     /// `chat_responses.<user_id>`: the user's durable reply queue.

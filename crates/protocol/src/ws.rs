@@ -201,6 +201,18 @@ pub enum ServerFrame {
     },
     /// Answer to `ping`.
     Pong,
+    /// The gateway's link to the message broker went down or came back.
+    /// While it is down, `send` gets `broker_unavailable`; hold messages
+    /// until it is `up` again.
+    Status { broker: LinkState },
+}
+
+/// State of the gateway's link to RabbitMQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Up,
+    Down,
 }
 
 /// One chunk of an answer, as the browser sees it.
@@ -215,6 +227,9 @@ pub struct ReplyFrame {
     pub text: String,
     /// True on the last chunk of the answer, and only there.
     pub r#final: bool,
+    /// Set on a final chunk when the request could not be answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::amqp::ReplyError>,
 }
 
 impl ServerFrame {

@@ -79,6 +79,7 @@ fn server_frames() {
             seq: 0,
             text: "Hi ".into(),
             r#final: false,
+            error: None,
         }),
         &format!(
             r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":0,"text":"Hi ","final":false}}"#
@@ -95,6 +96,28 @@ fn server_frames() {
         r#"{"type":"error","code":"invalid_json","message":"bad","retryable":false}"#,
     );
     assert_golden(&ServerFrame::Pong, r#"{"type":"pong"}"#);
+    assert_golden(
+        &ServerFrame::Status {
+            broker: protocol::ws::LinkState::Down,
+        },
+        r#"{"type":"status","broker":"down"}"#,
+    );
+    assert_golden(
+        &ServerFrame::Reply(ReplyFrame {
+            id: reply_id,
+            in_reply_to: msg(),
+            seq: u32::MAX,
+            text: String::new(),
+            r#final: true,
+            error: Some(amqp::ReplyError {
+                code: ErrorCode::RequestFailed,
+                message: "failed 5 times".into(),
+            }),
+        }),
+        &format!(
+            r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":4294967295,"text":"","final":true,"error":{{"code":"request_failed","message":"failed 5 times"}}}}"#
+        ),
+    );
 }
 
 #[test]

@@ -95,6 +95,7 @@ async fn delete_all(url: &str, names: &Names, users: &[UserId]) {
     let mut queues: Vec<String> = users.iter().map(|u| names.reply_queue(u)).collect();
     queues.push(names.chat_queue());
     queues.push(names.dead_letter_queue());
+    queues.push(names.dead_letter_notify_queue());
     for queue in queues {
         // A failed delete closes the channel, so each gets its own.
         if let Ok(channel) = connection.create_channel().await {

@@ -82,6 +82,7 @@ impl Gateway {
             broker.clone(),
             ReplyQueueShape {
                 expires_ms: settings.reply_queue.expires_ms,
+                max_length: settings.reply_queue.max_length,
             },
             settings.reply_queue.prefetch,
         );

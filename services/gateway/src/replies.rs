@@ -338,6 +338,7 @@ impl ReplyRouter {
             seq: chunk.seq,
             text: chunk.text,
             r#final: chunk.r#final,
+            error: chunk.error,
         });
         let reply = OutboundReply {
             frame: Utf8Bytes::from(frame.to_json()),

@@ -105,4 +105,6 @@ pub struct ReplyQueueSettings {
     pub expires_ms: u64,
     /// Prefetch of each per-user consumer.
     pub prefetch: u16,
+    /// Most chunks a reply queue holds (`x-max-length`, overflow refused).
+    pub max_length: u32,
 }

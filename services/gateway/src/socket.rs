@@ -15,7 +15,7 @@ use crate::settings::RateLimitSettings;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
-use protocol::ws::{ClientFrame, FrameLimits, ServerFrame};
+use protocol::ws::{ClientFrame, FrameLimits, LinkState, ServerFrame};
 use protocol::{CloseCode, ErrorCode, MessageId, ReplyId, UserId};
 use std::collections::HashMap;
 use std::future::Future;
@@ -79,6 +79,13 @@ pub async fn serve(
     if socket.frame(&welcome).await.is_err() {
         return;
     }
+    // Tell the client when the broker link goes down and comes back, so it
+    // holds its messages instead of collecting `broker_unavailable`s.
+    let mut link = state.broker.link_changes();
+    let mut link_up = state.broker.is_connected();
+    if !link_up && socket.frame(&link_status(false)).await.is_err() {
+        return;
+    }
     let subscription = Arc::new(state.replies.subscribe(&user, outbox));
     let limits = FrameLimits {
         max_text_chars: settings.max_text_chars,
@@ -108,6 +115,14 @@ pub async fn serve(
                 break End::Close(CloseCode::GoingAway, "gateway shutting down");
             }
             _ = &mut token_expiry => break End::Close(CloseCode::TokenExpired, "token expired"),
+            Some(up) = link.changed() => {
+                if up != link_up {
+                    link_up = up;
+                    if socket.frame(&link_status(up)).await.is_err() {
+                        break End::ClientGone;
+                    }
+                }
+            }
             _ = pings.tick() => {
                 if heard_at.elapsed() >= idle_timeout {
                     info!(user_id = %user, "no sign of life from the client; closing");
@@ -208,6 +223,12 @@ pub async fn serve(
 
 /// How long the closing handshake may take.
 const CLOSING_HANDSHAKE: Duration = Duration::from_secs(1);
+
+fn link_status(up: bool) -> ServerFrame {
+    ServerFrame::Status {
+        broker: if up { LinkState::Up } else { LinkState::Down },
+    }
+}
 
 /// Time from now until `unix_secs` (zero if past).
 fn until_unix(unix_secs: u64) -> Instant {

@@ -10,6 +10,7 @@
 //! [`Responder::build`] then [`Responder::run_until_stopped`] is the whole
 //! life of the service; [`Responder::spawn`] runs it in the background.
 
+mod dead_letters;
 pub mod mock;
 pub mod settings;
 mod worker;
@@ -95,10 +96,12 @@ impl Responder {
             })
         });
         let consumer = tokio::spawn(worker::consume(worker.clone(), stop.clone()));
+        let dead_letters = tokio::spawn(dead_letters::consume(worker.clone(), stop.clone()));
         RunningResponder {
             worker,
             stop,
             consumer,
+            dead_letters,
             health: health_task,
         }
     }
@@ -110,6 +113,7 @@ pub struct RunningResponder {
     worker: Arc<Worker>,
     stop: CancellationToken,
     consumer: JoinHandle<()>,
+    dead_letters: JoinHandle<()>,
     health: Option<JoinHandle<()>>,
 }
 
@@ -133,6 +137,7 @@ impl RunningResponder {
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.consumer.await;
+        let _ = self.dead_letters.await;
         let tasks = &self.worker.tasks;
         tasks.close();
         let grace = Duration::from_millis(self.worker.settings.worker.shutdown_grace_ms);
@@ -159,6 +164,7 @@ impl RunningResponder {
         self.worker.tasks.close();
         self.worker.tasks.wait().await;
         let _ = self.consumer.await;
+        let _ = self.dead_letters.await;
         self.worker.broker.close().await;
         if let Some(health) = self.health {
             let _ = health.await;

@@ -3,10 +3,24 @@
 
 use crate::settings::MockSettings;
 
+/// Why the mock refused to answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the model cannot answer this message (it contains the fail marker)")]
+pub struct ModelFailure;
+
 /// Builds the answer to `text` and splits it into chunks of
 /// `words_per_chunk` words. Chunks keep their spaces, so concatenating them
-/// gives the whole answer; there is always at least one chunk.
-pub fn answer(settings: &MockSettings, text: &str) -> Vec<String> {
+/// gives the whole answer; there is always at least one chunk. A message
+/// containing the configured fail marker fails, every time — a stand-in for
+/// a request a real model worker can never process.
+pub fn answer(settings: &MockSettings, text: &str) -> Result<Vec<String>, ModelFailure> {
+    if !settings.fail_marker.is_empty() && text.contains(&settings.fail_marker) {
+        return Err(ModelFailure);
+    }
+    Ok(chunk(settings, text))
+}
+
+fn chunk(settings: &MockSettings, text: &str) -> Vec<String> {
     let full = settings.template.replace("{text}", text);
     let per_chunk = settings.words_per_chunk.max(1);
     let mut chunks = Vec::new();
@@ -37,13 +51,14 @@ mod tests {
             template: template.into(),
             words_per_chunk,
             chunk_delay_ms: 0,
+            fail_marker: "[[poison]]".into(),
         }
     }
 
     #[test]
     fn chunks_concatenate_to_the_whole_answer() {
         let s = settings("Echo: {text} and more words here", 2);
-        let chunks = answer(&s, "hello  there");
+        let chunks = answer(&s, "hello  there").unwrap();
         assert_eq!(chunks.concat(), "Echo: hello  there and more words here");
         assert_eq!(
             chunks,
@@ -53,7 +68,18 @@ mod tests {
 
     #[test]
     fn there_is_always_a_chunk() {
-        assert_eq!(answer(&settings("", 3), "x"), [""]);
-        assert_eq!(answer(&settings("{text}", 0), "one"), ["one"]);
+        assert_eq!(answer(&settings("", 3), "x").unwrap(), [""]);
+        assert_eq!(answer(&settings("{text}", 0), "one").unwrap(), ["one"]);
+    }
+
+    #[test]
+    fn the_fail_marker_fails_every_time_and_an_empty_one_never() {
+        let s = settings("{text}", 3);
+        assert_eq!(answer(&s, "x [[poison]] y"), Err(ModelFailure));
+        let off = MockSettings {
+            fail_marker: String::new(),
+            ..s
+        };
+        assert!(answer(&off, "x [[poison]] y").is_ok());
     }
 }

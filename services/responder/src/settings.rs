@@ -45,4 +45,6 @@ pub struct MockSettings {
     pub words_per_chunk: usize,
     /// Pause before each chunk.
     pub chunk_delay_ms: u64,
+    /// A message containing this fails on every attempt (empty: never).
+    pub fail_marker: String,
 }

@@ -5,7 +5,7 @@
 use crate::mock;
 use crate::settings::Settings;
 use broker::lapin::message::Delivery;
-use broker::lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use broker::lapin::options::{BasicAckOptions, BasicRejectOptions};
 use broker::{Broker, BrokerError, PublishError, Session, properties};
 use futures_util::StreamExt;
 use protocol::amqp::{self, ChatRequest, ReplyChunk};
@@ -24,6 +24,22 @@ pub struct Counters {
     pub answered: u64,
     /// Requests that could not be read and were dead-lettered.
     pub rejected: u64,
+    /// Answers that failed and were handed back to the queue (each counts
+    /// towards the request's delivery limit).
+    pub failed: u64,
+    /// Dead-lettered requests whose user was told (or had no queue left).
+    pub dead_letters_notified: u64,
+}
+
+/// Why an answer could not be given.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AnswerError {
+    /// Publishing failed; usually passing (broker busy, connection hiccup).
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The model (here: the mock) could not answer.
+    #[error(transparent)]
+    Model(#[from] mock::ModelFailure),
 }
 
 /// Everything a request handler needs.
@@ -130,7 +146,9 @@ async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
         let outcome = loop {
             match stream_answer(worker, session, &request).await {
                 Ok(()) => break Ok(()),
-                Err(e) if attempt < ANSWER_ATTEMPTS && session.is_live() => {
+                Err(e @ AnswerError::Publish(_))
+                    if attempt < ANSWER_ATTEMPTS && session.is_live() =>
+                {
                     let delay = Duration::from_millis(200 * u64::from(attempt));
                     warn!(error = %e, attempt, retry_in = ?delay, "answer failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -151,13 +169,19 @@ async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
                 Err(e) => warn!(error = %e, "could not ack the answered request"),
             },
             Err(e) => {
-                warn!(error = %e, "answer failed; requeueing the request");
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                };
-                if let Err(e) = delivery.nack(requeue).await {
-                    warn!(error = %e, "could not requeue the request");
+                // Back to the queue. A reject counts towards the request's
+                // delivery limit on every broker version (a nack may not), so
+                // a request that always fails ends up dead-lettered and its
+                // user is told, instead of looping forever.
+                warn!(
+                    error = %e,
+                    deliveries = delivery_count(&delivery) + 1,
+                    "answer failed; handing the request back"
+                );
+                match delivery.reject(BasicRejectOptions { requeue: true }).await {
+                    Ok(true) => worker.counters.send_modify(|c| c.failed += 1),
+                    Ok(false) => warn!("could not hand the request back: its channel is closed"),
+                    Err(e) => warn!(error = %e, "could not hand the request back"),
                 }
             }
         }
@@ -173,9 +197,9 @@ async fn stream_answer(
     worker: &Worker,
     session: &Session,
     request: &ChatRequest,
-) -> Result<(), PublishError> {
+) -> Result<(), AnswerError> {
     let mock = &worker.settings.mock;
-    let chunks = mock::answer(mock, &request.text);
+    let chunks = mock::answer(mock, &request.text)?;
     let last = chunks.len() - 1;
     let exchange = worker.broker.names().responses_exchange();
     let routing_key = Names::reply_routing_key(&request.user_id);
@@ -202,11 +226,29 @@ async fn stream_answer(
         match confirm.wait().await {
             Ok(()) => {}
             Err(PublishError::Unroutable { .. }) => unroutable = true,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     if unroutable {
         warn!("the user's reply queue does not exist (expired?); answer dropped");
     }
     Ok(())
+}
+
+/// How often RabbitMQ delivered this message before (quorum queues set
+/// `x-delivery-count` on redeliveries).
+pub(crate) fn delivery_count(delivery: &Delivery) -> i64 {
+    use broker::lapin::types::AMQPValue;
+    let count = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned());
+    match count {
+        Some(AMQPValue::LongLongInt(n)) => n,
+        Some(AMQPValue::LongInt(n)) => i64::from(n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(n),
+        _ => 0,
+    }
 }

@@ -318,3 +318,39 @@ describe("history trimming", () => {
     expect(c.order.length).toBe(HISTORY_LIMIT);
   });
 });
+
+describe("the broker link", () => {
+  it("holds messages while the gateway's broker is away and sends them when it is back", async () => {
+    const h = harness();
+    const client = new ChatClient(h.env);
+    client.start();
+    await settle();
+    welcome(h);
+    last(h).frame({ type: "status", broker: "down" });
+    expect(client.getSnapshot().brokerUp).toBe(false);
+    expect(client.getSnapshot().notice).toContain("reconnecting to its message broker");
+    client.send("held");
+    expect(sends(last(h))).toEqual([]);
+    last(h).frame({ type: "status", broker: "up" });
+    expect(sends(last(h))).toEqual([{ type: "send", id: "m1", text: "held" }]);
+    expect(client.getSnapshot().notice).toBeNull();
+  });
+
+  it("shows a request the service gave up on as failed, with what was streamed", async () => {
+    const h = harness();
+    const client = new ChatClient(h.env);
+    client.start();
+    await settle();
+    welcome(h);
+    client.send("poison");
+    last(h).frame({ type: "accepted", id: "m1" });
+    last(h).frame({ type: "reply", id: "r", in_reply_to: "m1", seq: 0, text: "par", final: false });
+    const failure = { code: "request_failed", message: "it failed on every attempt" };
+    last(h).frame({ type: "reply", id: "r", in_reply_to: "m1", seq: 4294967295, text: "", final: true, error: failure });
+    const m = client.getSnapshot().conversation.messages.m1!;
+    expect(m.status).toBe("failed");
+    expect(m.error?.message).toBe("it failed on every attempt");
+    expect(m.reply?.text).toBe("par");
+    expect(last(h).sent).toContainEqual({ type: "ack", id: "r", seq: 4294967295 });
+  });
+});

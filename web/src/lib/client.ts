@@ -24,6 +24,8 @@ export type Snapshot = {
   notice: string | null;
   /** When the next reconnect attempt happens (ms since epoch), if waiting. */
   reconnectAt: number | null;
+  /** Whether the gateway's link to the message broker is up (it says so). */
+  brokerUp: boolean;
 };
 
 /** The part of a WebSocket the client uses. */
@@ -102,6 +104,7 @@ export class ChatClient {
       userId: env.storage.getItem(USER_KEY),
       notice: null,
       reconnectAt: null,
+      brokerUp: true,
     };
     env.watchStorage(conv.STORAGE_KEY, () => {
       this.updateConversation(conv.merged(this.snapshot.conversation, conv.load(env.storage)), false);
@@ -303,7 +306,8 @@ export class ChatClient {
       case "welcome": {
         this.attempt = 0;
         this.env.storage.setItem(USER_KEY, frame.user_id);
-        this.update({ connection: "connected", userId: frame.user_id, reconnectAt: null });
+        // The gateway says so if its broker link is down, right after this.
+        this.update({ connection: "connected", userId: frame.user_id, reconnectAt: null, brokerUp: true });
         const socket = this.socket;
         if (socket) this.keepAlive(socket);
         this.flush();
@@ -332,6 +336,15 @@ export class ChatClient {
       }
       case "pong":
         break;
+      case "status": {
+        const up = frame.broker === "up";
+        this.update({
+          brokerUp: up,
+          notice: up ? null : "The service is reconnecting to its message broker; messages are sent when it is back.",
+        });
+        if (up) this.flush();
+        break;
+      }
     }
     return frame.type;
   }
@@ -349,7 +362,7 @@ export class ChatClient {
   /** Sends every pending message not yet sent on this connection. */
   private flush(): void {
     const socket = this.socket;
-    if (!socket || this.snapshot.connection !== "connected") return;
+    if (!socket || this.snapshot.connection !== "connected" || !this.snapshot.brokerUp) return;
     for (const m of conv.pending(this.snapshot.conversation)) {
       if (this.sentHere.has(m.id) || m.text === null) continue;
       this.sentHere.add(m.id);

@@ -140,6 +140,7 @@ export function replied(
   frame: Extract<ServerFrame, { type: "reply" }>,
   now = Date.now(),
 ): Conversation {
+  if (frame.error) return unanswerable(c, frame.in_reply_to, frame.error, now);
   const m: Message = c.messages[frame.in_reply_to] ?? {
     id: frame.in_reply_to,
     text: null,
@@ -155,6 +156,16 @@ export function replied(
   const complete = isComplete(chunks, finalSeq);
   const next: Reply = { id: reply.id, chunks, finalSeq, text: contiguousText(chunks), complete };
   return put(c, { ...m, reply: next, status: complete ? "answered" : "queued", error: null });
+}
+
+/**
+ * The service gave up on the message (it could not be processed): final,
+ * whatever was streamed before stays visible.
+ */
+function unanswerable(c: Conversation, id: string, failure: { code: string; message: string }, now: number): Conversation {
+  const m: Message = c.messages[id] ?? { id, text: null, status: "failed", error: null, reply: null, createdAt: now };
+  if (m.status === "answered" || (m.status === "failed" && m.error?.code === failure.code)) return c;
+  return put(c, { ...m, status: "failed", error: { ...failure, retryable: false } });
 }
 
 /** Messages waiting to be (re)sent, oldest first. */

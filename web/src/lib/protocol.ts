@@ -2,12 +2,24 @@
 
 export type ErrorInfo = { code: string; message: string; retryable: boolean };
 
+export type ReplyFailure = { code: string; message: string };
+
 export type ServerFrame =
   | { type: "welcome"; user_id: string }
   | { type: "accepted"; id: string }
-  | { type: "reply"; id: string; in_reply_to: string; seq: number; text: string; final: boolean }
+  | {
+      type: "reply";
+      id: string;
+      in_reply_to: string;
+      seq: number;
+      text: string;
+      final: boolean;
+      /** Set on a final chunk when the request could not be answered. */
+      error?: ReplyFailure;
+    }
   | ({ type: "error"; id?: string } & ErrorInfo)
-  | { type: "pong" };
+  | { type: "pong" }
+  | { type: "status"; broker: "up" | "down" };
 
 const isString = (v: unknown): v is string => typeof v === "string";
 
@@ -39,6 +51,7 @@ export function parseServerFrame(text: string): ServerFrame | null {
         isString(f.text) &&
         typeof f.final === "boolean"
       ) {
+        const failure = f.error as Record<string, unknown> | undefined;
         return {
           type: "reply",
           id: f.id,
@@ -46,6 +59,9 @@ export function parseServerFrame(text: string): ServerFrame | null {
           seq: f.seq as number,
           text: f.text,
           final: f.final,
+          ...(failure && isString(failure.code) && isString(failure.message)
+            ? { error: { code: failure.code, message: failure.message } }
+            : {}),
         };
       }
       return null;
@@ -60,6 +76,8 @@ export function parseServerFrame(text: string): ServerFrame | null {
       };
     case "pong":
       return { type: "pong" };
+    case "status":
+      return f.broker === "up" || f.broker === "down" ? { type: "status", broker: f.broker } : null;
     default:
       return null;
   }

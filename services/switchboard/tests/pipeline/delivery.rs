@@ -198,6 +198,7 @@ async fn both_services_recover_from_a_lost_broker_connection() {
     // same chunks (at least once on the wire), which a client drops.
     let id = client.send_message("after").await.unwrap();
     let mut accepted = false;
+    let mut last_status = None;
     let mut after = Vec::new();
     while after
         .last()
@@ -209,10 +210,13 @@ async fn both_services_recover_from_a_lost_broker_connection() {
             protocol::ws::ServerFrame::Reply(c) if c.in_reply_to == before => {
                 assert!(before_chunks.contains(&c), "a repeat is identical: {c:?}");
             }
+            protocol::ws::ServerFrame::Status { broker } => last_status = Some(broker),
             other => panic!("unexpected {other:?}"),
         }
     }
     assert!(accepted);
+    // The socket may have been told of the outage; if so, also of the return.
+    assert_ne!(last_status, Some(protocol::ws::LinkState::Down));
     let seqs: Vec<u32> = after.iter().map(|c| c.seq).collect();
     assert_eq!(seqs, (0..after.len() as u32).collect::<Vec<_>>());
 }
@@ -273,4 +277,48 @@ async fn chunks_a_client_never_acknowledged_are_delivered_again() {
         .await
         .unwrap();
     assert!(third.frames_before_pong().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_request_that_always_fails_is_dead_lettered_and_its_user_told() {
+    let stack = TestStack::start(1, Mock::default()).await;
+    let mut counters = stack.responders[0].counters();
+    let (_, mut client) = stack.client().await;
+    let poison = client
+        .send_accepted(&format!("please {}", crate::stack::POISON))
+        .await
+        .unwrap();
+    let healthy = client.send_accepted("and a normal one").await.unwrap();
+
+    let mut failure = None;
+    let mut healthy_done = false;
+    while failure.is_none() || !healthy_done {
+        match client.next_frame().await.unwrap() {
+            protocol::ws::ServerFrame::Reply(c) if c.in_reply_to == poison => {
+                assert!(c.r#final && c.seq == protocol::amqp::ERROR_SEQ, "{c:?}");
+                failure = c.error;
+            }
+            protocol::ws::ServerFrame::Reply(c) if c.in_reply_to == healthy => {
+                healthy_done |= c.r#final;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(failure.unwrap().code, protocol::ErrorCode::RequestFailed);
+    wait_counters(&mut counters, "the user was told once", |c| {
+        c.dead_letters_notified == 1
+    })
+    .await;
+    let tried = counters.borrow().failed;
+    let limit = u64::from(
+        stack
+            .responder_settings(Mock::default())
+            .amqp
+            .delivery_limit,
+    );
+    assert!(
+        (limit..=limit + 1).contains(&tried),
+        "tried {tried} times, limit {limit}"
+    );
+    assert_eq!(counters.borrow().answered, 1, "only the healthy request");
 }

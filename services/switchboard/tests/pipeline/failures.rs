@@ -38,6 +38,14 @@ async fn sending_while_the_broker_is_down_gets_a_clear_retryable_error() {
     // Identity and sockets do not need the broker; sending does.
     let guest = testkit::guest_session(addr).await.unwrap();
     let mut client = ChatClient::connect(addr, &guest.token).await.unwrap();
+    // Told at once that the broker is away…
+    assert_eq!(
+        client.next_frame().await.unwrap(),
+        ServerFrame::Status {
+            broker: protocol::ws::LinkState::Down
+        }
+    );
+    // …and a send regardless is refused as retryable.
     let id = client.send_message("anyone?").await.unwrap();
     let frame = client.next_frame().await.unwrap();
     assert_eq!(error_code(&frame), (ErrorCode::BrokerUnavailable, true));

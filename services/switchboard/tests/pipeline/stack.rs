@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use testkit::{ChatClient, Cleanup, Guest};
 use tokio::sync::watch;
 
+/// A message containing this fails on every attempt (the mock's fail marker).
+pub const POISON: &str = "[[poison]]";
+
 /// Mock answer used by every test: short, and easy to check.
 pub const TEMPLATE: &str = "Echo: {text} — that is all.";
 
@@ -91,6 +94,7 @@ impl TestStack {
         settings.mock.template = TEMPLATE.into();
         settings.mock.words_per_chunk = mock.words_per_chunk;
         settings.mock.chunk_delay_ms = mock.chunk_delay_ms;
+        settings.mock.fail_marker = POISON.into();
         settings.worker.prefetch = mock.prefetch;
         settings.worker.shutdown_grace_ms = 2_000;
         settings
