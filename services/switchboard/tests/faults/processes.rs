@@ -1,0 +1,163 @@
+//! The services as real processes.
+
+use std::fs::{File, create_dir_all};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// `target/<profile>/`: where cargo put the service binaries.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/faults-<hash>
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../test-artifacts/faults");
+    create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A service process; killed (SIGKILL) when dropped.
+pub struct Service {
+    child: Child,
+}
+
+impl Service {
+    fn spawn(binary: &str, log: &str, env: &[(&str, String)]) -> Self {
+        let path = bin_dir().join(binary);
+        assert!(
+            path.exists(),
+            "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+            path.display()
+        );
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(artifacts().join(format!("{log}.log")))
+            .unwrap();
+        let mut command = Command::new(path);
+        command
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", "info,lapin=warn")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out));
+        Self {
+            child: command.spawn().unwrap(),
+        }
+    }
+
+    /// SIGKILL: no shutdown, no goodbye, as a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stack on one broker prefix: one gateway on a fixed port (so clients
+/// can reconnect to a restarted one) and any number of responders.
+pub struct Stack {
+    pub name: String,
+    pub url: String,
+    pub prefix: String,
+    pub addr: SocketAddr,
+    words_per_chunk: usize,
+    chunk_delay_ms: u64,
+}
+
+pub const POISON: &str = "[[poison]]";
+pub const TEMPLATE: &str = "Echo: {text} — and a few more words to stream in chunks.";
+
+impl Stack {
+    pub fn new(name: &str, url: &str, prefix: &str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self {
+            name: name.into(),
+            url: url.into(),
+            prefix: prefix.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            words_per_chunk: 2,
+            chunk_delay_ms: 5,
+        }
+    }
+
+    fn common(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AMQP_URL", self.url.clone()),
+            ("SWITCHBOARD_AMQP__PREFIX", self.prefix.clone()),
+            ("SWITCHBOARD_AMQP__RECONNECT_INITIAL_MS", "100".into()),
+            ("SWITCHBOARD_AMQP__RECONNECT_MAX_MS", "1000".into()),
+            ("SWITCHBOARD_AMQP__HEARTBEAT_SECS", "2".into()),
+        ]
+    }
+
+    pub fn gateway(&self) -> Service {
+        let mut env = self.common();
+        env.push(("SWITCHBOARD_HTTP__LISTEN", self.addr.to_string()));
+        env.push(("SWITCHBOARD_HTTP__WEB_DIR", "does-not-exist".into()));
+        env.push(("SWITCHBOARD_RATE_LIMIT__BURST", "10000".into()));
+        env.push(("SWITCHBOARD_RATE_LIMIT__PER_SECOND", "10000".into()));
+        Service::spawn("gateway", &format!("{}.gateway", self.name), &env)
+    }
+
+    pub fn responder(&self) -> Service {
+        let mut env = self.common();
+        env.push(("SWITCHBOARD_HEALTH__LISTEN", String::new()));
+        env.push(("SWITCHBOARD_WORKER__PREFETCH", "8".into()));
+        env.push(("SWITCHBOARD_MOCK__TEMPLATE", TEMPLATE.into()));
+        env.push((
+            "SWITCHBOARD_MOCK__WORDS_PER_CHUNK",
+            self.words_per_chunk.to_string(),
+        ));
+        env.push((
+            "SWITCHBOARD_MOCK__CHUNK_DELAY_MS",
+            self.chunk_delay_ms.to_string(),
+        ));
+        env.push(("SWITCHBOARD_MOCK__FAIL_MARKER", POISON.into()));
+        Service::spawn("responder", &format!("{}.responder", self.name), &env)
+    }
+
+    /// Waits until the gateway answers /readyz.
+    pub async fn gateway_ready(&self) {
+        let url = format!("http://{}/readyz", self.addr);
+        let deadline = tokio::time::Instant::now() + testkit::WAIT;
+        loop {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Restarts the RabbitMQ application on this machine (`rabbitmqctl
+/// stop_app` + `start_app`): every connection drops, durable queues and
+/// persistent messages come back from disk.
+pub fn restart_broker() {
+    for step in ["stop_app", "start_app"] {
+        let status = Command::new("rabbitmqctl")
+            .arg(step)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "rabbitmqctl {step} failed");
+    }
+}
