@@ -239,6 +239,7 @@ async fn a_socket_is_closed_when_its_token_expires() {
     let stack = TestStack::start(0, Mock::default()).await;
     let tokens = gateway::auth::Tokens::new(&stack.gateway_settings().auth);
     let user = protocol::UserId::new_guest();
+    stack.track(&user);
     let token = tokens.issue(&user, Duration::from_secs(1)).unwrap();
     let mut client = ChatClient::connect(stack.addr(), &token).await.unwrap();
     assert_eq!(client.closed().await.unwrap(), Closed::Code(4001));

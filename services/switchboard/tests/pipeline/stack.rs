@@ -148,6 +148,11 @@ impl TestStack {
         guest
     }
 
+    /// Deletes this user's reply queue after the test.
+    pub fn track(&self, user: &protocol::UserId) {
+        self.cleanup.track_user(user);
+    }
+
     /// A new guest, connected.
     pub async fn client(&self) -> (Guest, ChatClient) {
         let guest = self.guest().await;
