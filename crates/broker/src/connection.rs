@@ -266,6 +266,11 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
                 } else {
                     info!(connection = %connection_name, %url, "connected to RabbitMQ");
                 }
+                if generation > 1 {
+                    metrics::counter!("switchboard_broker_reconnects_total", "connection" => connection_name.clone())
+                        .increment(1);
+                }
+                metrics::gauge!("switchboard_broker_connected", "connection" => connection_name.clone()).set(1.0);
                 let connected_at = tokio::time::Instant::now();
                 inner.current.send_replace(Some(session.clone()));
                 let lost = wait_for_loss(&session, events);
@@ -279,6 +284,8 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
                         warn!(connection = %connection_name, generation, %reason, "lost the RabbitMQ connection");
                         session.inner.failed.cancel();
                         inner.current.send_replace(None);
+                        metrics::gauge!("switchboard_broker_connected", "connection" => connection_name.clone())
+                            .set(0.0);
                         session.close(320, "reconnecting").await;
                     }
                 }

@@ -4,6 +4,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use protocol::UserId;
 use protocol::amqp::{CHAT_REQUEST_TYPE, CONTENT_TYPE, REPLY_CHUNK_TYPE, USER_ID_HEADER};
+use protocol::trace::{TRACEPARENT_HEADER, TraceParent};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// AMQP `delivery_mode` 2: written to disk, survives a broker restart.
@@ -17,11 +18,20 @@ pub fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-fn persistent_json(message_id: String, kind: &str, user: &UserId) -> BasicProperties {
+fn persistent_json(
+    message_id: String,
+    kind: &str,
+    user: &UserId,
+    trace: &TraceParent,
+) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert(
         ShortString::from(USER_ID_HEADER),
         AMQPValue::LongString(user.as_str().into()),
+    );
+    headers.insert(
+        ShortString::from(TRACEPARENT_HEADER),
+        AMQPValue::LongString(trace.to_string().into()),
     );
     BasicProperties::default()
         .with_content_type(CONTENT_TYPE.into())
@@ -32,26 +42,41 @@ fn persistent_json(message_id: String, kind: &str, user: &UserId) -> BasicProper
         .with_headers(headers)
 }
 
-/// Properties of a chat request: `message_id` is the client's message id.
-pub fn chat_request(message_id: protocol::MessageId, user: &UserId) -> BasicProperties {
-    persistent_json(message_id.to_string(), CHAT_REQUEST_TYPE, user)
+/// Properties of a chat request: `message_id` is the client's message id,
+/// `traceparent` the trace the gateway started for it.
+pub fn chat_request(
+    message_id: protocol::MessageId,
+    user: &UserId,
+    trace: &TraceParent,
+) -> BasicProperties {
+    persistent_json(message_id.to_string(), CHAT_REQUEST_TYPE, user, trace)
 }
 
 /// Properties of a reply chunk: `message_id` is `<reply id>:<seq>`, and
 /// `correlation_id` the request it answers.
-pub fn reply_chunk(chunk: &protocol::amqp::ReplyChunk) -> BasicProperties {
+pub fn reply_chunk(chunk: &protocol::amqp::ReplyChunk, trace: &TraceParent) -> BasicProperties {
     persistent_json(
         format!("{}:{}", chunk.id, chunk.seq),
         REPLY_CHUNK_TYPE,
         &chunk.user_id,
+        trace,
     )
     .with_correlation_id(chunk.in_reply_to.to_string().into())
 }
 
-/// The user a delivery claims to belong to (from its header), if any.
-pub fn user_header(properties: &BasicProperties) -> Option<&str> {
-    match properties.headers().as_ref()?.inner().get(USER_ID_HEADER)? {
+fn string_header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a str> {
+    match properties.headers().as_ref()?.inner().get(name)? {
         AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
         _ => None,
     }
+}
+
+/// The user a delivery claims to belong to (from its header), if any.
+pub fn user_header(properties: &BasicProperties) -> Option<&str> {
+    string_header(properties, USER_ID_HEADER)
+}
+
+/// The trace a delivery belongs to, if it carries a valid `traceparent`.
+pub fn traceparent(properties: &BasicProperties) -> Option<TraceParent> {
+    TraceParent::parse(string_header(properties, TRACEPARENT_HEADER)?)
 }

@@ -19,6 +19,8 @@ pub struct Publisher {
 #[derive(Debug)]
 pub struct PendingConfirm {
     confirm: PublisherConfirm,
+    /// When the publish began, for the confirm-latency histogram.
+    started: tokio::time::Instant,
     routing_key: String,
     timeout: Duration,
 }
@@ -52,6 +54,7 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<PendingConfirm, PublishError> {
+        let started = tokio::time::Instant::now();
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
@@ -65,9 +68,12 @@ impl Publisher {
         );
         let confirm = timeout(self.timeout, write)
             .await
-            .map_err(|_| PublishError::Timeout(self.timeout))??;
+            .map_err(|_| PublishError::Timeout(self.timeout))
+            .and_then(|written| written.map_err(PublishError::from))
+            .inspect_err(count_failure)?;
         Ok(PendingConfirm {
             confirm,
+            started,
             routing_key: routing_key.to_owned(),
             timeout: self.timeout,
         })
@@ -82,19 +88,40 @@ impl PendingConfirm {
     }
 
     async fn wait_at_most(self, limit: Duration) -> Result<(), PublishError> {
-        let confirmation = timeout(limit, self.confirm)
-            .await
-            .map_err(|_| PublishError::Timeout(self.timeout))??;
-        match confirmation {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable {
-                routing_key: self.routing_key,
+        let Self {
+            confirm,
+            started,
+            routing_key,
+            timeout: publish_timeout,
+        } = self;
+        let confirmed = match timeout(limit, confirm).await {
+            Err(_) => Err(PublishError::Timeout(publish_timeout)),
+            Ok(Err(e)) => Err(PublishError::from(e)),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Unroutable {
+                routing_key,
                 reply_text: returned.reply_text.to_string(),
             }),
-            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
             // Only possible on a channel without confirm mode, which a
             // Publisher never has; treat it as unproven rather than safe.
-            Confirmation::NotRequested => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
+        };
+        match &confirmed {
+            Ok(()) => metrics::histogram!("switchboard_amqp_publish_confirm_seconds")
+                .record(started.elapsed().as_secs_f64()),
+            Err(e) => count_failure(e),
         }
+        confirmed
     }
+}
+
+fn count_failure(error: &PublishError) {
+    let reason = match error {
+        PublishError::Timeout(_) => "timeout",
+        PublishError::Nacked => "nacked",
+        PublishError::Unroutable { .. } => "unroutable",
+        PublishError::Amqp(_) => "connection",
+    };
+    metrics::counter!("switchboard_amqp_publish_failures_total", "reason" => reason).increment(1);
 }

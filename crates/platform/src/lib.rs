@@ -5,10 +5,12 @@
 //! - [`telemetry`] — the `tracing` subscriber (env filter; text or JSON).
 //! - [`shutdown`] — one future for Ctrl-C and SIGTERM.
 //! - [`health`] — `/healthz` and `/readyz` handlers.
+//! - [`metrics`] — the Prometheus recorder and `/metrics`.
 //!
 //! Nothing here knows about chat, WebSockets or RabbitMQ.
 
 pub mod health;
+pub mod metrics;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

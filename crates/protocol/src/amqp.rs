@@ -55,6 +55,10 @@ pub struct ReplyChunk {
     /// Set on the final chunk of a request that could not be answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ReplyError>,
+    /// The request's `sent_at_ms`, so the gateway can measure request →
+    /// first and final chunk latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_sent_at_ms: Option<u64>,
 }
 
 /// Why a request got no answer. The chunk carrying it is final and has
@@ -129,6 +133,7 @@ impl ReplyChunk {
             text,
             r#final,
             error: None,
+            request_sent_at_ms: Some(request.sent_at_ms),
         }
     }
 
@@ -143,6 +148,7 @@ impl ReplyChunk {
             text: String::new(),
             r#final: true,
             error: Some(error),
+            request_sent_at_ms: None,
         }
     }
 }

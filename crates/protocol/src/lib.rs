@@ -6,6 +6,8 @@
 //!   that turns every bad frame into a stable [`ErrorCode`].
 //! - [`amqp`] — the versioned JSON bodies that travel through RabbitMQ.
 //! - [`topology`] — exchange, queue and routing-key names under a configurable prefix.
+//! - [`trace`] — the W3C `traceparent` carried in AMQP headers.
+//! - [`trace`] — the W3C `traceparent` carried in AMQP headers.
 //!
 //! This crate does no I/O and owns no policy beyond validation; `docs/protocol.md`
 //! documents the same contract for people writing clients.
@@ -14,6 +16,7 @@ pub mod amqp;
 pub mod error;
 pub mod ids;
 pub mod topology;
+pub mod trace;
 pub mod ws;
 
 pub use error::{CloseCode, ErrorCode};

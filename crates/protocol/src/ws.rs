@@ -99,6 +99,15 @@ impl ClientFrame {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("client frames always serialize")
     }
+
+    /// The frame's `type`, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Send { .. } => "send",
+            Self::Ping => "ping",
+            Self::Ack { .. } => "ack",
+        }
+    }
 }
 
 /// The frame's `id`: a missing one makes the frame invalid, one that is not
@@ -187,7 +196,13 @@ pub enum ServerFrame {
     /// First frame on every socket: who the token says you are.
     Welcome { user_id: UserId },
     /// RabbitMQ has confirmed the message with this id; it will be answered.
-    Accepted { id: MessageId },
+    Accepted {
+        id: MessageId,
+        /// The trace that follows this message through the services (32 hex
+        /// digits): quote it when reporting a problem.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace_id: Option<String>,
+    },
     /// One chunk of a streamed answer.
     Reply(ReplyFrame),
     /// Something went wrong with a frame or with a message.
@@ -233,6 +248,18 @@ pub struct ReplyFrame {
 }
 
 impl ServerFrame {
+    /// The frame's `type`, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Welcome { .. } => "welcome",
+            Self::Accepted { .. } => "accepted",
+            Self::Reply(_) => "reply",
+            Self::Error { .. } => "error",
+            Self::Pong => "pong",
+            Self::Status { .. } => "status",
+        }
+    }
+
     pub fn error(code: ErrorCode, message: impl Into<String>, id: Option<MessageId>) -> Self {
         Self::Error {
             code,

@@ -68,8 +68,13 @@ fn server_frames() {
         r#"{"type":"welcome","user_id":"alice"}"#,
     );
     assert_golden(
-        &ServerFrame::Accepted { id: msg() },
-        &format!(r#"{{"type":"accepted","id":"{MSG}"}}"#),
+        &ServerFrame::Accepted {
+            id: msg(),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        },
+        &format!(
+            r#"{{"type":"accepted","id":"{MSG}","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}}"#
+        ),
     );
     let reply_id = ReplyId::for_request(&alice(), msg());
     assert_golden(

@@ -152,7 +152,7 @@ impl ChatClient {
     /// Waits for `accepted` for `id`; fails on any other frame first.
     pub async fn expect_accepted(&mut self, id: MessageId) -> anyhow::Result<()> {
         match self.next_frame().await? {
-            ServerFrame::Accepted { id: got } if got == id => Ok(()),
+            ServerFrame::Accepted { id: got, .. } if got == id => Ok(()),
             other => bail!("expected accepted for {id}, got {other:?}"),
         }
     }

@@ -47,6 +47,7 @@ impl Admission {
         }
         open.total += 1;
         open.per_user.insert(user.clone(), mine + 1);
+        metrics::gauge!("switchboard_gateway_sockets_open").set(open.total as f64);
         Ok(Slot {
             admission: self.clone(),
             user: user.clone(),
@@ -63,6 +64,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.admission.open.lock().expect("admission lock");
         open.total -= 1;
+        metrics::gauge!("switchboard_gateway_sockets_open").set(open.total as f64);
         if let Some(count) = open.per_user.get_mut(&self.user) {
             *count -= 1;
             if *count == 0 {

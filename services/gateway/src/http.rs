@@ -74,6 +74,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
+        metrics::counter!("switchboard_gateway_errors_total", "code" => code.as_str()).increment(1);
         let body = ErrorBody {
             code,
             message: self.to_string(),
@@ -89,6 +90,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/session", get(check_session).post(create_session))
         .route("/ws", get(upgrade))
         .merge(platform::health::router(ready))
+        .merge(platform::metrics::router(platform::metrics::install()))
         .fallback_service(web_ui(&state.settings.http.web_dir))
         .with_state(state)
 }

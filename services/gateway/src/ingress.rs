@@ -3,6 +3,7 @@
 
 use broker::{Broker, PublishError, properties};
 use protocol::amqp::{self, ChatRequest};
+use protocol::trace::TraceParent;
 use protocol::{ErrorCode, MessageId, UserId};
 use tracing::warn;
 
@@ -17,6 +18,7 @@ pub async fn submit(
     user: &UserId,
     id: MessageId,
     text: String,
+    trace: &TraceParent,
 ) -> Result<(), ErrorCode> {
     let Some(session) = broker.current() else {
         return Err(ErrorCode::BrokerUnavailable);
@@ -28,9 +30,12 @@ pub async fn submit(
             "",
             &broker.names().chat_queue(),
             &amqp::encode(&request),
-            properties::chat_request(id, user),
+            properties::chat_request(id, user, trace),
         )
         .await;
+    if published.is_ok() {
+        metrics::counter!("switchboard_gateway_messages_published_total").increment(1);
+    }
     published.map_err(|e| {
         warn!(user_id = %user, message_id = %id, error = %e, "publish failed");
         match e {

@@ -68,6 +68,8 @@ impl Gateway {
     /// Binds `http.listen` and starts connecting to RabbitMQ in the
     /// background (an unreachable broker is retried, not fatal).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Before anything records.
+        platform::metrics::install();
         let listener = TcpListener::bind(&settings.http.listen)
             .await
             .with_context(|| format!("cannot listen on http.listen = {}", settings.http.listen))?;

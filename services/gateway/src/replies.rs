@@ -196,6 +196,7 @@ impl ReplyRouter {
                 queue_ready
             }
         };
+        metrics::gauge!("switchboard_gateway_users_online").set(users.len() as f64);
         Subscription {
             router: self.clone(),
             user: user.clone(),
@@ -223,6 +224,7 @@ impl ReplyRouter {
         {
             local.consumer.cancel();
             users.remove(user);
+            metrics::gauge!("switchboard_gateway_users_online").set(users.len() as f64);
         }
     }
 
@@ -249,6 +251,7 @@ impl ReplyRouter {
         if local.sockets.is_empty() {
             local.consumer.cancel();
             users.remove(user);
+            metrics::gauge!("switchboard_gateway_users_online").set(users.len() as f64);
         }
         delivered
     }
@@ -332,6 +335,31 @@ impl ReplyRouter {
                 return Ok(());
             }
         };
+        metrics::counter!("switchboard_gateway_reply_chunks_consumed_total").increment(1);
+        if delivery.redelivered {
+            metrics::counter!("switchboard_gateway_redeliveries_total").increment(1);
+        } else if let Some(sent_at) = chunk.request_sent_at_ms {
+            // First sight of a chunk: how long since the user sent the message.
+            let latency = broker::properties::now_ms().saturating_sub(sent_at) as f64 / 1000.0;
+            if chunk.seq == 0 {
+                metrics::histogram!("switchboard_request_first_chunk_seconds").record(latency);
+            }
+            if chunk.r#final {
+                metrics::histogram!("switchboard_request_final_chunk_seconds").record(latency);
+            }
+        }
+        if let Some(error) = &chunk.error {
+            metrics::counter!("switchboard_gateway_errors_total", "code" => error.code.as_str())
+                .increment(1);
+        }
+        let trace = broker::properties::traceparent(&delivery.properties);
+        debug!(
+            user_id = %user,
+            message_id = %chunk.in_reply_to,
+            seq = chunk.seq,
+            trace_id = trace.map(|t| t.trace_id().to_string()).unwrap_or_default(),
+            "reply chunk for local sockets"
+        );
         let frame = ServerFrame::Reply(ReplyFrame {
             id: chunk.id,
             in_reply_to: chunk.in_reply_to,

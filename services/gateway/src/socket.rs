@@ -15,6 +15,7 @@ use crate::settings::RateLimitSettings;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
+use protocol::trace::TraceParent;
 use protocol::ws::{ClientFrame, FrameLimits, LinkState, ServerFrame};
 use protocol::{CloseCode, ErrorCode, MessageId, ReplyId, UserId};
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info, info_span};
 
 type Publishing = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
@@ -47,6 +48,18 @@ pub(crate) enum Step {
     Publish { id: MessageId, text: String },
     /// The client has this reply chunk.
     Acknowledge { id: ReplyId, seq: u32 },
+}
+
+impl Step {
+    /// The client frame's `type` (or `invalid`), for metrics.
+    fn kind(&self) -> &'static str {
+        match self {
+            Step::Answer(ServerFrame::Pong) => "ping",
+            Step::Answer(_) => "invalid",
+            Step::Publish { .. } => "send",
+            Step::Acknowledge { .. } => "ack",
+        }
+    }
 }
 
 pub(crate) fn step(text: &str, limits: &FrameLimits) -> Step {
@@ -162,12 +175,21 @@ pub async fn serve(
                     break End::Close(CloseCode::MessageTooBig, "message too big");
                 }
                 let step = match message {
-                    Message::Text(text) => step(&text, &limits),
-                    Message::Binary(_) => Step::Answer(ServerFrame::error(
+                    Message::Text(text) => {
+                        let step = step(&text, &limits);
+                        metrics::counter!("switchboard_gateway_frames_received_total", "type" => step.kind())
+                            .increment(1);
+                        step
+                    }
+                    Message::Binary(_) => {
+                        metrics::counter!("switchboard_gateway_frames_received_total", "type" => "binary")
+                            .increment(1);
+                        Step::Answer(ServerFrame::error(
                         ErrorCode::BinaryNotSupported,
                         "binary frames are not supported; send JSON text frames",
                         None,
-                    )),
+                    ))
+                    }
                     // Pings are answered by the WebSocket layer; pongs only
                     // prove the client is alive.
                     Message::Ping(_) | Message::Pong(_) => continue,
@@ -177,6 +199,7 @@ pub async fn serve(
                 // and free; everything else spends from the bucket.
                 let free = matches!(&step, Step::Acknowledge { id, seq } if socket.holds(*id, *seq));
                 if !free && !bucket.take() {
+                    metrics::counter!("switchboard_gateway_rate_limited_total").increment(1);
                     if bucket.refused_in_a_row >= state.settings.rate_limit.abuse_threshold {
                         info!(user_id = %user, "rate limit ignored; closing");
                         break End::Close(CloseCode::PolicyViolation, "rate limit exceeded");
@@ -209,6 +232,11 @@ pub async fn serve(
     drop(replies);
     drop(subscription);
     socket.unacked.clear();
+    let reason = match &end {
+        End::ClientGone => "client",
+        End::Close(code, _) => close_reason(*code),
+    };
+    metrics::counter!("switchboard_gateway_sockets_closed_total", "reason" => reason).increment(1);
     if let End::Close(code, reason) = end {
         let close = Message::Close(Some(CloseFrame {
             code: code.code(),
@@ -223,6 +251,19 @@ pub async fn serve(
 
 /// How long the closing handshake may take.
 const CLOSING_HANDSHAKE: Duration = Duration::from_secs(1);
+
+fn close_reason(code: CloseCode) -> &'static str {
+    match code {
+        CloseCode::Normal => "normal",
+        CloseCode::GoingAway => "going_away",
+        CloseCode::InvalidPayload => "invalid_payload",
+        CloseCode::PolicyViolation => "rate_limit_abuse",
+        CloseCode::MessageTooBig => "message_too_big",
+        CloseCode::SlowConsumer => "slow_consumer",
+        CloseCode::TokenExpired => "token_expired",
+        CloseCode::IdleTimeout => "idle",
+    }
+}
 
 fn link_status(up: bool) -> ServerFrame {
     ServerFrame::Status {
@@ -256,21 +297,32 @@ fn publish(
     id: MessageId,
     text: String,
 ) -> Publishing {
+    // One trace per message, from here through the responder and back.
+    let trace = TraceParent::new_root();
+    let span =
+        info_span!("request", trace_id = %trace.trace_id(), user_id = %user, message_id = %id);
     async move {
         let submitted = if state.broker.is_connected()
             && subscription
                 .reply_queue_ready(state.settings.amqp.publish_timeout())
                 .await
         {
-            ingress::submit(&state.broker, &user, id, text).await
+            ingress::submit(&state.broker, &user, id, text, &trace).await
         } else {
             Err(ErrorCode::BrokerUnavailable)
         };
         match submitted {
-            Ok(()) => ServerFrame::Accepted { id },
+            Ok(()) => {
+                debug!("message queued");
+                ServerFrame::Accepted {
+                    id,
+                    trace_id: Some(trace.trace_id().to_string()),
+                }
+            }
             Err(code) => ServerFrame::error(code, ingress::describe(code), Some(id)),
         }
     }
+    .instrument(span)
     .boxed()
 }
 
@@ -335,11 +387,18 @@ impl Writer {
     }
 
     async fn frame(&mut self, frame: &ServerFrame) -> Result<(), WriteFailed> {
+        metrics::counter!("switchboard_gateway_frames_sent_total", "type" => frame.kind())
+            .increment(1);
+        if let ServerFrame::Error { code, .. } = frame {
+            metrics::counter!("switchboard_gateway_errors_total", "code" => code.as_str())
+                .increment(1);
+        }
         self.send(Message::Text(frame.to_json().into())).await
     }
 
     /// Writes a reply chunk and holds it until the client acknowledges it.
     async fn reply(&mut self, reply: &OutboundReply) -> Result<(), WriteFailed> {
+        metrics::counter!("switchboard_gateway_frames_sent_total", "type" => "reply").increment(1);
         self.send(Message::Text(reply.frame.clone())).await?;
         self.unacked
             .entry(reply.chunk)

@@ -12,6 +12,7 @@ use broker::{BrokerError, PublishError, Session, properties};
 use futures_util::StreamExt;
 use protocol::amqp::{self, ChatRequest, ReplyChunk, ReplyError};
 use protocol::topology::Names;
+use protocol::trace::TraceParent;
 use protocol::{ErrorCode, MessageId, UserId};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +79,8 @@ fn owner(delivery: &Delivery) -> Option<(UserId, MessageId)> {
 
 async fn notify(worker: &Worker, session: &Session, delivery: Delivery) {
     let reason = death_reason(&delivery);
+    metrics::counter!("switchboard_responder_dead_letters_total", "reason" => reason.clone())
+        .increment(1);
     let Some((user, id)) = owner(&delivery) else {
         error!(%reason, "dead-lettered request with no known owner; kept in the dead-letter queue");
         settle(worker, &delivery).await;
@@ -102,7 +105,12 @@ async fn notify(worker: &Worker, session: &Session, delivery: Delivery) {
             &worker.broker.names().responses_exchange(),
             Names::reply_routing_key(&user),
             &amqp::encode(&chunk),
-            properties::reply_chunk(&chunk),
+            properties::reply_chunk(
+                &chunk,
+                &properties::traceparent(&delivery.properties)
+                    .unwrap_or_else(TraceParent::new_root)
+                    .child(),
+            ),
         )
         .await;
     match published {

@@ -43,6 +43,8 @@ impl Responder {
     /// Binds the health endpoint and starts connecting to RabbitMQ (in the
     /// background: an unreachable broker is retried, not fatal).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Before anything records.
+        platform::metrics::install();
         let health = match settings.health.listen.trim() {
             "" => None,
             addr => Some(
@@ -85,7 +87,8 @@ impl Responder {
                 info!(%addr, "responder health endpoints: /healthz, /readyz");
             }
             let broker = worker.broker.clone();
-            let app = platform::health::router(Arc::new(move || broker.is_connected()));
+            let app = platform::health::router(Arc::new(move || broker.is_connected()))
+                .merge(platform::metrics::router(platform::metrics::install()));
             let stop = stop.clone();
             tokio::spawn(async move {
                 let serve = axum::serve(listener, app)

@@ -10,6 +10,7 @@ use broker::{Broker, BrokerError, PublishError, Session, properties};
 use futures_util::StreamExt;
 use protocol::amqp::{self, ChatRequest, ReplyChunk};
 use protocol::topology::Names;
+use protocol::trace::TraceParent;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -126,7 +127,10 @@ async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
                 "unreadable request; dead-lettering it"
             );
             match delivery.reject(BasicRejectOptions { requeue: false }).await {
-                Ok(true) => worker.counters.send_modify(|c| c.rejected += 1),
+                Ok(true) => {
+                    metrics::counter!("switchboard_responder_requests_total", "outcome" => "rejected").increment(1);
+                    worker.counters.send_modify(|c| c.rejected += 1);
+                }
                 Ok(false) => {
                     warn!("could not reject the unreadable request: its channel is closed")
                 }
@@ -135,16 +139,25 @@ async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
             return;
         }
     };
+    // Continue the gateway's trace (or start one for a message without).
+    let trace = properties::traceparent(&delivery.properties)
+        .unwrap_or_else(TraceParent::new_root)
+        .child();
     let span = info_span!(
         "answer",
+        trace_id = %trace.trace_id(),
         user_id = %request.user_id,
         message_id = %request.id,
         redelivered = delivery.redelivered,
     );
+    if delivery.redelivered {
+        metrics::counter!("switchboard_responder_redeliveries_total").increment(1);
+    }
+    let started = tokio::time::Instant::now();
     async {
         let mut attempt = 1;
         let outcome = loop {
-            match stream_answer(worker, session, &request).await {
+            match stream_answer(worker, session, &request, &trace).await {
                 Ok(()) => break Ok(()),
                 Err(e @ AnswerError::Publish(_))
                     if attempt < ANSWER_ATTEMPTS && session.is_live() =>
@@ -160,6 +173,8 @@ async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
         match outcome {
             Ok(()) => match delivery.ack(BasicAckOptions::default()).await {
                 Ok(true) => {
+                    metrics::counter!("switchboard_responder_requests_total", "outcome" => "answered").increment(1);
+                    metrics::histogram!("switchboard_responder_answer_seconds").record(started.elapsed().as_secs_f64());
                     worker.counters.send_modify(|c| c.answered += 1);
                     debug!("answered");
                 }
@@ -179,7 +194,10 @@ async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
                     "answer failed; handing the request back"
                 );
                 match delivery.reject(BasicRejectOptions { requeue: true }).await {
-                    Ok(true) => worker.counters.send_modify(|c| c.failed += 1),
+                    Ok(true) => {
+                        metrics::counter!("switchboard_responder_requests_total", "outcome" => "failed").increment(1);
+                        worker.counters.send_modify(|c| c.failed += 1);
+                    }
                     Ok(false) => warn!("could not hand the request back: its channel is closed"),
                     Err(e) => warn!(error = %e, "could not hand the request back"),
                 }
@@ -197,6 +215,7 @@ async fn stream_answer(
     worker: &Worker,
     session: &Session,
     request: &ChatRequest,
+    trace: &TraceParent,
 ) -> Result<(), AnswerError> {
     let mock = &worker.settings.mock;
     let chunks = mock::answer(mock, &request.text)?;
@@ -216,7 +235,7 @@ async fn stream_answer(
                 &exchange,
                 routing_key,
                 &amqp::encode(&chunk),
-                properties::reply_chunk(&chunk),
+                properties::reply_chunk(&chunk, &trace.child()),
             )
             .await?;
         pending.push(confirm);

@@ -208,7 +208,7 @@ async fn run_user(
                 frame = tokio::time::timeout(Duration::from_secs(5), client.next_frame()) => {
                     let Ok(Ok(frame)) = frame else { continue 'connection };
                     match frame {
-                        ServerFrame::Accepted { id } => {
+                        ServerFrame::Accepted { id, .. } => {
                             if let Some(s) = seen.get_mut(&id) {
                                 s.accepted = true;
                             }

@@ -205,7 +205,7 @@ async fn both_services_recover_from_a_lost_broker_connection() {
         .is_none_or(|c: &protocol::ws::ReplyFrame| !c.r#final)
     {
         match client.next_frame().await.unwrap() {
-            protocol::ws::ServerFrame::Accepted { id: got } if got == id => accepted = true,
+            protocol::ws::ServerFrame::Accepted { id: got, .. } if got == id => accepted = true,
             protocol::ws::ServerFrame::Reply(c) if c.in_reply_to == id => after.push(c),
             protocol::ws::ServerFrame::Reply(c) if c.in_reply_to == before => {
                 assert!(before_chunks.contains(&c), "a repeat is identical: {c:?}");

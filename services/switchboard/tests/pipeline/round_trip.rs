@@ -38,7 +38,7 @@ async fn several_messages_in_flight_are_all_accepted_and_answered() {
     let mut texts: std::collections::HashMap<_, String> = std::collections::HashMap::new();
     while accepted.len() < ids.len() || finals.len() < ids.len() {
         match client.next_frame().await.unwrap() {
-            protocol::ws::ServerFrame::Accepted { id } => accepted.push(id),
+            protocol::ws::ServerFrame::Accepted { id, .. } => accepted.push(id),
             protocol::ws::ServerFrame::Reply(chunk) => {
                 texts
                     .entry(chunk.in_reply_to)
