@@ -51,6 +51,16 @@ impl TraceParent {
         TraceId(self.trace_id)
     }
 
+    /// From raw ids (e.g. a tracing system's); `None` if either is zero.
+    pub fn from_parts(trace_id: u128, span_id: u64) -> Option<Self> {
+        (trace_id != 0 && span_id != 0).then_some(Self { trace_id, span_id })
+    }
+
+    /// The raw ids: trace, and the span that sent the message.
+    pub fn parts(&self) -> (u128, u64) {
+        (self.trace_id, self.span_id)
+    }
+
     /// Parses a `traceparent` value; `None` for anything malformed.
     pub fn parse(value: &str) -> Option<Self> {
         let mut parts = value.trim().split('-');

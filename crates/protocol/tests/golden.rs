@@ -148,7 +148,7 @@ fn amqp_bodies() {
     assert_golden(
         &chunk,
         &format!(
-            r#"{{"v":1,"id":"{reply_id}","in_reply_to":"{MSG}","user_id":"alice","seq":3,"text":"world","final":true}}"#
+            r#"{{"v":1,"id":"{reply_id}","in_reply_to":"{MSG}","user_id":"alice","seq":3,"text":"world","final":true,"request_sent_at_ms":1700000000000}}"#
         ),
     );
     assert_eq!(

@@ -6,9 +6,11 @@ use gateway::{Gateway, Settings};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load().context("invalid gateway settings")?;
-    platform::telemetry::init(&settings.log);
-    Gateway::build(settings)
+    platform::telemetry::init(&settings.log, "switchboard-gateway");
+    let stopped = Gateway::build(settings)
         .await?
         .run_until_stopped(platform::shutdown::signal())
-        .await
+        .await;
+    platform::telemetry::shutdown();
+    stopped
 }

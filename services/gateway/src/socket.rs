@@ -15,7 +15,6 @@ use crate::settings::RateLimitSettings;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
-use protocol::trace::TraceParent;
 use protocol::ws::{ClientFrame, FrameLimits, LinkState, ServerFrame};
 use protocol::{CloseCode, ErrorCode, MessageId, ReplyId, UserId};
 use std::collections::HashMap;
@@ -298,9 +297,14 @@ fn publish(
     text: String,
 ) -> Publishing {
     // One trace per message, from here through the responder and back.
-    let trace = TraceParent::new_root();
-    let span =
-        info_span!("request", trace_id = %trace.trace_id(), user_id = %user, message_id = %id);
+    let span = info_span!(
+        "request",
+        trace_id = tracing::field::Empty,
+        user_id = %user,
+        message_id = %id
+    );
+    let trace = platform::telemetry::start_trace(&span);
+    span.record("trace_id", tracing::field::display(trace.trace_id()));
     async move {
         let submitted = if state.broker.is_connected()
             && subscription

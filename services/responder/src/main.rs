@@ -6,9 +6,11 @@ use responder::{Responder, Settings};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load().context("invalid responder settings")?;
-    platform::telemetry::init(&settings.log);
-    Responder::build(settings)
+    platform::telemetry::init(&settings.log, "switchboard-responder");
+    let stopped = Responder::build(settings)
         .await?
         .run_until_stopped(platform::shutdown::signal())
-        .await
+        .await;
+    platform::telemetry::shutdown();
+    stopped
 }

@@ -139,17 +139,19 @@ async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
             return;
         }
     };
-    // Continue the gateway's trace (or start one for a message without).
-    let trace = properties::traceparent(&delivery.properties)
-        .unwrap_or_else(TraceParent::new_root)
-        .child();
     let span = info_span!(
         "answer",
-        trace_id = %trace.trace_id(),
+        trace_id = tracing::field::Empty,
         user_id = %request.user_id,
         message_id = %request.id,
         redelivered = delivery.redelivered,
     );
+    // Continue the gateway's trace (or start one for a message without).
+    let trace = match properties::traceparent(&delivery.properties) {
+        Some(incoming) => platform::telemetry::continue_trace(&span, &incoming),
+        None => platform::telemetry::start_trace(&span),
+    };
+    span.record("trace_id", tracing::field::display(trace.trace_id()));
     if delivery.redelivered {
         metrics::counter!("switchboard_responder_redeliveries_total").increment(1);
     }
@@ -235,7 +237,7 @@ async fn stream_answer(
                 &exchange,
                 routing_key,
                 &amqp::encode(&chunk),
-                properties::reply_chunk(&chunk, &trace.child()),
+                properties::reply_chunk(&chunk, trace),
             )
             .await?;
         pending.push(confirm);

@@ -11,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
         responder::Settings::load().context("invalid responder settings")?;
     // One process, one health endpoint: the gateway's /readyz.
     responder_settings.health.listen.clear();
-    platform::telemetry::init(&gateway_settings.log);
+    platform::telemetry::init(&gateway_settings.log, "switchboard");
 
     let gateway = gateway::Gateway::build(gateway_settings).await?.spawn();
     let responder = responder::Responder::build(responder_settings)
@@ -23,5 +23,6 @@ async fn main() -> anyhow::Result<()> {
     // Sockets first, so no new work arrives; then the responder drains.
     let stopped = gateway.stop().await;
     responder.stop().await;
+    platform::telemetry::shutdown();
     stopped
 }
