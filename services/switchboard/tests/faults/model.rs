@@ -33,6 +33,8 @@ struct Seen {
     shown: BTreeMap<u32, String>,
     reply_ids: HashSet<ReplyId>,
     final_seq: Option<u32>,
+    /// The highest seq shown so far.
+    highest_seq: Option<u32>,
     failed: bool,
     /// Last time it was sent, to re-send after a retryable refusal.
     sent_at: Option<Instant>,
@@ -60,6 +62,8 @@ pub struct Tally {
     pub chunks_missing: usize,
     pub shown_twice: usize,
     pub wrong_answers: usize,
+    /// Chunks that arrived after a later chunk of the same answer.
+    pub out_of_order: usize,
     pub reconnects: usize,
 }
 
@@ -75,13 +79,14 @@ impl Tally {
         self.chunks_missing += other.chunks_missing;
         self.shown_twice += other.shown_twice;
         self.wrong_answers += other.wrong_answers;
+        self.out_of_order += other.out_of_order;
         self.reconnects += other.reconnects;
     }
 
     pub fn print(&self, scenario: &str) {
         println!(
             "[faults] {scenario}: requests {} accepted {} answered {} failed+told {} LOST {} | \
-             chunks shown once {} repeats dropped {} MISSING {} SHOWN TWICE {} wrong answers {} | reconnects {}",
+             chunks shown once {} repeats dropped {} MISSING {} SHOWN TWICE {} wrong answers {} out of order {} | reconnects {}",
             self.requests,
             self.accepted,
             self.answered,
@@ -92,6 +97,7 @@ impl Tally {
             self.chunks_missing,
             self.shown_twice,
             self.wrong_answers,
+            self.out_of_order,
             self.reconnects
         );
     }
@@ -113,7 +119,7 @@ impl Dice {
 /// deadline passes; `resolved` counts resolved messages as they happen, so a
 /// scenario can strike mid-run.
 pub async fn run_users(
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     guests: Vec<Guest>,
     behaviour: Behaviour,
     resolved: Arc<AtomicUsize>,
@@ -124,8 +130,9 @@ pub async fn run_users(
     for (n, guest) in guests.into_iter().enumerate() {
         let behaviour = behaviour.clone();
         let resolved = resolved.clone();
+        let addrs = addrs.clone();
         tasks.push(tokio::spawn(async move {
-            run_user(addr, guest, behaviour, resolved, deadline, n as u64 + 1).await
+            run_user(addrs, n, guest, behaviour, resolved, deadline).await
         }));
     }
     let mut tally = Tally::default();
@@ -136,14 +143,16 @@ pub async fn run_users(
 }
 
 async fn run_user(
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
+    n: usize,
     guest: Guest,
     behaviour: Behaviour,
     resolved_total: Arc<AtomicUsize>,
     deadline: Instant,
-    seed: u64,
 ) -> Tally {
-    let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ seed);
+    let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ (n as u64 + 1));
+    let mut gateway = n % addrs.len();
+    let mut out_of_order = 0;
     let mut messages: Vec<(MessageId, String)> = Vec::new();
     let mut seen: HashMap<MessageId, Seen> = HashMap::new();
     let mut wire_repeats = 0;
@@ -154,8 +163,10 @@ async fn run_user(
     let mut pace = tokio::time::interval(behaviour.pace);
 
     'connection: while Instant::now() < deadline && resolved.len() < behaviour.messages {
-        let Ok(mut client) = ChatClient::connect(addr, &guest.token).await else {
-            // The gateway is away: try again shortly, as the page's backoff would.
+        let Ok(mut client) = ChatClient::connect(addrs[gateway], &guest.token).await else {
+            // The gateway is away: another one, shortly, as a load balancer
+            // and the page's backoff would.
+            gateway = (gateway + 1) % addrs.len();
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -224,6 +235,10 @@ async fn run_user(
                                 match s.shown.entry(chunk.seq) {
                                     std::collections::btree_map::Entry::Occupied(_) => wire_repeats += 1,
                                     std::collections::btree_map::Entry::Vacant(slot) => {
+                                        if s.highest_seq.is_some_and(|h| h > chunk.seq) {
+                                            out_of_order += 1;
+                                        }
+                                        s.highest_seq = s.highest_seq.max(Some(chunk.seq));
                                         slot.insert(chunk.text);
                                         if chunk.r#final {
                                             s.final_seq = Some(chunk.seq);
@@ -255,6 +270,7 @@ async fn run_user(
     let mut tally = Tally {
         requests: messages.len(),
         wire_repeats_dropped: wire_repeats,
+        out_of_order,
         reconnects,
         ..Tally::default()
     };

@@ -48,6 +48,14 @@ impl Service {
         }
     }
 
+    /// SIGTERM, as an orchestrator stops a container; waits for the exit.
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
     /// SIGKILL: no shutdown, no goodbye, as a crash.
     pub fn kill(mut self) {
         let _ = self.child.kill();
@@ -62,32 +70,32 @@ impl Drop for Service {
     }
 }
 
-/// A stack on one broker prefix: one gateway on a fixed port (so clients
-/// can reconnect to a restarted one) and any number of responders.
+/// A stack on one broker prefix: gateways on fixed ports (so clients can
+/// reconnect to a restarted one) and any number of responders.
 pub struct Stack {
     pub name: String,
     pub url: String,
     pub prefix: String,
-    pub addr: SocketAddr,
-    words_per_chunk: usize,
-    chunk_delay_ms: u64,
+    /// One address per gateway.
+    pub addrs: Vec<SocketAddr>,
+    pub words_per_chunk: usize,
+    pub chunk_delay_ms: u64,
 }
 
 pub const POISON: &str = "[[poison]]";
 pub const TEMPLATE: &str = "Echo: {text} — and a few more words to stream in chunks.";
 
 impl Stack {
-    pub fn new(name: &str, url: &str, prefix: &str) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+    pub fn new(name: &str, url: &str, prefix: &str, gateways: usize) -> Self {
+        // Hold every listener until all ports are chosen, so none repeats.
+        let listeners: Vec<TcpListener> = (0..gateways)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
         Self {
             name: name.into(),
             url: url.into(),
             prefix: prefix.into(),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addrs: listeners.iter().map(|l| l.local_addr().unwrap()).collect(),
             words_per_chunk: 2,
             chunk_delay_ms: 5,
         }
@@ -103,13 +111,14 @@ impl Stack {
         ]
     }
 
-    pub fn gateway(&self) -> Service {
+    /// Starts gateway number `n` on its port.
+    pub fn gateway(&self, n: usize) -> Service {
         let mut env = self.common();
-        env.push(("SWITCHBOARD_HTTP__LISTEN", self.addr.to_string()));
+        env.push(("SWITCHBOARD_HTTP__LISTEN", self.addrs[n].to_string()));
         env.push(("SWITCHBOARD_HTTP__WEB_DIR", "does-not-exist".into()));
         env.push(("SWITCHBOARD_RATE_LIMIT__BURST", "10000".into()));
         env.push(("SWITCHBOARD_RATE_LIMIT__PER_SECOND", "10000".into()));
-        Service::spawn("gateway", &format!("{}.gateway", self.name), &env)
+        Service::spawn("gateway", &format!("{}.gateway-{n}", self.name), &env)
     }
 
     pub fn responder(&self) -> Service {
@@ -129,9 +138,9 @@ impl Stack {
         Service::spawn("responder", &format!("{}.responder", self.name), &env)
     }
 
-    /// Waits until the gateway answers /readyz.
-    pub async fn gateway_ready(&self) {
-        let url = format!("http://{}/readyz", self.addr);
+    /// Waits until gateway `n` answers /readyz.
+    pub async fn gateway_ready(&self, n: usize) {
+        let url = format!("http://{}/readyz", self.addrs[n]);
         let deadline = tokio::time::Instant::now() + testkit::WAIT;
         loop {
             if let Ok(r) = reqwest::get(&url).await

@@ -28,7 +28,7 @@ fn behaviour() -> Behaviour {
 
 struct Scenario {
     stack: Stack,
-    gateway: Option<Service>,
+    gateways: Vec<Option<Service>>,
     responders: Vec<Service>,
     resolved: Arc<AtomicUsize>,
     // Last: the broker objects go after the processes.
@@ -37,17 +37,24 @@ struct Scenario {
 
 impl Scenario {
     async fn start(name: &str, responders: usize) -> Self {
+        Self::start_with(name, 1, responders).await
+    }
+
+    async fn start_with(name: &str, gateways: usize, responders: usize) -> Self {
         platform::telemetry::init_for_tests();
         let url = testkit::amqp_url().await;
         let prefix = testkit::unique_prefix();
-        let stack = Stack::new(name, &url, &prefix);
-        let gateway = stack.gateway();
-        stack.gateway_ready().await;
+        let stack = Stack::new(name, &url, &prefix, gateways);
+        let mut started = Vec::new();
+        for n in 0..gateways {
+            started.push(Some(stack.gateway(n)));
+            stack.gateway_ready(n).await;
+        }
         let responders = (0..responders).map(|_| stack.responder()).collect();
         Self {
             cleanup: Cleanup::new(&url, &prefix),
             stack,
-            gateway: Some(gateway),
+            gateways: started,
             responders,
             resolved: Arc::new(AtomicUsize::new(0)),
         }
@@ -58,12 +65,12 @@ impl Scenario {
     async fn run(&mut self, behaviour: Behaviour, strike: impl AsyncFnOnce(&mut Self)) -> Tally {
         let mut guests = Vec::new();
         for _ in 0..USERS {
-            let guest = testkit::guest_session(self.stack.addr).await.unwrap();
+            let guest = testkit::guest_session(self.stack.addrs[0]).await.unwrap();
             self.cleanup.track_user(&guest.user_id);
             guests.push(guest);
         }
         let users = tokio::spawn(run_users(
-            self.stack.addr,
+            self.stack.addrs.clone(),
             guests,
             behaviour,
             self.resolved.clone(),
@@ -133,8 +140,8 @@ async fn a_gateway_killed_and_restarted_loses_nothing() {
     let mut s = Scenario::start("gateway-sigkill", 2).await;
     let tally = s
         .run(behaviour(), async |s: &mut Scenario| {
-            s.gateway.take().unwrap().kill();
-            s.gateway = Some(s.stack.gateway());
+            s.gateways[0].take().unwrap().kill();
+            s.gateways[0] = Some(s.stack.gateway(0));
         })
         .await;
     assert!(tally.reconnects >= USERS, "every user had to reconnect");
@@ -183,4 +190,112 @@ async fn poison_requests_are_reported_and_the_rest_answered() {
     };
     let tally = s.run(poisoned, async |_: &mut Scenario| {}).await;
     assert_kept("poison requests mixed in", &tally, USERS * MESSAGES / 10);
+}
+
+// --- Scale-out: several gateways and responders, one RabbitMQ.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_spread_over_gateways_get_every_reply_in_order() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut s = Scenario::start_with("spread", 3, 2).await;
+    let tally = s.run(behaviour(), async |_: &mut Scenario| {}).await;
+    assert_kept("users spread over 3 gateways", &tally, 0);
+    assert_eq!(tally.out_of_order, 0, "every answer arrived in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_gateways_users_move_to_another_and_lose_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut s = Scenario::start_with("gateway-lost", 2, 2).await;
+    let tally = s
+        .run(behaviour(), async |s: &mut Scenario| {
+            // Gone for good: its users must find the other gateway.
+            s.gateways[0].take().unwrap().kill();
+        })
+        .await;
+    assert!(
+        tally.reconnects >= USERS / 2,
+        "the lost gateway's users reconnected elsewhere"
+    );
+    assert_kept("one of 2 gateways lost", &tally, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_gateway_loses_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut s = Scenario::start_with("rolling-restart", 3, 2).await;
+    let slower = Behaviour {
+        // Traffic outlasts three graceful restarts.
+        pace: Duration::from_millis(120),
+        ..behaviour()
+    };
+    let tally = s
+        .run(slower, async |s: &mut Scenario| {
+            for n in 0..s.gateways.len() {
+                let gateway = s.gateways[n].take().unwrap();
+                tokio::task::spawn_blocking(move || gateway.terminate())
+                    .await
+                    .unwrap();
+                s.gateways[n] = Some(s.stack.gateway(n));
+                s.stack.gateway_ready(n).await;
+            }
+        })
+        .await;
+    assert!(
+        tally.reconnects >= USERS,
+        "every user was moved at least once"
+    );
+    assert_kept("rolling restart of 3 gateways", &tally, 0);
+}
+
+/// Benchmark, not a test: throughput with slow replies (one 50 ms chunk
+/// per answer, prefetch 8 per responder) for 1, 2 and 4 responders. Run:
+/// `cargo test -p switchboard --test faults -- --ignored --nocapture responder_scaling`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark; figures go to docs/performance.md"]
+async fn responder_scaling() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    const SCALE_USERS: usize = 8;
+    const PER_USER: usize = 100;
+    let mut rows = Vec::new();
+    for responders in [1, 2, 4] {
+        let mut s = Scenario::start_with(&format!("scaling-{responders}"), 1, 0).await;
+        s.stack.chunk_delay_ms = 50;
+        s.stack.words_per_chunk = 1_000;
+        s.responders = (0..responders).map(|_| s.stack.responder()).collect();
+        let mut guests = Vec::new();
+        for _ in 0..SCALE_USERS {
+            let guest = testkit::guest_session(s.stack.addrs[0]).await.unwrap();
+            s.cleanup.track_user(&guest.user_id);
+            guests.push(guest);
+        }
+        let flat_out = Behaviour {
+            messages: PER_USER,
+            pace: Duration::from_millis(1),
+            ..behaviour()
+        };
+        let started = tokio::time::Instant::now();
+        let tally = run_users(
+            s.stack.addrs.clone(),
+            guests,
+            flat_out,
+            s.resolved.clone(),
+            DEADLINE,
+        )
+        .await;
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(
+            tally.answered,
+            SCALE_USERS * PER_USER,
+            "every request answered"
+        );
+        rows.push((responders, tally.answered as f64 / seconds));
+    }
+    println!("[scaling] responders | answers/s | × one responder");
+    for (responders, rate) in &rows {
+        println!(
+            "[scaling] {responders} | {rate:.0} | {:.2}",
+            rate / rows[0].1
+        );
+    }
 }
