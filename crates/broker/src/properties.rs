@@ -71,6 +71,38 @@ fn string_header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a 
     }
 }
 
+/// Header naming the gateway instance that relayed a message.
+pub const RELAYED_BY_HEADER: &str = "x-relayed-by";
+/// Header marking a relay control message (`joined` / `left`).
+pub const RELAY_CONTROL_HEADER: &str = "x-relay-control";
+
+/// Properties of a relayed chunk (`control: None`) or a relay control
+/// message, sent by gateway `instance`. Transient: relays are extras.
+pub fn relay(instance: &str, control: Option<&str>) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from(RELAYED_BY_HEADER),
+        AMQPValue::LongString(instance.into()),
+    );
+    if let Some(control) = control {
+        headers.insert(
+            ShortString::from(RELAY_CONTROL_HEADER),
+            AMQPValue::LongString(control.into()),
+        );
+    }
+    BasicProperties::default()
+        .with_content_type(CONTENT_TYPE.into())
+        .with_headers(headers)
+}
+
+/// Who relayed a delivery, and its control word if it is one.
+pub fn relay_info(properties: &BasicProperties) -> (Option<&str>, Option<&str>) {
+    (
+        string_header(properties, RELAYED_BY_HEADER),
+        string_header(properties, RELAY_CONTROL_HEADER),
+    )
+}
+
 /// The user a delivery claims to belong to (from its header), if any.
 pub fn user_header(properties: &BasicProperties) -> Option<&str> {
     string_header(properties, USER_ID_HEADER)

@@ -46,6 +46,31 @@ impl Publisher {
         pending.wait_at_most(left).await
     }
 
+    /// Publishes without `mandatory` and without waiting for the confirm:
+    /// for best-effort extras (relays), never for what must not be lost.
+    pub async fn publish_best_effort(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let write = self.channel.basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        );
+        // The confirm (or its absence) is of no interest here.
+        drop(
+            timeout(self.timeout, write)
+                .await
+                .map_err(|_| PublishError::Timeout(self.timeout))??,
+        );
+        Ok(())
+    }
+
     /// Writes the publish and returns without waiting for its confirm.
     pub async fn start(
         &self,

@@ -47,6 +47,14 @@ pub async fn declare_shared(
         .await?;
     channel
         .exchange_declare(
+            names.relay_exchange().into(),
+            ExchangeKind::Direct,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
             names.dead_letter_exchange().into(),
             ExchangeKind::Fanout,
             durable_exchange(),
@@ -113,9 +121,9 @@ pub async fn declare_reply_queue(
     names: &Names,
     user: &UserId,
     shape: ReplyQueueShape,
-) -> Result<String, BrokerError> {
+) -> Result<ReplyQueue, BrokerError> {
     let queue = names.reply_queue(user);
-    channel
+    let declared = channel
         .queue_declare(
             queue.as_str().into(),
             durable_queue(),
@@ -143,5 +151,84 @@ pub async fn declare_reply_queue(
             FieldTable::default(),
         )
         .await?;
+    Ok(ReplyQueue {
+        name: queue,
+        consumers: declared.consumer_count(),
+    })
+}
+
+/// A declared reply queue.
+#[derive(Debug, Clone)]
+pub struct ReplyQueue {
+    pub name: String,
+    /// Consumers at declaration: one per other gateway holding sockets of
+    /// the user (this gateway's own consumer comes after).
+    pub consumers: u32,
+}
+
+/// How many consumers `queue` has now (a passive declare).
+pub async fn consumer_count(channel: &Channel, queue: &str) -> Result<u32, BrokerError> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await?;
+    Ok(declared.consumer_count())
+}
+
+/// Declares this gateway process's relay queue: exclusive to its connection
+/// (gone with it), bound per user as sockets come and go.
+pub async fn declare_relay_queue(
+    channel: &Channel,
+    names: &Names,
+    instance: &str,
+) -> Result<String, BrokerError> {
+    let queue = names.relay_queue(instance);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
     Ok(queue)
+}
+
+/// Routes `user`'s relayed chunks to this gateway's relay queue, or stops.
+pub async fn bind_relay(
+    channel: &Channel,
+    names: &Names,
+    instance: &str,
+    user: &UserId,
+    bound: bool,
+) -> Result<(), BrokerError> {
+    let queue = names.relay_queue(instance);
+    let key = Names::reply_routing_key(user);
+    if bound {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                names.relay_exchange().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    } else {
+        channel
+            .queue_unbind(
+                queue.as_str().into(),
+                names.relay_exchange().into(),
+                key.into(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
 }

@@ -8,6 +8,10 @@ use crate::UserId;
 pub const CHAT_QUEUE: &str = "chat_queue";
 /// Durable direct exchange that routes reply chunks by user id.
 pub const RESPONSES_EXCHANGE: &str = "chat_responses";
+/// Direct exchange (key: user id) through which the gateway holding a
+/// user's reply queue relays chunks to the user's sockets on other gateways.
+pub const RELAY_EXCHANGE: &str = "chat_relay";
+
 /// Fanout exchange that receives requests `chat_queue` gives up on.
 pub const DEAD_LETTER_EXCHANGE: &str = "chat_dead_letter";
 /// Durable queue holding dead-lettered requests for an operator to inspect.
@@ -43,6 +47,15 @@ impl Names {
 
     pub fn responses_exchange(&self) -> String {
         self.prefixed(RESPONSES_EXCHANGE)
+    }
+
+    pub fn relay_exchange(&self) -> String {
+        self.prefixed(RELAY_EXCHANGE)
+    }
+
+    /// `chat_relay.<instance>`: one gateway process's relay queue.
+    pub fn relay_queue(&self, instance: &str) -> String {
+        format!("{}{RELAY_EXCHANGE}.{instance}", self.prefix)
     }
 
     pub fn dead_letter_exchange(&self) -> String {

@@ -104,7 +104,11 @@ async fn delete_all(url: &str, names: &Names, users: &[UserId]) {
                 .await;
         }
     }
-    for exchange in [names.responses_exchange(), names.dead_letter_exchange()] {
+    for exchange in [
+        names.responses_exchange(),
+        names.dead_letter_exchange(),
+        names.relay_exchange(),
+    ] {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel
                 .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())

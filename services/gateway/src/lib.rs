@@ -160,6 +160,11 @@ impl RunningGateway {
         self.state.replies.online_users()
     }
 
+    /// Whether this gateway knows `user` also has sockets on other gateways.
+    pub fn relays(&self, user: &protocol::UserId) -> bool {
+        self.state.replies.relays(user)
+    }
+
     /// Sockets open on this gateway.
     pub fn open_sockets(&self) -> usize {
         self.state.admission.open_sockets()

@@ -8,6 +8,18 @@
 //! outbound buffer is full is cut loose (its channel closes) instead of
 //! holding up the others.
 //!
+//! One user, several gateways: the user's reply queue has a single active
+//! consumer, so only one gateway (the "home") receives their chunks. Each
+//! gateway has one relay queue of its own, bound on `chat_relay` to the
+//! users it holds sockets of; the home re-publishes every chunk there while
+//! the user also has sockets elsewhere — which it learns from the reply
+//! queue's consumer count and from `joined` / `left` messages gateways send
+//! on `chat_relay` as a user's first socket opens and last one closes
+//! (answered with `present`, so two gateways that join at the same moment
+//! still learn of each other). A
+//! relayed chunk is a best-effort extra (no redelivery); the durable path
+//! through the home stays as it is.
+//!
 //! A chunk is acked to RabbitMQ only once a client has acknowledged it: each
 //! [`OutboundReply`] carries a shared receipt that acks on the first client
 //! ack and requeues the chunk if every copy is dropped unacknowledged (socket
@@ -16,11 +28,15 @@
 use axum::extract::ws::Utf8Bytes;
 use broker::lapin::Acker;
 use broker::lapin::message::Delivery;
-use broker::lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use broker::lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions,
+};
+use broker::lapin::types::FieldTable;
 use broker::topology::{self, ReplyQueueShape};
 use broker::{Broker, BrokerError, Session};
 use futures_util::StreamExt;
 use protocol::amqp::{self, ReplyChunk};
+use protocol::topology::Names;
 use protocol::ws::{ReplyFrame, ServerFrame};
 use protocol::{ReplyId, UserId};
 use std::collections::HashMap;
@@ -43,14 +59,34 @@ pub struct OutboundReply {
     pub frame: Utf8Bytes,
     /// What the client names in its `ack`.
     pub chunk: (ReplyId, u32),
-    receipt: Arc<Receipt>,
+    /// `None` for a relayed copy: nothing to settle.
+    receipt: Option<Arc<Receipt>>,
 }
 
 impl OutboundReply {
+    fn new(chunk: ReplyChunk, receipt: Option<Arc<Receipt>>) -> Self {
+        let key = (chunk.id, chunk.seq);
+        let frame = ServerFrame::Reply(ReplyFrame {
+            id: chunk.id,
+            in_reply_to: chunk.in_reply_to,
+            seq: chunk.seq,
+            text: chunk.text,
+            r#final: chunk.r#final,
+            error: chunk.error,
+        });
+        Self {
+            frame: Utf8Bytes::from(frame.to_json()),
+            chunk: key,
+            receipt,
+        }
+    }
+
     /// Call when a client acknowledged the chunk: acks the delivery (the
     /// first call does; later ones, from other sockets, do nothing).
     pub fn acknowledged(&self) {
-        self.receipt.settle(true);
+        if let Some(receipt) = &self.receipt {
+            receipt.settle(true);
+        }
     }
 }
 
@@ -114,6 +150,10 @@ struct Inner {
     tasks: TaskTracker,
     /// Spreads users over consumer channels.
     shard_hasher: RandomState,
+    /// This gateway process, on `chat_relay`.
+    instance: String,
+    /// Stops the relay consumer at shutdown.
+    relay_stop: CancellationToken,
 }
 
 /// The sockets one user has on this gateway, and their consumer.
@@ -124,6 +164,9 @@ struct LocalUser {
     consumer: CancellationToken,
     /// Becomes true once the user's reply queue is declared and bound.
     queue_ready: watch::Receiver<bool>,
+    /// Whether the user has sockets on other gateways, so chunks this
+    /// gateway receives as their home must be relayed.
+    relay: Arc<AtomicBool>,
 }
 
 /// A socket's registration; dropping it unregisters the socket.
@@ -155,8 +198,9 @@ impl Drop for Subscription {
 }
 
 impl ReplyRouter {
+    /// Starts the router (and its relay consumer: call within a runtime).
     pub fn new(broker: Broker, shape: ReplyQueueShape, prefetch: u16) -> Self {
-        Self {
+        let router = Self {
             inner: Arc::new(Inner {
                 broker,
                 shape,
@@ -165,8 +209,16 @@ impl ReplyRouter {
                 next_socket: AtomicU64::new(1),
                 tasks: TaskTracker::new(),
                 shard_hasher: RandomState::new(),
+                instance: format!("gw-{}", &protocol::MessageId::new_random().to_string()[..8]),
+                relay_stop: CancellationToken::new(),
             }),
-        }
+        };
+        let relays = router.clone();
+        router
+            .inner
+            .tasks
+            .spawn(async move { relays.consume_relays().await });
+        router
     }
 
     /// Registers a socket of `user`; starts the user's consumer if this is
@@ -183,16 +235,18 @@ impl ReplyRouter {
             Entry::Vacant(entry) => {
                 let consumer = CancellationToken::new();
                 let (ready_tx, queue_ready) = watch::channel(false);
+                let relay = Arc::new(AtomicBool::new(false));
                 entry.insert(LocalUser {
                     sockets: HashMap::from([(socket, outbox)]),
                     consumer: consumer.clone(),
                     queue_ready: queue_ready.clone(),
+                    relay: relay.clone(),
                 });
                 let router = self.clone();
                 let user = user.clone();
                 self.inner
                     .tasks
-                    .spawn(async move { router.consume(user, consumer, ready_tx).await });
+                    .spawn(async move { router.consume(user, consumer, ready_tx, relay).await });
                 queue_ready
             }
         };
@@ -205,6 +259,15 @@ impl ReplyRouter {
         }
     }
 
+    /// Whether this gateway knows `user` has sockets on other gateways too
+    /// (and so relays their chunks when it is the user's home).
+    pub fn relays(&self, user: &UserId) -> bool {
+        let users = self.inner.users.lock().expect("users lock");
+        users
+            .get(user)
+            .is_some_and(|local| local.relay.load(Ordering::Relaxed))
+    }
+
     /// Users with at least one socket on this gateway.
     pub fn online_users(&self) -> usize {
         self.inner.users.lock().expect("users lock").len()
@@ -212,6 +275,7 @@ impl ReplyRouter {
 
     /// Waits for every consumer to finish after the last sockets are gone.
     pub async fn drain(&self) {
+        self.inner.relay_stop.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
     }
@@ -258,11 +322,17 @@ impl ReplyRouter {
 
     /// The life of one user's consumer: (re)subscribe after channel errors
     /// and on every broker session until cancelled.
-    async fn consume(self, user: UserId, cancel: CancellationToken, ready: watch::Sender<bool>) {
+    async fn consume(
+        self,
+        user: UserId,
+        cancel: CancellationToken,
+        ready: watch::Sender<bool>,
+        relay: Arc<AtomicBool>,
+    ) {
         let broker = self.inner.broker.clone();
         let what = format!("replies of {user}");
         broker::consumer::run_consumer(&broker, &cancel, &what, |session| {
-            self.consume_session(&user, session, &cancel, &ready)
+            self.consume_session(&user, session, &cancel, &ready, &relay)
         })
         .await;
     }
@@ -273,6 +343,7 @@ impl ReplyRouter {
         session: Session,
         cancel: &CancellationToken,
         ready: &watch::Sender<bool>,
+        relay: &Arc<AtomicBool>,
     ) -> Result<(), BrokerError> {
         let shard = self.inner.shard_hasher.hash_one(user) as usize;
         let channel = session.consumer_channel(shard).await?;
@@ -282,13 +353,21 @@ impl ReplyRouter {
         let setup = async {
             let queue =
                 topology::declare_reply_queue(&channel, names, user, self.inner.shape).await?;
+            // Consumers already there are other gateways with sockets of the
+            // user: if this one becomes the home, it relays to them.
+            relay.store(queue.consumers > 0, Ordering::Relaxed);
+            // Receive relays for the user, and tell the other gateways.
+            let instance = &self.inner.instance;
+            topology::declare_relay_queue(&channel, names, instance).await?;
+            topology::bind_relay(&channel, names, instance, user, true).await?;
+            self.announce(&session, user, "joined").await;
             // The queue is durable: once declared it outlives reconnects, so
             // readiness only ever goes from false to true.
             ready.send_replace(true);
             let label = format!("gateway-{user}");
             let (tag, consumer) =
-                broker::consumer::start(&channel, &queue, &label, self.inner.prefetch).await?;
-            Ok((queue, tag, consumer))
+                broker::consumer::start(&channel, &queue.name, &label, self.inner.prefetch).await?;
+            Ok((queue.name, tag, consumer))
         };
         let (queue, tag, mut deliveries) =
             broker::consumer::bounded_setup(&channel, setup_limit, setup).await?;
@@ -298,11 +377,15 @@ impl ReplyRouter {
                 biased;
                 _ = cancel.cancelled() => {
                     broker::consumer::cancel_and_requeue(&channel, &tag, deliveries).await;
+                    let names = self.inner.broker.names();
+                    let unbind = topology::bind_relay(&channel, names, &self.inner.instance, user, false);
+                    let _ = tokio::time::timeout(setup_limit, unbind).await;
+                    self.announce(&session, user, "left").await;
                     debug!(user_id = %user, "stopped consuming replies");
                     return Ok(());
                 }
                 next = deliveries.next() => match next {
-                    Some(Ok(delivery)) => self.dispatch(user, delivery).await?,
+                    Some(Ok(delivery)) => self.dispatch(user, &session, relay, delivery).await?,
                     Some(Err(e)) => return Err(e.into()),
                     None => return Err(BrokerError::ConsumerEnded),
                 }
@@ -310,10 +393,142 @@ impl ReplyRouter {
         }
     }
 
+    /// Tells the other gateways with sockets of `user` that this one
+    /// `joined` or `left` (best effort: they also check the consumer count).
+    async fn announce(&self, session: &Session, user: &UserId, word: &str) {
+        let published = session
+            .publisher()
+            .publish_best_effort(
+                &self.inner.broker.names().relay_exchange(),
+                Names::reply_routing_key(user),
+                b"",
+                broker::properties::relay(&self.inner.instance, Some(word)),
+            )
+            .await;
+        if let Err(e) = published {
+            debug!(user_id = %user, error = %e, "could not announce {word}");
+        }
+    }
+
+    /// The relay queue's consumer: copies of chunks relayed by users' homes,
+    /// and other gateways' `joined` / `left`.
+    async fn consume_relays(self) {
+        let broker = self.inner.broker.clone();
+        let stop = self.inner.relay_stop.clone();
+        broker::consumer::run_consumer(&broker, &stop, "relays", |session| {
+            self.consume_relays_session(session, &stop)
+        })
+        .await;
+    }
+
+    async fn consume_relays_session(
+        &self,
+        session: Session,
+        stop: &CancellationToken,
+    ) -> Result<(), BrokerError> {
+        let channel = session.open_channel().await?;
+        let names = self.inner.broker.names();
+        let instance = &self.inner.instance;
+        let queue = topology::declare_relay_queue(&channel, names, instance).await?;
+        // An exclusive queue dies with its connection: bind everyone again.
+        let users: Vec<UserId> = self
+            .inner
+            .users
+            .lock()
+            .expect("users lock")
+            .keys()
+            .cloned()
+            .collect();
+        for user in &users {
+            topology::bind_relay(&channel, names, instance, user, true).await?;
+        }
+        let options = BasicConsumeOptions {
+            no_ack: true,
+            ..BasicConsumeOptions::default()
+        };
+        let mut deliveries = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "relays".into(),
+                options,
+                FieldTable::default(),
+            )
+            .await?;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => self.relayed(&session, delivery).await,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(BrokerError::ConsumerEnded),
+                }
+            }
+        }
+    }
+
+    async fn relayed(&self, session: &Session, delivery: Delivery) {
+        let Ok(user) = UserId::parse(delivery.routing_key.as_str()) else {
+            return;
+        };
+        let (from, control) = broker::properties::relay_info(&delivery.properties);
+        if from == Some(self.inner.instance.as_str()) {
+            return; // our own relay, routed back because we hold sockets too
+        }
+        let relay_flag = {
+            let users = self.inner.users.lock().expect("users lock");
+            match users.get(&user) {
+                Some(local) => local.relay.clone(),
+                None => return,
+            }
+        };
+        match control {
+            Some("joined") => {
+                relay_flag.store(true, Ordering::Relaxed);
+                // The newcomer may have bound its relay queue after we
+                // announced ourselves: answer, so it learns of us too.
+                self.announce(session, &user, "present").await;
+            }
+            Some("present") => relay_flag.store(true, Ordering::Relaxed),
+            Some("left") => {
+                // Still anyone else? Our own consumer counts as one.
+                let queue = self.inner.broker.names().reply_queue(&user);
+                let count = async {
+                    let channel = session.open_channel().await?;
+                    let count = topology::consumer_count(&channel, &queue).await;
+                    let _ = channel.close(200, "counted".into()).await;
+                    count
+                };
+                let limit = std::time::Duration::from_millis(
+                    self.inner.broker.settings().connect_timeout_ms,
+                );
+                if let Ok(Ok(count)) = tokio::time::timeout(limit, count).await {
+                    relay_flag.store(count > 1, Ordering::Relaxed);
+                }
+            }
+            Some(_) => {}
+            None => {
+                let Ok(chunk) = amqp::decode::<ReplyChunk>(&delivery.data) else {
+                    return;
+                };
+                if chunk.user_id != user {
+                    error!(user_id = %user, "relayed chunk of another user; dropped");
+                    return;
+                }
+                self.deliver(&user, &OutboundReply::new(chunk, None));
+            }
+        }
+    }
+
     /// Hands one delivery to the user's sockets. Its receipt acks it once a
     /// socket has written it and requeues it if none does; an unreadable or
     /// misrouted delivery is rejected at once.
-    async fn dispatch(&self, user: &UserId, delivery: Delivery) -> Result<(), BrokerError> {
+    async fn dispatch(
+        &self,
+        user: &UserId,
+        session: &Session,
+        relay: &AtomicBool,
+        delivery: Delivery,
+    ) -> Result<(), BrokerError> {
         let chunk = match amqp::decode::<ReplyChunk>(&delivery.data) {
             Ok(chunk) if chunk.user_id == *user => chunk,
             Ok(chunk) => {
@@ -360,22 +575,26 @@ impl ReplyRouter {
             trace_id = trace.map(|t| t.trace_id().to_string()).unwrap_or_default(),
             "reply chunk for local sockets"
         );
-        let frame = ServerFrame::Reply(ReplyFrame {
-            id: chunk.id,
-            in_reply_to: chunk.in_reply_to,
-            seq: chunk.seq,
-            text: chunk.text,
-            r#final: chunk.r#final,
-            error: chunk.error,
+        if relay.load(Ordering::Relaxed) {
+            // The user has sockets on other gateways: they get a copy.
+            let published = session
+                .publisher()
+                .publish_best_effort(
+                    &self.inner.broker.names().relay_exchange(),
+                    Names::reply_routing_key(user),
+                    &delivery.data,
+                    broker::properties::relay(&self.inner.instance, None),
+                )
+                .await;
+            if let Err(e) = published {
+                warn!(user_id = %user, error = %e, "could not relay a chunk to the user's other gateways");
+            }
+        }
+        let receipt = Arc::new(Receipt {
+            acker: delivery.acker,
+            settled: AtomicBool::new(false),
         });
-        let reply = OutboundReply {
-            frame: Utf8Bytes::from(frame.to_json()),
-            chunk: (chunk.id, chunk.seq),
-            receipt: Arc::new(Receipt {
-                acker: delivery.acker,
-                settled: AtomicBool::new(false),
-            }),
-        };
+        let reply = OutboundReply::new(chunk, Some(receipt));
         if self.deliver(user, &reply) == 0 {
             // Dropping the only copy requeues it for the user's next socket.
             info!(user_id = %user, "no local socket for a reply; requeued");

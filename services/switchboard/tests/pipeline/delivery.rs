@@ -322,3 +322,51 @@ async fn a_request_that_always_fails_is_dead_lettered_and_its_user_told() {
     );
     assert_eq!(counters.borrow().answered, 1, "only the healthy request");
 }
+
+#[tokio::test]
+async fn a_user_with_tabs_on_two_gateways_sees_every_reply_in_both() {
+    let stack = TestStack::start(1, Mock::default()).await;
+    let second = stack.another_gateway().await;
+    let guest = stack.guest().await;
+    let mut tab_a = ChatClient::connect(stack.addr(), &guest.token)
+        .await
+        .unwrap();
+    let mut tab_b = ChatClient::connect(second.addr(), &guest.token)
+        .await
+        .unwrap();
+    // Both gateways set up the user and learned of each other (a tab that
+    // opens mid-answer sees only the chunks after it joined).
+    testkit::wait_until("the gateways know of each other", || {
+        stack.gateway().relays(&guest.user_id) && second.relays(&guest.user_id)
+    })
+    .await;
+
+    // Sent from the tab on the second gateway: whichever gateway holds the
+    // user's queue delivers to its tab and relays to the other.
+    let from_b = tab_b.send_accepted("from the second tab").await.unwrap();
+    let in_b = tab_b.collect_reply(from_b).await.unwrap();
+    let in_a = tab_a.collect_reply(from_b).await.unwrap();
+    assert_eq!(in_a, in_b, "both tabs show the same answer");
+
+    // And the other way round.
+    let from_a = tab_a.send_accepted("from the first tab").await.unwrap();
+    let in_a = tab_a.collect_reply(from_a).await.unwrap();
+    let in_b = tab_b.collect_reply(from_a).await.unwrap();
+    assert_eq!(in_a, in_b);
+
+    // The first tab goes: the second gateway takes the queue over.
+    tab_a.close().await.unwrap();
+    testkit::wait_until("the first gateway let the user go", || {
+        stack.gateway().online_users() == 0
+    })
+    .await;
+    let alone = tab_b.send_accepted("now alone").await.unwrap();
+    let chunks = tab_b.collect_reply(alone).await.unwrap();
+    let text: String = chunks.iter().map(|c| c.text.as_str()).collect();
+    assert_eq!(text, expected_answer("now alone"));
+    assert!(
+        tab_b.frames_before_pong().await.unwrap().is_empty(),
+        "nothing twice"
+    );
+    second.stop().await.unwrap();
+}

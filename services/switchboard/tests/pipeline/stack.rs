@@ -131,6 +131,16 @@ impl TestStack {
         counters
     }
 
+    /// One more gateway on the same broker names (a second replica).
+    pub async fn another_gateway(&self) -> RunningGateway {
+        let gateway = gateway::Gateway::build(self.gateway_settings())
+            .await
+            .expect("gateway builds")
+            .spawn();
+        testkit::wait_until("the other gateway is connected", || gateway.is_ready()).await;
+        gateway
+    }
+
     pub fn gateway(&self) -> &RunningGateway {
         self.gateway.as_ref().expect("gateway running")
     }
