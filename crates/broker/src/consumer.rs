@@ -89,6 +89,43 @@ pub async fn start(
     Ok((tag, consumer))
 }
 
+/// Serves `queue` on a channel of its own until `stop` fires: starts a
+/// manual-ack consumer (setup bounded by `setup_limit`), hands every
+/// delivery to `handle` together with the channel (keep a clone while the
+/// delivery is unsettled: dropping the last one closes the channel), and on
+/// stop cancels the consumer and requeues what was prefetched.
+pub async fn serve_queue<F, Fut>(
+    session: &Session,
+    queue: &str,
+    label: &str,
+    prefetch: u16,
+    setup_limit: Duration,
+    stop: &CancellationToken,
+    mut handle: F,
+) -> Result<(), BrokerError>
+where
+    F: FnMut(lapin::message::Delivery, Channel) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let channel = session.open_channel().await?;
+    let setup = start(&channel, queue, label, prefetch);
+    let (tag, mut deliveries) = bounded_setup(&channel, setup_limit, setup).await?;
+    debug!(queue, prefetch, "consuming");
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                cancel_and_requeue(&channel, &tag, deliveries).await;
+                return Ok(());
+            }
+            next = deliveries.next() => match next {
+                Some(Ok(delivery)) => handle(delivery, channel.clone()).await,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(BrokerError::ConsumerEnded),
+            }
+        }
+    }
+}
+
 /// Runs consumer setup (declare, qos, consume) within `limit`. On timeout the
 /// channel is closed: a `basic.consume` the broker answers after we gave up
 /// would otherwise leave a consumer whose deliveries nobody reads.

@@ -164,6 +164,12 @@ impl ChatClient {
         Ok(id)
     }
 
+    /// Sends a message and reads its whole answer: a round trip.
+    pub async fn ask(&mut self, text: &str) -> anyhow::Result<Vec<ReplyFrame>> {
+        let id = self.send_accepted(text).await?;
+        self.collect_reply(id).await
+    }
+
     /// Reads reply chunks answering `id` until its final chunk, returning all
     /// of them as received (duplicates included). Other frames are an error.
     pub async fn collect_reply(&mut self, id: MessageId) -> anyhow::Result<Vec<ReplyFrame>> {

@@ -9,7 +9,6 @@ use broker::lapin::message::Delivery;
 use broker::lapin::options::{BasicAckOptions, BasicNackOptions};
 use broker::lapin::types::AMQPValue;
 use broker::{BrokerError, PublishError, Session, properties};
-use futures_util::StreamExt;
 use protocol::amqp::{self, ChatRequest, ReplyChunk, ReplyError};
 use protocol::topology::Names;
 use protocol::trace::TraceParent;
@@ -33,24 +32,19 @@ async fn consume_session(
     session: Session,
     stop: &CancellationToken,
 ) -> Result<(), BrokerError> {
-    let channel = session.open_channel().await?;
     let queue = worker.broker.names().dead_letter_notify_queue();
     let limit = Duration::from_millis(worker.settings.amqp.connect_timeout_ms);
-    let setup = broker::consumer::start(&channel, &queue, "dead-letters", 16);
-    let (tag, mut deliveries) = broker::consumer::bounded_setup(&channel, limit, setup).await?;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => {
-                broker::consumer::cancel_and_requeue(&channel, &tag, deliveries).await;
-                return Ok(());
-            }
-            next = deliveries.next() => match next {
-                Some(Ok(delivery)) => notify(worker, &session, delivery).await,
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(BrokerError::ConsumerEnded),
-            }
-        }
-    }
+    let notify_each = |delivery, _channel| notify(worker, &session, delivery);
+    broker::consumer::serve_queue(
+        &session,
+        &queue,
+        "dead-letters",
+        16,
+        limit,
+        stop,
+        notify_each,
+    )
+    .await
 }
 
 /// Why RabbitMQ dead-lettered the message (`x-first-death-reason`).

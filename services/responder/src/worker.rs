@@ -7,7 +7,6 @@ use crate::settings::Settings;
 use broker::lapin::message::Delivery;
 use broker::lapin::options::{BasicAckOptions, BasicRejectOptions};
 use broker::{Broker, BrokerError, PublishError, Session, properties};
-use futures_util::StreamExt;
 use protocol::amqp::{self, ChatRequest, ReplyChunk};
 use protocol::topology::Names;
 use protocol::trace::TraceParent;
@@ -71,41 +70,39 @@ async fn consume_session(
     session: Session,
     stop: &CancellationToken,
 ) -> Result<(), BrokerError> {
-    // A channel of its own: its prefetch is ours alone, and handlers keep a
-    // handle on it so it stays open until their acks are sent.
-    let channel = session.open_channel().await?;
     let queue = worker.broker.names().chat_queue();
-    let prefetch = worker.settings.worker.prefetch;
     let setup_limit = Duration::from_millis(worker.settings.amqp.connect_timeout_ms);
-    let setup = broker::consumer::start(&channel, &queue, "responder", prefetch);
-    let (tag, mut requests) = broker::consumer::bounded_setup(&channel, setup_limit, setup).await?;
-    info!(queue, prefetch, "consuming requests");
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => {
-                // Stop taking work; what was prefetched but not started goes back.
-                broker::consumer::cancel_and_requeue(&channel, &tag, requests).await;
-                return Ok(());
+    info!(
+        queue,
+        prefetch = worker.settings.worker.prefetch,
+        "consuming requests"
+    );
+    // Up to `prefetch` requests are answered at once, each on a task that
+    // keeps the channel open until its ack is sent.
+    let serve = |delivery, channel| {
+        let worker = worker.clone();
+        let session = session.clone();
+        worker.tasks.clone().spawn(async move {
+            let abandon = worker.abandon.clone();
+            tokio::select! {
+                _ = abandon.cancelled() => debug!("answer abandoned; RabbitMQ will redeliver the request"),
+                _ = handle(&worker, &session, delivery) => {}
             }
-            next = requests.next() => match next {
-                Some(Ok(delivery)) => {
-                    let worker = worker.clone();
-                    let session = session.clone();
-                    let channel = channel.clone();
-                    worker.tasks.clone().spawn(async move {
-                        let abandon = worker.abandon.clone();
-                        tokio::select! {
-                            _ = abandon.cancelled() => debug!("answer abandoned; RabbitMQ will redeliver the request"),
-                            _ = handle(&worker, &session, delivery) => {}
-                        }
-                        drop(channel);
-                    });
-                }
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(BrokerError::ConsumerEnded),
-            }
-        }
-    }
+            drop(channel);
+        });
+        std::future::ready(())
+    };
+    let prefetch = worker.settings.worker.prefetch;
+    broker::consumer::serve_queue(
+        &session,
+        &queue,
+        "responder",
+        prefetch,
+        setup_limit,
+        stop,
+        serve,
+    )
+    .await
 }
 
 /// Attempts at streaming one answer before the request is handed back to the
