@@ -1,0 +1,118 @@
+//! `loadgen`: many users, each a real WebSocket client like the web page
+//! (guest session, `send`, `ack` for every chunk), against one or more
+//! gateways. Latency is measured from each message's *intended* send time,
+//! so a slow system cannot hide its queueing (no coordinated omission).
+//!
+//! ```text
+//! loadgen --gateway http://127.0.0.1:5055 --users 100 --rate 1000 --seconds 20
+//! loadgen --gateway http://127.0.0.1:5055 --users 100 --in-flight 5 --seconds 20
+//! ```
+//! Open loop (`--rate`, messages per second over all users) or closed loop
+//! (`--in-flight`, messages each user keeps outstanding). Every run is
+//! bounded by `--seconds` and `--messages`; the targets must be loopback
+//! addresses unless `--allow-remote` says otherwise.
+
+mod run;
+
+use anyhow::{Context, bail};
+use std::time::Duration;
+
+/// What to run, from the command line.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub gateways: Vec<String>,
+    pub users: usize,
+    /// Open loop: messages per second over all users.
+    pub rate: Option<f64>,
+    /// Closed loop: messages each user keeps outstanding.
+    pub in_flight: usize,
+    pub duration: Duration,
+    pub max_messages: u64,
+    pub text: String,
+    pub out: Option<String>,
+    pub label: String,
+}
+
+fn usage() -> &'static str {
+    "usage: loadgen --gateway URL [--gateway URL …] [--users N] (--rate MSGS_PER_S | --in-flight K) \
+     [--seconds S] [--messages M] [--text TEXT] [--out FILE.json] [--label NAME] [--allow-remote]"
+}
+
+fn parse() -> anyhow::Result<Plan> {
+    let mut plan = Plan {
+        gateways: Vec::new(),
+        users: 10,
+        rate: None,
+        in_flight: 0,
+        duration: Duration::from_secs(10),
+        max_messages: 1_000_000,
+        text: "How are you?".into(),
+        out: None,
+        label: "run".into(),
+    };
+    let mut allow_remote = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next()
+                .with_context(|| format!("{arg} needs a value\n{}", usage()))
+        };
+        match arg.as_str() {
+            "--gateway" => plan
+                .gateways
+                .push(value()?.trim_end_matches('/').to_owned()),
+            "--users" => plan.users = value()?.parse()?,
+            "--rate" => plan.rate = Some(value()?.parse()?),
+            "--in-flight" => plan.in_flight = value()?.parse()?,
+            "--seconds" => plan.duration = Duration::from_secs_f64(value()?.parse()?),
+            "--messages" => plan.max_messages = value()?.parse()?,
+            "--text" => plan.text = value()?,
+            "--out" => plan.out = Some(value()?),
+            "--label" => plan.label = value()?,
+            "--allow-remote" => allow_remote = true,
+            "-h" | "--help" => {
+                println!("{}", usage());
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}\n{}", usage()),
+        }
+    }
+    if plan.gateways.is_empty() {
+        bail!("at least one --gateway\n{}", usage());
+    }
+    if plan.rate.is_none() == (plan.in_flight == 0) {
+        bail!(
+            "choose --rate (open loop) or --in-flight (closed loop)\n{}",
+            usage()
+        );
+    }
+    if plan.users == 0 || plan.duration > Duration::from_secs(3600) {
+        bail!("--users must be at least 1 and --seconds at most 3600");
+    }
+    for gateway in &plan.gateways {
+        let host = gateway
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split(['/', ':']).next())
+            .unwrap_or_default();
+        let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]";
+        if !loopback && !allow_remote {
+            bail!(
+                "{gateway} is not a loopback address; pass --allow-remote to load a remote system you own"
+            );
+        }
+    }
+    Ok(plan)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let plan = parse()?;
+    let report = run::run(&plan).await?;
+    report.print();
+    if let Some(out) = &plan.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
+        println!("results written to {out}");
+    }
+    Ok(())
+}
