@@ -137,7 +137,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
             .await?;
         let token = session["token"].as_str().context("no token")?.to_owned();
         let ws_url = format!("{}/ws?token={token}", gateway.replacen("http", "ws", 1));
-        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
+        // Like a browser: no Nagle delay on small frames.
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(ws_url, None, true).await?;
         // The welcome frame.
         ws.next().await.context("no welcome")??;
         sockets.push(ws);
