@@ -125,8 +125,11 @@ impl ChatClient {
 
     /// The next protocol frame (WebSocket pings and pongs are skipped).
     pub async fn next_frame(&mut self) -> anyhow::Result<ServerFrame> {
+        // One deadline for the whole wait: the gateway's pings must not
+        // restart it, or a frame that never comes is waited for forever.
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let message = tokio::time::timeout(WAIT, self.ws.next())
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .context("timed out waiting for a frame")?
                 .ok_or_else(|| anyhow!("socket closed"))??;
@@ -203,8 +206,9 @@ impl ChatClient {
 
     /// Waits for the server to close the socket and reports how.
     pub async fn closed(&mut self) -> anyhow::Result<Closed> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next())
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .context("timed out waiting for the socket to close")?;
             match next {
@@ -220,8 +224,9 @@ impl ChatClient {
     /// Closes the socket as a browser tab would.
     pub async fn close(mut self) -> anyhow::Result<()> {
         self.ws.close(None).await?;
-        // Drain until the server acknowledges the close.
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+        // Drain until the server acknowledges the close (one deadline).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.ws.next()).await {}
         Ok(())
     }
 }

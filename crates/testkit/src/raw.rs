@@ -26,11 +26,12 @@ impl MuteSocket {
             tcp,
             buffer: Vec::new(),
         };
+        let deadline = tokio::time::Instant::now() + crate::WAIT;
         let end = loop {
             if let Some(end) = socket.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
                 break end + 4;
             }
-            socket.fill().await?;
+            socket.fill(deadline).await?;
         };
         let head = String::from_utf8_lossy(&socket.buffer[..end]).into_owned();
         if !head.starts_with("HTTP/1.1 101") {
@@ -40,9 +41,9 @@ impl MuteSocket {
         Ok(socket)
     }
 
-    async fn fill(&mut self) -> anyhow::Result<()> {
+    async fn fill(&mut self, deadline: tokio::time::Instant) -> anyhow::Result<()> {
         let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(crate::WAIT, self.tcp.read(&mut chunk))
+        let n = tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk))
             .await
             .context("timed out reading from the server")??;
         if n == 0 {
@@ -54,6 +55,8 @@ impl MuteSocket {
 
     /// Reads server frames (unmasked) until a close frame; returns its code.
     pub async fn close_code(&mut self) -> anyhow::Result<u16> {
+        // One deadline: the server's pings keep coming until it closes.
+        let deadline = tokio::time::Instant::now() + crate::WAIT;
         loop {
             if self.buffer.len() >= 2 {
                 let opcode = self.buffer[0] & 0x0f;
@@ -63,7 +66,7 @@ impl MuteSocket {
                         4,
                     ),
                     126 | 127 => {
-                        self.fill().await?;
+                        self.fill(deadline).await?;
                         continue;
                     }
                     len => (usize::from(len), 2),
@@ -77,7 +80,7 @@ impl MuteSocket {
                     continue;
                 }
             }
-            self.fill().await?;
+            self.fill(deadline).await?;
         }
     }
 }
