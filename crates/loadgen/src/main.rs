@@ -7,11 +7,16 @@
 //! loadgen --gateway http://127.0.0.1:5055 --users 100 --rate 1000 --seconds 20
 //! loadgen --gateway http://127.0.0.1:5055 --users 100 --in-flight 5 --seconds 20
 //! ```
+//! `loadgen baseline <amqp url> <users> <in flight> <seconds> [queues]` runs
+//! the reference instead: the same two broker hops in plain lapin, and the
+//! time to declare, bind and consume `queues` per-user queues.
+//!
 //! Open loop (`--rate`, messages per second over all users) or closed loop
 //! (`--in-flight`, messages each user keeps outstanding). Every run is
 //! bounded by `--seconds` and `--messages`; the targets must be loopback
 //! addresses unless `--allow-remote` says otherwise.
 
+mod baseline;
 mod run;
 
 use anyhow::{Context, bail};
@@ -107,6 +112,39 @@ fn parse() -> anyhow::Result<Plan> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `loadgen baseline <amqp url> <users> <in flight> <seconds> [queues]`:
+    // the plain-lapin reference, and the queue set-up time.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("baseline") {
+        let url = argv.get(2).context("baseline needs an AMQP URL")?;
+        let number =
+            |i: usize, default: usize| argv.get(i).and_then(|v| v.parse().ok()).unwrap_or(default);
+        let report = baseline::round_trips(
+            url,
+            number(3, 100),
+            number(4, 5),
+            Duration::from_secs(number(5, 15) as u64),
+        )
+        .await?;
+        report.print();
+        std::fs::create_dir_all("docs/bench")?;
+        let out = format!(
+            "docs/bench/baseline-{}x{}.json",
+            number(3, 100),
+            number(4, 5)
+        );
+        std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+        println!("results written to {out}");
+        let queues = number(6, 0);
+        if queues > 0 {
+            let seconds = baseline::declare_queues(url, queues).await?;
+            println!(
+                "declare + bind + consume {queues} per-user queues: {seconds:.2} s ({:.0}/s)",
+                queues as f64 / seconds
+            );
+        }
+        return Ok(());
+    }
     let plan = parse()?;
     let report = run::run(&plan).await?;
     report.print();
