@@ -37,30 +37,21 @@ pub async fn declare_shared(
     names: &Names,
     settings: &AmqpSettings,
 ) -> Result<(), BrokerError> {
-    channel
-        .exchange_declare(
-            names.responses_exchange().into(),
-            ExchangeKind::Direct,
-            durable_exchange(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            names.relay_exchange().into(),
-            ExchangeKind::Direct,
-            durable_exchange(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            names.dead_letter_exchange().into(),
-            ExchangeKind::Fanout,
-            durable_exchange(),
-            FieldTable::default(),
-        )
-        .await?;
+    let exchanges = [
+        (names.responses_exchange(), ExchangeKind::Direct),
+        (names.relay_exchange(), ExchangeKind::Direct),
+        (names.dead_letter_exchange(), ExchangeKind::Fanout),
+    ];
+    for (exchange, kind) in exchanges {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                kind,
+                durable_exchange(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     // Every dead-lettered request is kept for operators, and a copy goes to
     // the responders to tell its user.
     for queue in [names.dead_letter_queue(), names.dead_letter_notify_queue()] {
