@@ -101,14 +101,24 @@ impl Session {
 
     /// The consumer channel for `shard` (taken modulo the channel count).
     /// Consumers of one shard share a channel and its fate; a closed one is
-    /// replaced by a new one.
-    pub async fn consumer_channel(&self, shard: usize) -> Result<Channel, BrokerError> {
+    /// replaced by a new one. `prefetch` (per consumer) is set when the
+    /// channel is created; callers of one session pass the same value.
+    pub async fn consumer_channel(
+        &self,
+        shard: usize,
+        prefetch: u16,
+    ) -> Result<Channel, BrokerError> {
         let slot = &self.inner.consumer_channels[shard % self.inner.consumer_channels.len()];
         let mut slot = slot.lock().await;
         if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
             return Ok(channel.clone());
         }
         let channel = self.inner.connection.create_channel().await?;
+        // Per consumer (global = false): applies to every consumer started
+        // on this channel from now on, so it is set once, not per consumer.
+        channel
+            .basic_qos(prefetch, lapin::options::BasicQosOptions::default())
+            .await?;
         *slot = Some(channel.clone());
         Ok(channel)
     }

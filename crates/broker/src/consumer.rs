@@ -77,6 +77,16 @@ pub async fn start(
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
+    consume(channel, queue, label).await
+}
+
+/// Starts a manual-ack consumer on `queue` under the channel's prefetch
+/// (see [`Session::consumer_channel`]); returns its tag and delivery stream.
+pub async fn consume(
+    channel: &Channel,
+    queue: &str,
+    label: &str,
+) -> Result<(String, Consumer), BrokerError> {
     let tag = format!("{label}-{}", protocol::MessageId::new_random());
     let consumer = channel
         .basic_consume(

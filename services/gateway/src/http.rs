@@ -244,8 +244,9 @@ async fn upgrade(
         .max_message_size(limits.max_message_bytes.saturating_mul(4))
         .max_frame_size(limits.max_message_bytes.saturating_mul(4))
         // Small buffers: an idle socket should cost kilobytes, not the
-        // 128 KiB tungstenite reads into by default.
-        .read_buffer_size(4 * 1024)
+        // 128 KiB tungstenite reads into by default (larger frames are read
+        // in several chunks).
+        .read_buffer_size(2 * 1024)
         // Every send is flushed, so the write buffer holds at most the frame
         // being written; no cap on it, or a large reply chunk could not go out.
         .write_buffer_size(0)

@@ -49,16 +49,22 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+/// Reply queues set up at once (declare, bind, consume); more wait their turn.
+const CONCURRENT_SETUPS: usize = 16;
+
 /// Outbound reply chunks for one socket.
 pub type Outbox = mpsc::Sender<OutboundReply>;
 
 /// A reply chunk on its way to a socket: the serialized frame, the chunk it
-/// is, and the receipt that settles its AMQP delivery.
+/// is, and the receipt that settles its AMQP delivery. A pointer to what the
+/// user's sockets share, so an idle socket's queue of them stays small.
 #[derive(Debug, Clone)]
-pub struct OutboundReply {
-    pub frame: Utf8Bytes,
-    /// What the client names in its `ack`.
-    pub chunk: (ReplyId, u32),
+pub struct OutboundReply(Arc<Outbound>);
+
+#[derive(Debug)]
+struct Outbound {
+    frame: Utf8Bytes,
+    chunk: (ReplyId, u32),
     /// `None` for a relayed copy: nothing to settle.
     receipt: Option<Arc<Receipt>>,
 }
@@ -74,17 +80,27 @@ impl OutboundReply {
             r#final: chunk.r#final,
             error: chunk.error,
         });
-        Self {
+        Self(Arc::new(Outbound {
             frame: Utf8Bytes::from(frame.to_json()),
             chunk: key,
             receipt,
-        }
+        }))
+    }
+
+    /// The `reply` frame to write.
+    pub fn frame(&self) -> &Utf8Bytes {
+        &self.0.frame
+    }
+
+    /// What the client names in its `ack`.
+    pub fn chunk(&self) -> (ReplyId, u32) {
+        self.0.chunk
     }
 
     /// Call when a client acknowledged the chunk: acks the delivery (the
     /// first call does; later ones, from other sockets, do nothing).
     pub fn acknowledged(&self) {
-        if let Some(receipt) = &self.receipt {
+        if let Some(receipt) = &self.0.receipt {
             receipt.settle(true);
         }
     }
@@ -133,6 +149,23 @@ impl Drop for Receipt {
     }
 }
 
+/// Counts users whose reply consumer is running (queue declared, bound and
+/// consumed) in `switchboard_gateway_reply_consumers`, for as long as it lives.
+struct ConsumingGauge;
+
+impl ConsumingGauge {
+    fn up() -> Self {
+        metrics::gauge!("switchboard_gateway_reply_consumers").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for ConsumingGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("switchboard_gateway_reply_consumers").decrement(1.0);
+    }
+}
+
 /// Routes reply chunks from per-user queues to local sockets. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ReplyRouter {
@@ -154,6 +187,11 @@ struct Inner {
     instance: String,
     /// Stops the relay consumer at shutdown.
     relay_stop: CancellationToken,
+    /// The broker session (generation) on which the relay queue was last
+    /// declared, so users' consumers need not declare it again each.
+    relay_declared: AtomicU64,
+    /// Reply queues being set up at once.
+    setups: tokio::sync::Semaphore,
 }
 
 /// The sockets one user has on this gateway, and their consumer.
@@ -211,6 +249,8 @@ impl ReplyRouter {
                 shard_hasher: RandomState::new(),
                 instance: format!("gw-{}", &protocol::MessageId::new_random().to_string()[..8]),
                 relay_stop: CancellationToken::new(),
+                relay_declared: AtomicU64::new(u64::MAX),
+                setups: tokio::sync::Semaphore::new(CONCURRENT_SETUPS),
             }),
         };
         let relays = router.clone();
@@ -346,11 +386,13 @@ impl ReplyRouter {
         relay: &Arc<AtomicBool>,
     ) -> Result<(), BrokerError> {
         let shard = self.inner.shard_hasher.hash_one(user) as usize;
-        let channel = session.consumer_channel(shard).await?;
+        let channel = session.consumer_channel(shard, self.inner.prefetch).await?;
         let names = self.inner.broker.names();
         let setup_limit =
             std::time::Duration::from_millis(self.inner.broker.settings().connect_timeout_ms);
-        let setup = async {
+        // Boxed: set-up is short, the consumer lives long; the task must not
+        // carry set-up's state for as long as the user stays connected.
+        let setup = Box::pin(async {
             let queue =
                 topology::declare_reply_queue(&channel, names, user, self.inner.shape).await?;
             // Consumers already there are other gateways with sockets of the
@@ -358,34 +400,47 @@ impl ReplyRouter {
             relay.store(queue.consumers > 0, Ordering::Relaxed);
             // Receive relays for the user, and tell the other gateways.
             let instance = &self.inner.instance;
-            topology::declare_relay_queue(&channel, names, instance).await?;
+            if self.inner.relay_declared.load(Ordering::Acquire) != session.generation() {
+                // The relay consumer has not declared it on this connection yet.
+                topology::declare_relay_queue(&channel, names, instance).await?;
+            }
             topology::bind_relay(&channel, names, instance, user, true).await?;
             self.announce(&session, user, "joined").await;
             // The queue is durable: once declared it outlives reconnects, so
             // readiness only ever goes from false to true.
             ready.send_replace(true);
             let label = format!("gateway-{user}");
-            let (tag, consumer) =
-                broker::consumer::start(&channel, &queue.name, &label, self.inner.prefetch).await?;
+            let (tag, consumer) = broker::consumer::consume(&channel, &queue.name, &label).await?;
             Ok((queue.name, tag, consumer))
+        });
+        let (queue, tag, mut deliveries) = {
+            // A connect storm sets up queues a bounded number at a time, so
+            // the broker connection's buffers do not balloon with thousands
+            // of queued set-up frames.
+            let _turn = self.inner.setups.acquire().await;
+            broker::consumer::bounded_setup(&channel, setup_limit, setup).await?
         };
-        let (queue, tag, mut deliveries) =
-            broker::consumer::bounded_setup(&channel, setup_limit, setup).await?;
+        let _consuming = ConsumingGauge::up();
         debug!(user_id = %user, queue, "consuming replies");
         loop {
             tokio::select! {
                 biased;
+                // The stop and each delivery run boxed: their futures are
+                // large, and inline they would size every idle user's task.
                 _ = cancel.cancelled() => {
-                    broker::consumer::cancel_and_requeue(&channel, &tag, deliveries).await;
-                    let names = self.inner.broker.names();
-                    let unbind = topology::bind_relay(&channel, names, &self.inner.instance, user, false);
-                    let _ = tokio::time::timeout(setup_limit, unbind).await;
-                    self.announce(&session, user, "left").await;
+                    let stop = async {
+                        broker::consumer::cancel_and_requeue(&channel, &tag, deliveries).await;
+                        let names = self.inner.broker.names();
+                        let unbind = topology::bind_relay(&channel, names, &self.inner.instance, user, false);
+                        let _ = tokio::time::timeout(setup_limit, unbind).await;
+                        self.announce(&session, user, "left").await;
+                    };
+                    Box::pin(stop).await;
                     debug!(user_id = %user, "stopped consuming replies");
                     return Ok(());
                 }
                 next = deliveries.next() => match next {
-                    Some(Ok(delivery)) => self.dispatch(user, &session, relay, delivery).await?,
+                    Some(Ok(delivery)) => Box::pin(self.dispatch(user, &session, relay, delivery)).await?,
                     Some(Err(e)) => return Err(e.into()),
                     None => return Err(BrokerError::ConsumerEnded),
                 }
@@ -430,6 +485,9 @@ impl ReplyRouter {
         let names = self.inner.broker.names();
         let instance = &self.inner.instance;
         let queue = topology::declare_relay_queue(&channel, names, instance).await?;
+        self.inner
+            .relay_declared
+            .store(session.generation(), Ordering::Release);
         // An exclusive queue dies with its connection: bind everyone again.
         let users: Vec<UserId> = self
             .inner

@@ -403,9 +403,9 @@ impl Writer {
     /// Writes a reply chunk and holds it until the client acknowledges it.
     async fn reply(&mut self, reply: &OutboundReply) -> Result<(), WriteFailed> {
         metrics::counter!("switchboard_gateway_frames_sent_total", "type" => "reply").increment(1);
-        self.send(Message::Text(reply.frame.clone())).await?;
+        self.send(Message::Text(reply.frame().clone())).await?;
         self.unacked
-            .entry(reply.chunk)
+            .entry(reply.chunk())
             .or_default()
             .push(reply.clone());
         Ok(())
