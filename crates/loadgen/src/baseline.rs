@@ -207,7 +207,7 @@ pub async fn round_trips(
     let latency = Percentiles::of(&histogram);
     let seconds = duration.as_secs_f64();
     Ok(Report {
-        label: "baseline".into(),
+        label: format!("baseline-{users}x{in_flight}"),
         mode: format!("plain lapin, {in_flight} in flight per user"),
         users,
         seconds,
@@ -216,16 +216,21 @@ pub async fn round_trips(
         incomplete: 0,
         errors: 0,
         reconnects: 0,
+        error_codes: Default::default(),
         answers_per_second: answered.load(Ordering::Relaxed) as f64 / seconds,
         first_chunk: Percentiles::of(&histogram),
         final_chunk: latency,
+        final_chunk_distribution: crate::run::distribution(&histogram),
     })
 }
 
 /// Seconds RabbitMQ needs to declare, bind and consume `count` per-user
 /// queues (durable, x-expires, single active consumer), spread over 8
 /// channels as the gateway does.
-pub async fn declare_queues(url: &str, count: usize) -> anyhow::Result<f64> {
+pub async fn declare_queues(
+    url: &str,
+    count: usize,
+) -> anyhow::Result<(f64, Option<crate::machine::PerThing>)> {
     let prefix = format!(
         "baseline-q-{}",
         protocol::MessageId::new_random()
@@ -245,6 +250,7 @@ pub async fn declare_queues(url: &str, count: usize) -> anyhow::Result<f64> {
             FieldTable::default(),
         )
         .await?;
+    let memory_before = crate::machine::BrokerMemory::read();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for shard in 0..8 {
@@ -296,6 +302,11 @@ pub async fn declare_queues(url: &str, count: usize) -> anyhow::Result<f64> {
         all.push(task.await??);
     }
     let seconds = started.elapsed().as_secs_f64();
+    // Held as long as `loadgen idle` holds its users before reading.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let per_queue = memory_before
+        .zip(crate::machine::BrokerMemory::read())
+        .map(|(before, after)| after.per(&before, count));
     drop(all);
     let _ = connection.close(200, "done".into()).await;
     // The queues expire a minute after their consumers are gone.
@@ -305,5 +316,5 @@ pub async fn declare_queues(url: &str, count: usize) -> anyhow::Result<f64> {
         .await?
         .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
         .await;
-    Ok(seconds)
+    Ok((seconds, per_queue))
 }

@@ -7,6 +7,8 @@
 //! loadgen --gateway http://127.0.0.1:5055 --users 100 --rate 1000 --seconds 20
 //! loadgen --gateway http://127.0.0.1:5055 --users 100 --in-flight 5 --seconds 20
 //! ```
+//! `loadgen idle --gateway URL --users 10000` measures idle capacity: a
+//! connect storm, then the sockets' cost (see `idle.rs`).
 //! `loadgen baseline <amqp url> <users> <in flight> <seconds> [queues]` runs
 //! the reference instead: the same two broker hops in plain lapin, and the
 //! time to declare, bind and consume `queues` per-user queues.
@@ -17,6 +19,8 @@
 //! addresses unless `--allow-remote` says otherwise.
 
 mod baseline;
+mod idle;
+mod machine;
 mod run;
 
 use anyhow::{Context, bail};
@@ -95,19 +99,25 @@ fn parse() -> anyhow::Result<Plan> {
         bail!("--users must be at least 1 and --seconds at most 3600");
     }
     for gateway in &plan.gateways {
-        let host = gateway
-            .split("://")
-            .nth(1)
-            .and_then(|rest| rest.split(['/', ':']).next())
-            .unwrap_or_default();
-        let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]";
-        if !loopback && !allow_remote {
-            bail!(
-                "{gateway} is not a loopback address; pass --allow-remote to load a remote system you own"
-            );
-        }
+        check_loopback(gateway, allow_remote)?;
     }
     Ok(plan)
+}
+
+/// Refuses a non-loopback target unless `allow_remote`.
+pub(crate) fn check_loopback(gateway: &str, allow_remote: bool) -> anyhow::Result<()> {
+    let host = gateway
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .unwrap_or_default();
+    let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]";
+    if !loopback && !allow_remote {
+        bail!(
+            "{gateway} is not a loopback address; pass --allow-remote to load a remote system you own"
+        );
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -137,11 +147,28 @@ async fn main() -> anyhow::Result<()> {
         println!("results written to {out}");
         let queues = number(6, 0);
         if queues > 0 {
-            let seconds = baseline::declare_queues(url, queues).await?;
+            let (seconds, per_queue) = baseline::declare_queues(url, queues).await?;
             println!(
                 "declare + bind + consume {queues} per-user queues: {seconds:.2} s ({:.0}/s)",
                 queues as f64 / seconds
             );
+            if let Some(per) = per_queue {
+                println!(
+                    "RabbitMQ per queue with its consumer: {:.1} KiB in all ({:.1} KiB queue processes)",
+                    per.total as f64 / 1024.0,
+                    per.queues as f64 / 1024.0
+                );
+            }
+        }
+        return Ok(());
+    }
+    if argv.get(1).map(String::as_str) == Some("idle") {
+        let plan = idle::IdlePlan::parse(std::env::args().skip(2))?;
+        let report = idle::run(&plan).await?;
+        report.print();
+        if let Some(out) = &plan.out {
+            std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
+            println!("results written to {out}");
         }
         return Ok(());
     }

@@ -23,6 +23,9 @@ struct Counters {
     sent: AtomicU64,
     answered: AtomicU64,
     errors: AtomicU64,
+    reconnects: AtomicU64,
+    /// `error` frames by code.
+    error_codes: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Messages that may still be sent (the run's `--messages` bound).
     budget: AtomicU64,
 }
@@ -71,12 +74,18 @@ pub struct Report {
     pub answered: u64,
     pub incomplete: u64,
     pub errors: u64,
-    /// Always 0 for now: a user whose socket drops stops (counted as an
-    /// error) instead of reconnecting.
+    /// Sockets that dropped and were opened again (with the same token, so
+    /// the user's outstanding replies follow them).
     pub reconnects: u64,
+    /// `error` frames received, by code.
+    #[serde(default)]
+    pub error_codes: std::collections::BTreeMap<String, u64>,
     pub answers_per_second: f64,
     pub first_chunk: Percentiles,
     pub final_chunk: Percentiles,
+    /// Send → final chunk over the whole distribution, as
+    /// `[percentile, milliseconds]` pairs, for `scripts/plot-latency`.
+    pub final_chunk_distribution: Vec<[f64; 2]>,
 }
 
 impl Report {
@@ -95,6 +104,9 @@ impl Report {
             self.reconnects,
             self.answers_per_second
         );
+        if !self.error_codes.is_empty() {
+            println!("errors by code: {:?}", self.error_codes);
+        }
         println!(
             "{:<22}{:>9}{:>9}{:>9}{:>10}{:>10}",
             "latency (ms)", "p50", "p90", "p99", "p99.9", "max"
@@ -111,7 +123,23 @@ impl Report {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+/// The histogram's percentile distribution, `[percentile, ms]`, denser
+/// towards the tail (five steps per halving of the distance to 100 %).
+pub(crate) fn distribution(h: &Histogram<u64>) -> Vec<[f64; 2]> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    h.iter_quantiles(5)
+        .map(|v| {
+            [
+                v.quantile_iterated_to() * 100.0,
+                v.value_iterated_to() as f64 / 1000.0,
+            ]
+        })
+        .collect()
+}
+
+pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs to 10 min, 3 significant digits.
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("static bounds")
 }
@@ -127,21 +155,14 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let mut sockets = Vec::with_capacity(plan.users);
     for n in 0..plan.users {
         let gateway = &plan.gateways[n % plan.gateways.len()];
-        let session: serde_json::Value = http
-            .post(format!("{gateway}/api/session"))
-            .send()
-            .await
-            .with_context(|| format!("POST {gateway}/api/session"))?
-            .error_for_status()?
-            .json()
-            .await?;
-        let token = session["token"].as_str().context("no token")?.to_owned();
-        let ws_url = format!("{}/ws?token={token}", gateway.replacen("http", "ws", 1));
+        let token = guest_token(&http, gateway).await?;
         // Like a browser: no Nagle delay on small frames.
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(ws_url, None, true).await?;
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(socket_url(gateway, &token), None, true)
+                .await?;
         // The welcome frame.
         ws.next().await.context("no welcome")??;
-        sockets.push(ws);
+        sockets.push((socket_url(gateway, &token), ws));
     }
     let counters = Arc::new(Counters {
         budget: AtomicU64::new(plan.max_messages),
@@ -150,11 +171,11 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let t0 = Instant::now() + Duration::from_millis(200);
     let deadline = t0 + plan.duration;
     let mut users = Vec::new();
-    for (n, ws) in sockets.into_iter().enumerate() {
+    for (n, (url, ws)) in sockets.into_iter().enumerate() {
         let plan = plan.clone();
         let counters = counters.clone();
         users.push(tokio::spawn(async move {
-            user(n, ws, &plan, &counters, t0, deadline).await
+            user(n, url, ws, &plan, &counters, t0, deadline).await
         }));
     }
     let progress = tokio::spawn(progress(counters.clone(), t0, deadline + DRAIN));
@@ -182,11 +203,31 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         answered,
         incomplete,
         errors: counters.errors.load(Ordering::Relaxed),
-        reconnects: 0,
+        reconnects: counters.reconnects.load(Ordering::Relaxed),
+        error_codes: counters.error_codes.lock().expect("codes").clone(),
         answers_per_second: last.len() as f64 / seconds,
         first_chunk: Percentiles::of(&first),
         final_chunk: Percentiles::of(&last),
+        final_chunk_distribution: distribution(&last),
     })
+}
+
+/// A guest identity's token from `POST /api/session`.
+pub(crate) async fn guest_token(http: &reqwest::Client, gateway: &str) -> anyhow::Result<String> {
+    let session: serde_json::Value = http
+        .post(format!("{gateway}/api/session"))
+        .send()
+        .await
+        .with_context(|| format!("POST {gateway}/api/session"))?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(session["token"].as_str().context("no token")?.to_owned())
+}
+
+/// The gateway's WebSocket address with `token`.
+pub(crate) fn socket_url(gateway: &str, token: &str) -> String {
+    format!("{}/ws?token={token}", gateway.replacen("http", "ws", 1))
 }
 
 async fn progress(counters: Arc<Counters>, t0: Instant, until: Instant) {
@@ -206,29 +247,67 @@ async fn progress(counters: Arc<Counters>, t0: Instant, until: Instant) {
     }
 }
 
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Times a socket may drop and be opened again before its user gives up.
+const MAX_RECONNECTS: u32 = 5;
+
+/// A socket's write half, fed through a queue so reading never waits on it.
+struct Outbound {
+    queue: mpsc::Sender<Message>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Outbound {
+    fn new(sink: futures_util::stream::SplitSink<Socket, Message>) -> Self {
+        let (queue, mut outbox) = mpsc::channel::<Message>(4096);
+        let mut sink = sink;
+        let writer = tokio::spawn(async move {
+            while let Some(message) = outbox.recv().await {
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Self { queue, writer }
+    }
+
+    fn send(&self, frame: &ClientFrame) -> bool {
+        self.queue.try_send(Message::text(frame.to_json())).is_ok()
+    }
+
+    async fn close(self) {
+        drop(self.queue);
+        let _ = self.writer.await;
+    }
+}
+
+/// Opens the socket again after a drop and waits for its `welcome`.
+async fn reconnect(url: &str) -> Option<Socket> {
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .ok()?;
+    matches!(ws.next().await, Some(Ok(Message::Text(_)))).then_some(ws)
+}
 
 /// One user: sends on its schedule (open loop) or keeps `in_flight`
 /// outstanding (closed loop), acks every chunk, and times each message from
-/// its intended send time to its first and final chunk.
+/// its intended send time to its first and final chunk. A dropped socket is
+/// opened again (its unacknowledged chunks come back on the new one); a
+/// message sent into a dying socket may be lost and then counts as
+/// incomplete.
 async fn user(
     n: usize,
+    url: String,
     ws: Socket,
     plan: &Plan,
     counters: &Counters,
     t0: Instant,
     deadline: Instant,
 ) -> UserResult {
-    let (mut sink, mut stream) = ws.split();
-    let (out, mut outbox) = mpsc::channel::<Message>(4096);
-    let writer = tokio::spawn(async move {
-        while let Some(message) = outbox.recv().await {
-            if sink.send(message).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (sink, mut stream) = ws.split();
+    let mut out = Outbound::new(sink);
     let mut first = histogram();
     let mut last = histogram();
     // Intended send time, and whether the first chunk was seen.
@@ -241,25 +320,25 @@ async fn user(
         + plan.rate.map_or(Duration::ZERO, |rate| {
             Duration::from_secs_f64(n as f64 / rate)
         });
-    let send = |due: Instant, pending: &mut HashMap<MessageId, (Instant, bool)>| {
+    let send = |out: &Outbound, due: Instant, pending: &mut HashMap<MessageId, (Instant, bool)>| {
         let id = MessageId::new_random();
         pending.insert(id, (due, false));
         counters.sent.fetch_add(1, Ordering::Relaxed);
-        let frame = ClientFrame::Send {
+        out.send(&ClientFrame::Send {
             id,
             text: plan.text.clone(),
-        };
-        out.try_send(Message::text(frame.to_json())).is_ok()
+        })
     };
     if interval.is_none() {
         sleep_until(t0).await;
         for _ in 0..plan.in_flight {
             if counters.take_one() {
-                send(Instant::now(), &mut pending);
+                send(&out, Instant::now(), &mut pending);
             }
         }
     }
     let hard_stop = deadline + DRAIN;
+    let mut reconnects = 0;
     loop {
         let sending = interval.is_some() && next_due < deadline;
         if !sending && (pending.is_empty() || Instant::now() >= hard_stop) {
@@ -268,24 +347,34 @@ async fn user(
         tokio::select! {
             _ = sleep_until(next_due), if sending => {
                 if counters.take_one() {
-                    send(next_due, &mut pending);
+                    send(&out, next_due, &mut pending);
                 }
                 next_due += interval.unwrap_or_default();
             }
             _ = sleep_until(hard_stop) => break,
             frame = stream.next() => {
-                let Some(Ok(Message::Text(text))) = frame else {
-                    if matches!(frame, None | Some(Err(_))) {
-                        counters.errors.fetch_add(1, Ordering::Relaxed);
-                        break;
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(_)) => continue,
+                    None | Some(Err(_)) => {
+                        // Dropped: open it again, or give up on this user.
+                        let again = if reconnects < MAX_RECONNECTS { reconnect(&url).await } else { None };
+                        let Some(ws) = again else {
+                            counters.errors.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        };
+                        reconnects += 1;
+                        counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                        let (sink, rest) = ws.split();
+                        std::mem::replace(&mut out, Outbound::new(sink)).close().await;
+                        stream = rest;
+                        continue;
                     }
-                    continue;
                 };
                 let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) else { continue };
                 match frame {
                     ServerFrame::Reply(chunk) => {
-                        let ack = ClientFrame::Ack { id: chunk.id, seq: chunk.seq };
-                        let _ = out.try_send(Message::text(ack.to_json()));
+                        out.send(&ClientFrame::Ack { id: chunk.id, seq: chunk.seq });
                         let Some((due, seen_first)) = pending.get_mut(&chunk.in_reply_to) else { continue };
                         let waited = due.elapsed().as_micros() as u64;
                         if !*seen_first {
@@ -297,12 +386,13 @@ async fn user(
                             let _ = last.record(waited.max(1));
                             counters.answered.fetch_add(1, Ordering::Relaxed);
                             if interval.is_none() && Instant::now() < deadline && counters.take_one() {
-                                send(Instant::now(), &mut pending);
+                                send(&out, Instant::now(), &mut pending);
                             }
                         }
                     }
-                    ServerFrame::Error { id, .. } => {
+                    ServerFrame::Error { id, code, .. } => {
                         counters.errors.fetch_add(1, Ordering::Relaxed);
+                        *counters.error_codes.lock().expect("codes").entry(code.as_str().to_owned()).or_default() += 1;
                         if let Some(id) = id {
                             pending.remove(&id);
                         }
@@ -312,8 +402,7 @@ async fn user(
             }
         }
     }
-    drop(out);
-    let _ = writer.await;
+    out.close().await;
     UserResult {
         first,
         last,
