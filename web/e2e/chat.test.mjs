@@ -33,6 +33,28 @@ describe("the chat page", () => {
     }
   });
 
+  it("stops a streaming answer with the Stop button", async () => {
+    const stack = await Stack.start({ name: "stop", chunkDelayMs: 150 });
+    try {
+      const { page } = await stack.open(browser);
+      const text = Array.from({ length: 40 }, (_, n) => `word${n}`).join(" ");
+      await say(page, text);
+      const item = exchange(page, text);
+      await item.locator('[data-testid="reply"][data-complete="false"]').waitFor();
+      await item.getByTestId("status").getByText("processing").waitFor();
+      await item.getByTestId("stop").click();
+      await item.getByTestId("status").getByText("stopped").waitFor();
+      const shown = (await item.getByTestId("reply").locator("p.text").textContent()).trim();
+      const full = answerTo(text);
+      assert.ok(shown.length > 0 && shown.length < full.length, `a part of the answer stays: ${shown}`);
+      assert.ok(full.startsWith(shown), `what was streamed is kept as it was: ${shown}`);
+      assert.equal(await item.getByTestId("stop").count(), 0, "no Stop button once stopped");
+      await page.screenshot({ path: path.join(artifacts, "stopped.png"), fullPage: true });
+    } finally {
+      await stack.stop();
+    }
+  });
+
   it("gives two people two identities that each see only their own replies", async () => {
     const stack = await Stack.start({ name: "two-users" });
     try {

@@ -1,11 +1,14 @@
 import { useEffect, useLayoutEffect, useRef, useState, useSyncExternalStore, type FormEvent, type KeyboardEvent } from "react";
 import type { ChatClient, ConnectionState } from "./lib/client";
-import { isStreaming, type Message, type Status } from "./lib/conversation";
+import { canStop, isStreaming, type Message, type Status } from "./lib/conversation";
 
 const STATUS_LABEL: Record<Status, string> = {
   sending: "sending…",
   queued: "queued",
+  processing: "processing",
+  cancelling: "stopping…",
   answered: "answered",
+  cancelled: "stopped",
   failed: "failed",
 };
 
@@ -43,7 +46,12 @@ export function App({ client }: { client: ChatClient }) {
           </button>
         </div>
       )}
-      <MessageList messages={messages} onRetry={(id) => client.retry(id)} />
+      <MessageList
+        messages={messages}
+        connected={connection === "connected"}
+        onRetry={(id) => client.retry(id)}
+        onStop={(id) => client.cancel(id)}
+      />
       <Composer
         connected={connection === "connected"}
         pending={messages.filter((m) => m.status === "sending").length}
@@ -54,7 +62,15 @@ export function App({ client }: { client: ChatClient }) {
   );
 }
 
-function MessageList({ messages, onRetry }: { messages: Message[]; onRetry: (id: string) => void }) {
+type MessageListProps = {
+  messages: Message[];
+  /** Stop is offered only while a cancel can be sent. */
+  connected: boolean;
+  onRetry: (id: string) => void;
+  onStop: (id: string) => void;
+};
+
+function MessageList({ messages, connected, onRetry, onStop }: MessageListProps) {
   const list = useRef<HTMLOListElement>(null);
   const pinned = useRef(true);
   // Follow the conversation while the reader is at the bottom; leave them
@@ -88,6 +104,11 @@ function MessageList({ messages, onRetry }: { messages: Message[]; onRetry: (id:
                     Retry
                   </button>
                 )}
+                {canStop(m) && connected && (
+                  <button type="button" className="stop" data-testid="stop" onClick={() => onStop(m.id)}>
+                    Stop
+                  </button>
+                )}
               </p>
             </div>
           )}
@@ -102,9 +123,10 @@ function MessageList({ messages, onRetry }: { messages: Message[]; onRetry: (id:
                 {m.reply.text}
                 {isStreaming(m) && <span className="typing" aria-label="assistant is typing" />}
               </p>
+              {m.status === "cancelled" && <p className="stopped">(stopped)</p>}
             </div>
           )}
-          {!m.reply && m.status === "queued" && (
+          {!m.reply && (m.status === "queued" || m.status === "processing") && (
             <div className="bubble assistant waiting" aria-label="waiting for the assistant">
               <span className="typing" />
             </div>

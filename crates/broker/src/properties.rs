@@ -3,12 +3,16 @@
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use protocol::UserId;
-use protocol::amqp::{CHAT_REQUEST_TYPE, CONTENT_TYPE, REPLY_CHUNK_TYPE, USER_ID_HEADER};
+use protocol::amqp::{
+    CANCEL_TYPE, CHAT_REQUEST_TYPE, CONTENT_TYPE, REPLY_CHUNK_TYPE, STATUS_TYPE, USER_ID_HEADER,
+};
 use protocol::trace::{TRACEPARENT_HEADER, TraceParent};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// AMQP `delivery_mode` 2: written to disk, survives a broker restart.
 const PERSISTENT: u8 = 2;
+/// AMQP `delivery_mode` 1: kept in memory only.
+const TRANSIENT: u8 = 1;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
@@ -62,6 +66,39 @@ pub fn reply_chunk(chunk: &protocol::amqp::ReplyChunk, trace: &TraceParent) -> B
         trace,
     )
     .with_correlation_id(chunk.in_reply_to.to_string().into())
+}
+
+/// Properties of a status event: transient (advisory; the final chunk is
+/// what counts), `correlation_id` the message it is about.
+pub fn status_event(event: &protocol::amqp::StatusEvent, trace: &TraceParent) -> BasicProperties {
+    persistent_json(
+        format!("{}:{:?}", event.message_id, event.status),
+        STATUS_TYPE,
+        &event.user_id,
+        trace,
+    )
+    .with_delivery_mode(TRANSIENT)
+    .with_correlation_id(event.message_id.to_string().into())
+}
+
+/// Properties of a cancel broadcast: transient (a cancel that finds no
+/// responder has nothing to stop).
+pub fn cancel(request: &protocol::amqp::CancelRequest, trace: &TraceParent) -> BasicProperties {
+    persistent_json(
+        request.message_id.to_string(),
+        CANCEL_TYPE,
+        &request.user_id,
+        trace,
+    )
+    .with_delivery_mode(TRANSIENT)
+}
+
+/// Whether a delivery is a [`protocol::amqp::StatusEvent`] (by its `type`).
+pub fn is_status_event(properties: &BasicProperties) -> bool {
+    properties
+        .kind()
+        .as_ref()
+        .is_some_and(|kind| kind.as_str() == STATUS_TYPE)
 }
 
 fn string_header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a str> {

@@ -41,6 +41,7 @@ pub async fn declare_shared(
         (names.responses_exchange(), ExchangeKind::Direct),
         (names.relay_exchange(), ExchangeKind::Direct),
         (names.dead_letter_exchange(), ExchangeKind::Fanout),
+        (names.control_exchange(), ExchangeKind::Fanout),
     ];
     for (exchange, kind) in exchanges {
         channel
@@ -176,7 +177,12 @@ pub async fn declare_relay_queue(
     names: &Names,
     instance: &str,
 ) -> Result<String, BrokerError> {
-    let queue = names.relay_queue(instance);
+    declare_process_queue(channel, names.relay_queue(instance)).await
+}
+
+/// Declares a queue of one process: exclusive to its connection and
+/// deleted with it (and with its last consumer).
+async fn declare_process_queue(channel: &Channel, queue: String) -> Result<String, BrokerError> {
     channel
         .queue_declare(
             queue.as_str().into(),
@@ -185,6 +191,26 @@ pub async fn declare_relay_queue(
                 auto_delete: true,
                 ..QueueDeclareOptions::default()
             },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(queue)
+}
+
+/// Declares this responder process's control queue (exclusive to its
+/// connection, gone with it) and binds it to `chat_control`.
+pub async fn declare_control_queue(
+    channel: &Channel,
+    names: &Names,
+    instance: &str,
+) -> Result<String, BrokerError> {
+    let queue = declare_process_queue(channel, names.control_queue(instance)).await?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            names.control_exchange().as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await?;

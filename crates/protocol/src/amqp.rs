@@ -21,6 +21,10 @@ pub const USER_ID_HEADER: &str = "x-user-id";
 pub const CHAT_REQUEST_TYPE: &str = "chat.request";
 /// AMQP `type` property of a [`ReplyChunk`].
 pub const REPLY_CHUNK_TYPE: &str = "chat.reply_chunk";
+/// AMQP `type` of a [`StatusEvent`] (on the user's reply queue).
+pub const STATUS_TYPE: &str = "chat.status";
+/// AMQP `type` of a [`CancelRequest`] (on `chat_control`).
+pub const CANCEL_TYPE: &str = "chat.cancel";
 
 /// A user's message, published by the gateway to `chat_queue` once the client
 /// sent it; consumed by exactly one responder at a time.
@@ -59,6 +63,63 @@ pub struct ReplyChunk {
     /// first and final chunk latency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_sent_at_ms: Option<u64>,
+    /// Set on the final chunk of an answer stopped by a `cancel`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
+}
+
+/// What happened to a request, on its way to being answered. Travels
+/// through the user's reply queue like the chunks; advisory (the final chunk
+/// is what counts), so it is not redelivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    pub v: u16,
+    pub user_id: UserId,
+    /// The client's message id.
+    pub message_id: MessageId,
+    pub status: MessageStatus,
+}
+
+/// A message's progress as the services see it; `queued` is the gateway's
+/// `accepted`, `answered` / `cancelled` / `failed` its final chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    /// A responder picked the request up and is answering it.
+    Processing,
+    /// A `cancel` for it was passed on to the responders.
+    Cancelling,
+}
+
+/// Stop answering `message_id` of `user_id`: broadcast to every responder
+/// on `chat_control`; the one answering it stops, and one that picks it up
+/// later answers it with a cancelled final chunk at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    pub v: u16,
+    pub user_id: UserId,
+    pub message_id: MessageId,
+}
+
+impl CancelRequest {
+    pub fn new(user_id: UserId, message_id: MessageId) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            user_id,
+            message_id,
+        }
+    }
+}
+
+impl StatusEvent {
+    pub fn new(user_id: UserId, message_id: MessageId, status: MessageStatus) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            user_id,
+            message_id,
+            status,
+        }
+    }
 }
 
 /// Why a request got no answer. The chunk carrying it is final and has
@@ -134,6 +195,15 @@ impl ReplyChunk {
             r#final,
             error: None,
             request_sent_at_ms: Some(request.sent_at_ms),
+            cancelled: false,
+        }
+    }
+
+    /// The final chunk of an answer stopped by a `cancel`, at `seq`.
+    pub fn cancelled(request: &ChatRequest, seq: u32) -> Self {
+        Self {
+            cancelled: true,
+            ..Self::answering(request, seq, String::new(), true)
         }
     }
 
@@ -149,6 +219,7 @@ impl ReplyChunk {
             r#final: true,
             error: Some(error),
             request_sent_at_ms: None,
+            cancelled: false,
         }
     }
 }

@@ -50,6 +50,12 @@ pub enum ErrorCode {
     /// every attempt, and was set aside (dead-lettered). Sent as the `error`
     /// of a final reply chunk.
     RequestFailed,
+    /// A `cancel` named a message that is not being answered (already
+    /// answered, never sent, or sent by another user). Harmless.
+    NothingToCancel,
+    /// The model behind the responder failed or was cut off; sent as the
+    /// `error` of a final reply chunk. Sending the message again may work.
+    ModelFailed,
     /// An unexpected server fault; details are in the server log only.
     Internal,
 }
@@ -65,6 +71,7 @@ impl ErrorCode {
                 | Self::Internal
                 | Self::GatewayFull
                 | Self::RateLimited
+                | Self::ModelFailed
         )
     }
 
@@ -88,12 +95,14 @@ impl ErrorCode {
             Self::GatewayFull => "gateway_full",
             Self::RateLimited => "rate_limited",
             Self::RequestFailed => "request_failed",
+            Self::NothingToCancel => "nothing_to_cancel",
+            Self::ModelFailed => "model_failed",
             Self::Internal => "internal",
         }
     }
 
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         Self::InvalidJson,
         Self::InvalidFrame,
         Self::UnknownType,
@@ -112,6 +121,8 @@ impl ErrorCode {
         Self::GatewayFull,
         Self::RateLimited,
         Self::RequestFailed,
+        Self::NothingToCancel,
+        Self::ModelFailed,
         Self::Internal,
     ];
 }

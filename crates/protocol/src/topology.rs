@@ -12,6 +12,10 @@ pub const RESPONSES_EXCHANGE: &str = "chat_responses";
 /// user's reply queue relays chunks to the user's sockets on other gateways.
 pub const RELAY_EXCHANGE: &str = "chat_relay";
 
+/// Fanout exchange on which gateways broadcast
+/// [`CancelRequest`](crate::amqp::CancelRequest)s to every responder.
+pub const CONTROL_EXCHANGE: &str = "chat_control";
+
 /// Fanout exchange that receives requests `chat_queue` gives up on.
 pub const DEAD_LETTER_EXCHANGE: &str = "chat_dead_letter";
 /// Durable queue holding dead-lettered requests for an operator to inspect.
@@ -56,6 +60,15 @@ impl Names {
     /// `chat_relay.<instance>`: one gateway process's relay queue.
     pub fn relay_queue(&self, instance: &str) -> String {
         format!("{}{RELAY_EXCHANGE}.{instance}", self.prefix)
+    }
+
+    pub fn control_exchange(&self) -> String {
+        self.prefixed(CONTROL_EXCHANGE)
+    }
+
+    /// `chat_control.<instance>`: one responder process's control queue.
+    pub fn control_queue(&self, instance: &str) -> String {
+        format!("{}{CONTROL_EXCHANGE}.{instance}", self.prefix)
     }
 
     pub fn dead_letter_exchange(&self) -> String {

@@ -35,6 +35,11 @@ pub enum ClientFrame {
     /// says so, the chunk stays unacknowledged in RabbitMQ and is delivered
     /// again if the socket goes away.
     Ack { id: ReplyId, seq: u32 },
+    /// Stop the answer to message `id` (the client's message id): the
+    /// gateway answers `message_status` `cancelling` and the answer ends
+    /// with a final chunk marked `cancelled` — or, when the message is not
+    /// being answered, an `error` `nothing_to_cancel`.
+    Cancel { id: MessageId },
 }
 
 /// Why a client frame was rejected. Becomes an `error` frame.
@@ -88,6 +93,9 @@ impl ClientFrame {
             "ping" => Ok(Self::Ping),
             "send" => decode_send(&fields, limits),
             "ack" => decode_ack(&fields),
+            "cancel" => Ok(Self::Cancel {
+                id: decode_id(&fields, "cancel", MessageId::parse)?,
+            }),
             other => Err(FrameError::new(
                 ErrorCode::UnknownType,
                 format!("unknown frame type {:?}", truncate(other, 64)),
@@ -106,6 +114,7 @@ impl ClientFrame {
             Self::Send { .. } => "send",
             Self::Ping => "ping",
             Self::Ack { .. } => "ack",
+            Self::Cancel { .. } => "cancel",
         }
     }
 }
@@ -220,6 +229,12 @@ pub enum ServerFrame {
     /// While it is down, `send` gets `broker_unavailable`; hold messages
     /// until it is `up` again.
     Status { broker: LinkState },
+    /// Progress of message `id` between `accepted` (queued) and its final
+    /// chunk (answered, failed or cancelled).
+    MessageStatus {
+        id: MessageId,
+        status: crate::amqp::MessageStatus,
+    },
 }
 
 /// State of the gateway's link to RabbitMQ.
@@ -245,6 +260,9 @@ pub struct ReplyFrame {
     /// Set on a final chunk when the request could not be answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<crate::amqp::ReplyError>,
+    /// Set on the final chunk of an answer stopped by a `cancel`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
 }
 
 impl ServerFrame {
@@ -257,6 +275,7 @@ impl ServerFrame {
             Self::Error { .. } => "error",
             Self::Pong => "pong",
             Self::Status { .. } => "status",
+            Self::MessageStatus { .. } => "message_status",
         }
     }
 

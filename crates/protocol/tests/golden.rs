@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use protocol::amqp::{self, ChatRequest, ReplyChunk};
+use protocol::amqp::{self, CancelRequest, ChatRequest, MessageStatus, ReplyChunk, StatusEvent};
 use protocol::ws::{ClientFrame, FrameLimits, ReplyFrame, ServerFrame};
 use protocol::{ErrorCode, MessageId, ReplyId, UserId};
 use serde_json::Value;
@@ -59,6 +59,10 @@ fn client_frames() {
         serde_json::from_str::<Value>(&frame.to_json()).unwrap(),
         serde_json::from_str::<Value>(&ack).unwrap()
     );
+    let cancel = format!(r#"{{"type":"cancel","id":"{MSG}"}}"#);
+    let frame = ClientFrame::Cancel { id: msg() };
+    assert_eq!(ClientFrame::decode(&cancel, &limits), Ok(frame.clone()));
+    assert_eq!(frame.to_json(), cancel);
 }
 
 #[test]
@@ -85,6 +89,7 @@ fn server_frames() {
             text: "Hi ".into(),
             r#final: false,
             error: None,
+            cancelled: false,
         }),
         &format!(
             r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":0,"text":"Hi ","final":false}}"#
@@ -118,10 +123,47 @@ fn server_frames() {
                 code: ErrorCode::RequestFailed,
                 message: "failed 5 times".into(),
             }),
+            cancelled: false,
         }),
         &format!(
             r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":4294967295,"text":"","final":true,"error":{{"code":"request_failed","message":"failed 5 times"}}}}"#
         ),
+    );
+}
+
+#[test]
+fn stop_generating_and_status_frames() {
+    let reply_id = ReplyId::for_request(&alice(), msg());
+    assert_golden(
+        &ServerFrame::Reply(ReplyFrame {
+            id: reply_id,
+            in_reply_to: msg(),
+            seq: 4,
+            text: String::new(),
+            r#final: true,
+            error: None,
+            cancelled: true,
+        }),
+        &format!(
+            r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":4,"text":"","final":true,"cancelled":true}}"#
+        ),
+    );
+    for (status, word) in [
+        (MessageStatus::Processing, "processing"),
+        (MessageStatus::Cancelling, "cancelling"),
+    ] {
+        assert_golden(
+            &ServerFrame::MessageStatus { id: msg(), status },
+            &format!(r#"{{"type":"message_status","id":"{MSG}","status":"{word}"}}"#),
+        );
+    }
+    assert_golden(
+        &CancelRequest::new(alice(), msg()),
+        &format!(r#"{{"v":1,"user_id":"alice","message_id":"{MSG}"}}"#),
+    );
+    assert_golden(
+        &StatusEvent::new(alice(), msg(), MessageStatus::Processing),
+        &format!(r#"{{"v":1,"user_id":"alice","message_id":"{MSG}","status":"processing"}}"#),
     );
 }
 

@@ -108,6 +108,7 @@ async fn delete_all(url: &str, names: &Names, users: &[UserId]) {
         names.responses_exchange(),
         names.dead_letter_exchange(),
         names.relay_exchange(),
+        names.control_exchange(),
     ] {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel

@@ -1,6 +1,7 @@
 use crate::WAIT;
 use anyhow::{Context, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
+use protocol::amqp::MessageStatus;
 use protocol::ws::{ReplyFrame, ServerFrame};
 use protocol::{MessageId, UserId};
 use std::net::SocketAddr;
@@ -36,11 +37,16 @@ pub async fn guest_session(addr: SocketAddr) -> anyhow::Result<Guest> {
 
 /// A WebSocket chat client, as a browser would be: it acknowledges every
 /// reply chunk it reads (unless built with [`ChatClient::without_acks`]).
+/// `message_status` frames (advisory progress, which may come before or
+/// after `accepted`) are set aside in [`ChatClient::statuses`] rather than
+/// returned by [`ChatClient::next_frame`].
 #[derive(Debug)]
 pub struct ChatClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub user_id: UserId,
     acks: bool,
+    /// Every `message_status` received, in order.
+    pub statuses: Vec<(MessageId, MessageStatus)>,
 }
 
 /// What ended a socket, as the client saw it.
@@ -81,6 +87,7 @@ impl ChatClient {
             ws,
             user_id: UserId::new_guest(),
             acks: true,
+            statuses: Vec::new(),
         };
         match client.next_frame().await? {
             ServerFrame::Welcome { user_id } => client.user_id = user_id,
@@ -110,6 +117,12 @@ impl ChatClient {
     pub async fn send_binary(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
         self.ws.send(Message::binary(bytes)).await?;
         Ok(())
+    }
+
+    /// Sends `cancel` for message `id`.
+    pub async fn cancel(&mut self, id: MessageId) -> anyhow::Result<()> {
+        self.send_text(&protocol::ws::ClientFrame::Cancel { id }.to_json())
+            .await
     }
 
     /// Sends a chat message with a fresh id and returns the id.
@@ -143,6 +156,10 @@ impl ChatClient {
                             seq: chunk.seq,
                         };
                         self.send_text(&ack.to_json()).await?;
+                    }
+                    if let ServerFrame::MessageStatus { id, status } = frame {
+                        self.statuses.push((id, status));
+                        continue;
                     }
                     return Ok(frame);
                 }

@@ -1,9 +1,11 @@
 //! The way into the pipeline: turn a user's message into a confirmed
 //! `chat_queue` publish. Every failure becomes a stable client-facing code.
 
+use crate::AppState;
 use broker::{Broker, PublishError, properties};
-use protocol::amqp::{self, ChatRequest};
+use protocol::amqp::{self, CancelRequest, ChatRequest, MessageStatus};
 use protocol::trace::TraceParent;
+use protocol::ws::ServerFrame;
 use protocol::{ErrorCode, MessageId, UserId};
 use tracing::warn;
 
@@ -44,6 +46,55 @@ pub async fn submit(
             PublishError::Amqp(_) => ErrorCode::BrokerUnavailable,
         }
     })
+}
+
+/// Asks the responders to stop answering message `id` of `user`; the
+/// answer to the client's `cancel`. A message this gateway does not know to
+/// be in progress (answered already, never sent, someone else's) gets
+/// `nothing_to_cancel`, which is harmless.
+pub async fn cancel(state: &AppState, user: &UserId, id: MessageId) -> ServerFrame {
+    if !state.replies.is_answering(user, id) {
+        return ServerFrame::error(
+            ErrorCode::NothingToCancel,
+            "that message is not being answered (already answered, or unknown)",
+            Some(id),
+        );
+    }
+    let Some(session) = state.broker.current() else {
+        return ServerFrame::error(
+            ErrorCode::BrokerUnavailable,
+            describe(ErrorCode::BrokerUnavailable),
+            Some(id),
+        );
+    };
+    let request = CancelRequest::new(user.clone(), id);
+    let trace = TraceParent::new_root();
+    let published = session
+        .publisher()
+        .publish_best_effort(
+            &state.broker.names().control_exchange(),
+            "",
+            &amqp::encode(&request),
+            properties::cancel(&request, &trace),
+        )
+        .await;
+    match published {
+        Ok(()) => {
+            metrics::counter!("switchboard_gateway_cancels_total").increment(1);
+            ServerFrame::MessageStatus {
+                id,
+                status: MessageStatus::Cancelling,
+            }
+        }
+        Err(e) => {
+            warn!(user_id = %user, message_id = %id, error = %e, "cancel not published");
+            ServerFrame::error(
+                ErrorCode::BrokerUnavailable,
+                describe(ErrorCode::BrokerUnavailable),
+                Some(id),
+            )
+        }
+    }
 }
 
 /// The human text for an ingress failure.

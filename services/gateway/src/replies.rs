@@ -35,12 +35,12 @@ use broker::lapin::types::FieldTable;
 use broker::topology::{self, ReplyQueueShape};
 use broker::{Broker, BrokerError, Session};
 use futures_util::StreamExt;
-use protocol::amqp::{self, ReplyChunk};
+use protocol::amqp::{self, ReplyChunk, StatusEvent};
 use protocol::topology::Names;
 use protocol::ws::{ReplyFrame, ServerFrame};
-use protocol::{ReplyId, UserId};
-use std::collections::HashMap;
+use protocol::{MessageId, ReplyId, UserId};
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,6 +51,10 @@ use tracing::{debug, error, info, warn};
 
 /// Reply queues set up at once (declare, bind, consume); more wait their turn.
 const CONCURRENT_SETUPS: usize = 16;
+
+/// Messages per user tracked as being answered (for `cancel`); beyond this
+/// a cancel of the newest ones gets `nothing_to_cancel`.
+const MAX_TRACKED_ANSWERS: usize = 1024;
 
 /// Outbound reply chunks for one socket.
 pub type Outbox = mpsc::Sender<OutboundReply>;
@@ -64,7 +68,8 @@ pub struct OutboundReply(Arc<Outbound>);
 #[derive(Debug)]
 struct Outbound {
     frame: Utf8Bytes,
-    chunk: (ReplyId, u32),
+    /// `None` for a frame the client does not acknowledge (a status).
+    chunk: Option<(ReplyId, u32)>,
     /// `None` for a relayed copy: nothing to settle.
     receipt: Option<Arc<Receipt>>,
 }
@@ -79,11 +84,25 @@ impl OutboundReply {
             text: chunk.text,
             r#final: chunk.r#final,
             error: chunk.error,
+            cancelled: chunk.cancelled,
         });
         Self(Arc::new(Outbound {
             frame: Utf8Bytes::from(frame.to_json()),
-            chunk: key,
+            chunk: Some(key),
             receipt,
+        }))
+    }
+
+    /// A `message_status` frame: not acknowledged, nothing to settle.
+    fn status(event: &StatusEvent) -> Self {
+        let frame = ServerFrame::MessageStatus {
+            id: event.message_id,
+            status: event.status,
+        };
+        Self(Arc::new(Outbound {
+            frame: Utf8Bytes::from(frame.to_json()),
+            chunk: None,
+            receipt: None,
         }))
     }
 
@@ -92,8 +111,8 @@ impl OutboundReply {
         &self.0.frame
     }
 
-    /// What the client names in its `ack`.
-    pub fn chunk(&self) -> (ReplyId, u32) {
+    /// What the client names in its `ack`; `None` when it sends none.
+    pub fn chunk(&self) -> Option<(ReplyId, u32)> {
         self.0.chunk
     }
 
@@ -205,6 +224,9 @@ struct LocalUser {
     /// Whether the user has sockets on other gateways, so chunks this
     /// gateway receives as their home must be relayed.
     relay: Arc<AtomicBool>,
+    /// Messages being answered, as far as this gateway knows: accepted
+    /// here, or seen streaming, and no final chunk yet. What `cancel` checks.
+    answering: HashSet<MessageId>,
 }
 
 /// A socket's registration; dropping it unregisters the socket.
@@ -247,7 +269,7 @@ impl ReplyRouter {
                 next_socket: AtomicU64::new(1),
                 tasks: TaskTracker::new(),
                 shard_hasher: RandomState::new(),
-                instance: format!("gw-{}", &protocol::MessageId::new_random().to_string()[..8]),
+                instance: format!("gw-{}", &MessageId::new_random().to_string()[..8]),
                 relay_stop: CancellationToken::new(),
                 relay_declared: AtomicU64::new(u64::MAX),
                 setups: tokio::sync::Semaphore::new(CONCURRENT_SETUPS),
@@ -281,6 +303,7 @@ impl ReplyRouter {
                     consumer: consumer.clone(),
                     queue_ready: queue_ready.clone(),
                     relay: relay.clone(),
+                    answering: HashSet::new(),
                 });
                 let router = self.clone();
                 let user = user.clone();
@@ -306,6 +329,32 @@ impl ReplyRouter {
         users
             .get(user)
             .is_some_and(|local| local.relay.load(Ordering::Relaxed))
+    }
+
+    /// Notes that message `id` of `user` was accepted and awaits its answer.
+    pub fn expect_answer(&self, user: &UserId, id: MessageId) {
+        self.track(user, id, false);
+    }
+
+    /// Whether message `id` of `user` is being answered, as far as this
+    /// gateway knows (accepted here or seen streaming, not yet final).
+    pub fn is_answering(&self, user: &UserId, id: MessageId) -> bool {
+        let users = self.inner.users.lock().expect("users lock");
+        users
+            .get(user)
+            .is_some_and(|local| local.answering.contains(&id))
+    }
+
+    fn track(&self, user: &UserId, id: MessageId, finished: bool) {
+        let mut users = self.inner.users.lock().expect("users lock");
+        let Some(local) = users.get_mut(user) else {
+            return;
+        };
+        if finished {
+            local.answering.remove(&id);
+        } else if local.answering.len() < MAX_TRACKED_ANSWERS {
+            local.answering.insert(id);
+        }
     }
 
     /// Users with at least one socket on this gateway.
@@ -564,6 +613,16 @@ impl ReplyRouter {
                 }
             }
             Some(_) => {}
+            None if broker::properties::is_status_event(&delivery.properties) => {
+                match amqp::decode::<StatusEvent>(&delivery.data) {
+                    Ok(event) if event.user_id == user => {
+                        self.deliver(&user, &OutboundReply::status(&event));
+                    }
+                    _ => {
+                        error!(user_id = %user, "relayed status unreadable or of another user; dropped")
+                    }
+                }
+            }
             None => {
                 let Ok(chunk) = amqp::decode::<ReplyChunk>(&delivery.data) else {
                     return;
@@ -572,6 +631,7 @@ impl ReplyRouter {
                     error!(user_id = %user, "relayed chunk of another user; dropped");
                     return;
                 }
+                self.track(&user, chunk.in_reply_to, chunk.r#final);
                 self.deliver(&user, &OutboundReply::new(chunk, None));
             }
         }
@@ -587,6 +647,9 @@ impl ReplyRouter {
         relay: &AtomicBool,
         delivery: Delivery,
     ) -> Result<(), BrokerError> {
+        if broker::properties::is_status_event(&delivery.properties) {
+            return self.dispatch_status(user, session, relay, delivery).await;
+        }
         let chunk = match amqp::decode::<ReplyChunk>(&delivery.data) {
             Ok(chunk) if chunk.user_id == *user => chunk,
             Ok(chunk) => {
@@ -633,21 +696,8 @@ impl ReplyRouter {
             trace_id = trace.map(|t| t.trace_id().to_string()).unwrap_or_default(),
             "reply chunk for local sockets"
         );
-        if relay.load(Ordering::Relaxed) {
-            // The user has sockets on other gateways: they get a copy.
-            let published = session
-                .publisher()
-                .publish_best_effort(
-                    &self.inner.broker.names().relay_exchange(),
-                    Names::reply_routing_key(user),
-                    &delivery.data,
-                    broker::properties::relay(&self.inner.instance, None),
-                )
-                .await;
-            if let Err(e) = published {
-                warn!(user_id = %user, error = %e, "could not relay a chunk to the user's other gateways");
-            }
-        }
+        self.relay_copy(user, session, relay, &delivery).await;
+        self.track(user, chunk.in_reply_to, chunk.r#final);
         let receipt = Arc::new(Receipt {
             acker: delivery.acker,
             settled: AtomicBool::new(false),
@@ -658,5 +708,55 @@ impl ReplyRouter {
             info!(user_id = %user, "no local socket for a reply; requeued");
         }
         Ok(())
+    }
+
+    /// A status event: advisory, so settled at once (a user with no socket
+    /// right now does not need it later — the answer follows anyway).
+    async fn dispatch_status(
+        &self,
+        user: &UserId,
+        session: &Session,
+        relay: &AtomicBool,
+        delivery: Delivery,
+    ) -> Result<(), BrokerError> {
+        match amqp::decode::<StatusEvent>(&delivery.data) {
+            Ok(event) if event.user_id == *user => {
+                self.relay_copy(user, session, relay, &delivery).await;
+                self.deliver(user, &OutboundReply::status(&event));
+            }
+            _ => error!(user_id = %user, "status event unreadable or of another user; dropped"),
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// When the user has sockets on other gateways too, they get a copy
+    /// (best effort) through the relay exchange.
+    async fn relay_copy(
+        &self,
+        user: &UserId,
+        session: &Session,
+        relay: &AtomicBool,
+        delivery: &Delivery,
+    ) {
+        if !relay.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut properties = broker::properties::relay(&self.inner.instance, None);
+        if let Some(kind) = delivery.properties.kind() {
+            properties = properties.with_type(kind.clone());
+        }
+        let published = session
+            .publisher()
+            .publish_best_effort(
+                &self.inner.broker.names().relay_exchange(),
+                Names::reply_routing_key(user),
+                &delivery.data,
+                properties,
+            )
+            .await;
+        if let Err(e) = published {
+            warn!(user_id = %user, error = %e, "could not relay to the user's other gateways");
+        }
     }
 }

@@ -47,6 +47,8 @@ pub(crate) enum Step {
     Publish { id: MessageId, text: String },
     /// The client has this reply chunk.
     Acknowledge { id: ReplyId, seq: u32 },
+    /// Stop the answer to this message.
+    Cancel { id: MessageId },
 }
 
 impl Step {
@@ -57,6 +59,7 @@ impl Step {
             Step::Answer(_) => "invalid",
             Step::Publish { .. } => "send",
             Step::Acknowledge { .. } => "ack",
+            Step::Cancel { .. } => "cancel",
         }
     }
 }
@@ -66,6 +69,7 @@ pub(crate) fn step(text: &str, limits: &FrameLimits) -> Step {
         Ok(ClientFrame::Ping) => Step::Answer(ServerFrame::Pong),
         Ok(ClientFrame::Send { id, text }) => Step::Publish { id, text },
         Ok(ClientFrame::Ack { id, seq }) => Step::Acknowledge { id, seq },
+        Ok(ClientFrame::Cancel { id }) => Step::Cancel { id },
         Err(e) => Step::Answer(ServerFrame::from(e)),
     }
 }
@@ -222,6 +226,12 @@ pub async fn serve(
                         publishing.push_back(publish(state.clone(), subscription.clone(), user.clone(), id, text));
                     }
                     Step::Acknowledge { id, seq } => socket.acknowledged(id, seq),
+                    Step::Cancel { id } => {
+                        let answer = ingress::cancel(&state, &user, id).await;
+                        if socket.frame(&answer).await.is_err() {
+                            break End::ClientGone;
+                        }
+                    }
                 }
             }
         }
@@ -318,6 +328,7 @@ fn publish(
         match submitted {
             Ok(()) => {
                 debug!("message queued");
+                state.replies.expect_answer(&user, id);
                 ServerFrame::Accepted {
                     id,
                     trace_id: Some(trace.trace_id().to_string()),
@@ -404,10 +415,9 @@ impl Writer {
     async fn reply(&mut self, reply: &OutboundReply) -> Result<(), WriteFailed> {
         metrics::counter!("switchboard_gateway_frames_sent_total", "type" => "reply").increment(1);
         self.send(Message::Text(reply.frame().clone())).await?;
-        self.unacked
-            .entry(reply.chunk())
-            .or_default()
-            .push(reply.clone());
+        if let Some(chunk) = reply.chunk() {
+            self.unacked.entry(chunk).or_default().push(reply.clone());
+        }
         Ok(())
     }
 
@@ -490,6 +500,7 @@ mod tests {
                 ClientFrame::Ping => Step::Answer(ServerFrame::Pong),
                 ClientFrame::Send { id, text } => Step::Publish { id, text },
                 ClientFrame::Ack { id, seq } => Step::Acknowledge { id, seq },
+                ClientFrame::Cancel { id } => Step::Cancel { id },
             };
             prop_assert_eq!(step(&frame.to_json(), &limits()), expected);
         }
@@ -508,6 +519,7 @@ mod tests {
                 Just("send".to_owned()),
                 Just("ack".to_owned()),
                 Just("ping".to_owned()),
+                Just("cancel".to_owned()),
                 Just("6f1c2a4e-9a55-4a8b-9d7e-3f0c1b2a3d4e".to_owned()),
                 ".*",
             ]
@@ -542,9 +554,12 @@ mod tests {
                     id: MessageId::from(id),
                     text
                 }),
-            (uuid, any::<u32>()).prop_map(|(id, seq)| ClientFrame::Ack {
+            (uuid.clone(), any::<u32>()).prop_map(|(id, seq)| ClientFrame::Ack {
                 id: ReplyId::parse(&id.to_string()).expect("a UUID"),
                 seq
+            }),
+            uuid.prop_map(|id| ClientFrame::Cancel {
+                id: MessageId::from(id)
             }),
         ]
     }

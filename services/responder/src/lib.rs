@@ -6,10 +6,13 @@
 //! - [`mock`] — the mocked answer and its chunking.
 //! - `worker`: the consumer and the per-request handler (ack after the final
 //!   chunk is confirmed).
+//! - `cancellations`: stop generating — cancels broadcast on `chat_control`.
+//! - `dead_letters`: tells users whose requests were dead-lettered.
 //!
 //! [`Responder::build`] then [`Responder::run_until_stopped`] is the whole
 //! life of the service; [`Responder::spawn`] runs it in the background.
 
+mod cancellations;
 mod dead_letters;
 pub mod mock;
 pub mod settings;
@@ -60,6 +63,9 @@ impl Responder {
             counters: watch::channel(Counters::default()).0,
             tasks: TaskTracker::new(),
             abandon: CancellationToken::new(),
+            instance: format!("rs-{}", &protocol::MessageId::new_random().to_string()[..8]),
+            cancellations: Default::default(),
+            cancels_ready: Default::default(),
         });
         Ok(Self { worker, health })
     }
@@ -86,8 +92,8 @@ impl Responder {
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, "responder health endpoints: /healthz, /readyz");
             }
-            let broker = worker.broker.clone();
-            let app = platform::health::router(Arc::new(move || broker.is_connected()))
+            let ready = worker.clone();
+            let app = platform::health::router(Arc::new(move || ready.is_ready()))
                 .merge(platform::metrics::router(platform::metrics::install()));
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -100,11 +106,13 @@ impl Responder {
         });
         let consumer = tokio::spawn(worker::consume(worker.clone(), stop.clone()));
         let dead_letters = tokio::spawn(dead_letters::consume(worker.clone(), stop.clone()));
+        let cancels = tokio::spawn(cancellations::consume(worker.clone(), stop.clone()));
         RunningResponder {
             worker,
             stop,
             consumer,
             dead_letters,
+            cancels,
             health: health_task,
         }
     }
@@ -117,6 +125,7 @@ pub struct RunningResponder {
     stop: CancellationToken,
     consumer: JoinHandle<()>,
     dead_letters: JoinHandle<()>,
+    cancels: JoinHandle<()>,
     health: Option<JoinHandle<()>>,
 }
 
@@ -126,8 +135,9 @@ impl RunningResponder {
         self.worker.counters.subscribe()
     }
 
+    /// Connected to RabbitMQ and listening for cancels.
     pub fn is_ready(&self) -> bool {
-        self.worker.broker.is_connected()
+        self.worker.is_ready()
     }
 
     /// The responder's RabbitMQ connection (for fault injection in tests).
@@ -141,6 +151,7 @@ impl RunningResponder {
         self.stop.cancel();
         let _ = self.consumer.await;
         let _ = self.dead_letters.await;
+        let _ = self.cancels.await;
         let tasks = &self.worker.tasks;
         tasks.close();
         let grace = Duration::from_millis(self.worker.settings.worker.shutdown_grace_ms);
@@ -168,6 +179,7 @@ impl RunningResponder {
         self.worker.tasks.wait().await;
         let _ = self.consumer.await;
         let _ = self.dead_letters.await;
+        let _ = self.cancels.await;
         self.worker.broker.close().await;
         if let Some(health) = self.health {
             let _ = health.await;

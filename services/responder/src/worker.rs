@@ -2,12 +2,13 @@
 //! `prefetch` at once), streams each answer to the user's reply queue with
 //! confirms, and acks a request only after its final chunk is confirmed.
 
+use crate::cancellations::Cancellations;
 use crate::mock;
 use crate::settings::Settings;
 use broker::lapin::message::Delivery;
 use broker::lapin::options::{BasicAckOptions, BasicRejectOptions};
 use broker::{Broker, BrokerError, PublishError, Session, properties};
-use protocol::amqp::{self, ChatRequest, ReplyChunk};
+use protocol::amqp::{self, ChatRequest, MessageStatus, ReplyChunk, StatusEvent};
 use protocol::topology::Names;
 use protocol::trace::TraceParent;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub struct Counters {
     pub failed: u64,
     /// Dead-lettered requests whose user was told (or had no queue left).
     pub dead_letters_notified: u64,
+    /// Answers stopped by a `cancel` (included in `answered`: the request
+    /// got its final chunk and was acked).
+    pub cancelled: u64,
 }
 
 /// Why an answer could not be given.
@@ -53,6 +57,22 @@ pub(crate) struct Worker {
     /// Fires when in-flight answers must be abandoned (grace period over, or
     /// a kill): handlers stop without acking, so RabbitMQ redelivers.
     pub abandon: CancellationToken,
+    /// This process, on `chat_control`.
+    pub instance: String,
+    /// Answers being generated here, and cancels that came before theirs.
+    pub cancellations: Cancellations,
+    /// Whether this responder's control queue is consumed (cancels reach it).
+    pub cancels_ready: std::sync::atomic::AtomicBool,
+}
+
+impl Worker {
+    /// Connected to RabbitMQ and listening for cancels.
+    pub fn is_ready(&self) -> bool {
+        self.broker.is_connected()
+            && self
+                .cancels_ready
+                .load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Consumes until `stop` fires, re-subscribing after channel errors and on
@@ -154,10 +174,12 @@ async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
     }
     let started = tokio::time::Instant::now();
     async {
+        tell_processing(worker, session, &request, &trace).await;
+        let answering = worker.cancellations.begin(&request.user_id, request.id);
         let mut attempt = 1;
         let outcome = loop {
-            match stream_answer(worker, session, &request, &trace).await {
-                Ok(()) => break Ok(()),
+            match stream_answer(worker, session, &request, &trace, &answering.token).await {
+                Ok(finished) => break Ok(finished),
                 Err(e @ AnswerError::Publish(_))
                     if attempt < ANSWER_ATTEMPTS && session.is_live() =>
                 {
@@ -170,12 +192,17 @@ async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
             }
         };
         match outcome {
-            Ok(()) => match delivery.ack(BasicAckOptions::default()).await {
+            Ok(finished) => match delivery.ack(BasicAckOptions::default()).await {
                 Ok(true) => {
-                    metrics::counter!("switchboard_responder_requests_total", "outcome" => "answered").increment(1);
+                    let cancelled = finished == Finished::Cancelled;
+                    let outcome = if cancelled { "cancelled" } else { "answered" };
+                    metrics::counter!("switchboard_responder_requests_total", "outcome" => outcome).increment(1);
                     metrics::histogram!("switchboard_responder_answer_seconds").record(started.elapsed().as_secs_f64());
-                    worker.counters.send_modify(|c| c.answered += 1);
-                    debug!("answered");
+                    worker.counters.send_modify(|c| {
+                        c.answered += 1;
+                        c.cancelled += u64::from(cancelled);
+                    });
+                    debug!(outcome, "answered");
                 }
                 // The channel is gone; the request comes back and is answered
                 // again with the same reply id and seq numbers.
@@ -207,15 +234,53 @@ async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
     .await
 }
 
+/// How an answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finished {
+    Answered,
+    /// Stopped by a `cancel`: its last chunk is a final one marked so.
+    Cancelled,
+}
+
+/// Tells the user a responder is on their message (best effort: the status
+/// is advisory, the answer itself is what counts).
+async fn tell_processing(
+    worker: &Worker,
+    session: &Session,
+    request: &ChatRequest,
+    trace: &TraceParent,
+) {
+    let event = StatusEvent::new(
+        request.user_id.clone(),
+        request.id,
+        MessageStatus::Processing,
+    );
+    let published = session
+        .publisher()
+        .publish_best_effort(
+            &worker.broker.names().responses_exchange(),
+            Names::reply_routing_key(&request.user_id),
+            &amqp::encode(&event),
+            properties::status_event(&event, trace),
+        )
+        .await;
+    if let Err(e) = published {
+        debug!(error = %e, "could not tell the user their message is being processed");
+    }
+}
+
 /// Publishes every chunk, keeping their confirms in flight, then waits for
-/// all of them. A reply with no queue to go to (the user's queue expired) is
-/// dropped with a warning: there is nobody left to read it.
+/// all of them. When `cancel` fires, the chunk due next becomes a final one
+/// marked cancelled and nothing more is generated. A reply with no queue to
+/// go to (the user's queue expired) is dropped with a warning: there is
+/// nobody left to read it.
 async fn stream_answer(
     worker: &Worker,
     session: &Session,
     request: &ChatRequest,
     trace: &TraceParent,
-) -> Result<(), AnswerError> {
+    cancel: &CancellationToken,
+) -> Result<Finished, AnswerError> {
     let mock = &worker.settings.mock;
     let chunks = mock::answer(mock, &request.text)?;
     let last = chunks.len() - 1;
@@ -223,11 +288,20 @@ async fn stream_answer(
     let routing_key = Names::reply_routing_key(&request.user_id);
     let delay = Duration::from_millis(mock.chunk_delay_ms);
     let mut pending = Vec::with_capacity(chunks.len());
+    let mut finished = Finished::Answered;
     for (seq, text) in chunks.into_iter().enumerate() {
         if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
         }
-        let chunk = ReplyChunk::answering(request, seq as u32, text, seq == last);
+        let chunk = if cancel.is_cancelled() {
+            finished = Finished::Cancelled;
+            ReplyChunk::cancelled(request, seq as u32)
+        } else {
+            ReplyChunk::answering(request, seq as u32, text, seq == last)
+        };
         let confirm = session
             .publisher()
             .start(
@@ -238,6 +312,9 @@ async fn stream_answer(
             )
             .await?;
         pending.push(confirm);
+        if finished == Finished::Cancelled {
+            break;
+        }
     }
     let mut unroutable = false;
     for confirm in pending {
@@ -250,7 +327,7 @@ async fn stream_answer(
     if unroutable {
         warn!("the user's reply queue does not exist (expired?); answer dropped");
     }
-    Ok(())
+    Ok(finished)
 }
 
 /// How often RabbitMQ delivered this message before (quorum queues set

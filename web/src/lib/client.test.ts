@@ -216,6 +216,35 @@ describe("ChatClient", () => {
     expect(sends(last(h))).toEqual([{ type: "send", id: "m1", text: "q" }]);
   });
 
+  it("stops an answer: sends cancel, shows stopping, then stopped", () => {
+    welcome(h);
+    client.send("q");
+    client.cancel("m1"); // not accepted yet: nothing to stop
+    expect(last(h).sent.filter((f) => (f as { type: string }).type === "cancel")).toEqual([]);
+    last(h).frame({ type: "accepted", id: "m1" });
+    last(h).frame({ type: "message_status", id: "m1", status: "processing" });
+    last(h).frame({ type: "reply", id: "r", in_reply_to: "m1", seq: 0, text: "hi", final: false });
+    expect(client.getSnapshot().conversation.messages.m1?.status).toBe("processing");
+    client.cancel("m1");
+    expect(last(h).sent.filter((f) => (f as { type: string }).type === "cancel")).toEqual([{ type: "cancel", id: "m1" }]);
+    last(h).frame({ type: "message_status", id: "m1", status: "cancelling" });
+    expect(client.getSnapshot().conversation.messages.m1?.status).toBe("cancelling");
+    last(h).frame({ type: "reply", id: "r", in_reply_to: "m1", seq: 1, text: "", final: true, cancelled: true });
+    const m = client.getSnapshot().conversation.messages.m1;
+    expect(m?.status).toBe("cancelled");
+    expect(m?.reply?.text).toBe("hi");
+  });
+
+  it("takes nothing_to_cancel calmly: no notice, the answer goes on", () => {
+    welcome(h);
+    client.send("q");
+    last(h).frame({ type: "accepted", id: "m1" });
+    last(h).frame({ type: "message_status", id: "m1", status: "cancelling" });
+    last(h).frame({ type: "error", code: "nothing_to_cancel", message: "not running", id: "m1", retryable: false });
+    expect(client.getSnapshot().conversation.messages.m1?.status).toBe("processing");
+    expect(client.getSnapshot().notice).toBeNull();
+  });
+
   it("ignores an error about a message that was already accepted", () => {
     welcome(h);
     client.send("q");

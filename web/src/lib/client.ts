@@ -7,6 +7,7 @@ import { backoffDelay, defaultBackoff, type BackoffOptions } from "./backoff";
 import * as conv from "./conversation";
 import {
   CLOSE_TOKEN_EXPIRED,
+  cancelFrame,
   parseServerFrame,
   sendFrame,
   socketProtocols,
@@ -149,6 +150,13 @@ export class ChatClient {
     this.sentHere.delete(id);
     this.updateConversation(conv.retried(this.snapshot.conversation, id));
     this.flush();
+  }
+
+  /** Stop generating the answer to message `id` (the Stop button). */
+  cancel(id: string): void {
+    const m = this.snapshot.conversation.messages[id];
+    if (!m || !conv.canStop(m) || !this.socket || this.snapshot.connection !== "connected") return;
+    this.socket.send(cancelFrame(id));
   }
 
   dismissNotice(): void {
@@ -322,7 +330,15 @@ export class ChatClient {
         this.socket?.send(JSON.stringify({ type: "ack", id: frame.id, seq: frame.seq }));
         this.updateConversation(conv.replied(c, frame, this.env.now()));
         break;
+      case "message_status":
+        this.updateConversation(conv.progressed(c, frame.id, frame.status));
+        break;
       case "error": {
+        if (frame.code === "nothing_to_cancel" && frame.id) {
+          // Harmless: the answer had ended (or was never known here).
+          this.updateConversation(conv.notCancelled(c, frame.id));
+          break;
+        }
         if (!frame.id || !(frame.id in c.messages)) {
           this.update({ notice: frame.message });
           break;

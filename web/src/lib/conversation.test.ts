@@ -10,10 +10,39 @@ describe("message status", () => {
     expect(s.messages.m1?.status).toBe("sending");
     s = c.accepted(s, "m1");
     expect(s.messages.m1?.status).toBe("queued");
+    s = c.progressed(s, "m1", "processing");
+    expect(s.messages.m1?.status).toBe("processing");
     s = c.replied(s, reply(0, "Hi "));
-    expect(s.messages.m1?.status).toBe("queued");
+    expect(s.messages.m1?.status).toBe("processing");
     s = c.replied(s, reply(1, "there", true));
     expect(s.messages.m1?.status).toBe("answered");
+    // A late status changes nothing.
+    expect(c.progressed(s, "m1", "processing")).toBe(s);
+  });
+
+  it("stops: cancelling, then cancelled by the final chunk, whatever order chunks come in", () => {
+    let s = c.accepted(c.submitted(c.emptyConversation, "m1", "hello", 1), "m1");
+    expect(c.canStop(s.messages.m1!)).toBe(true);
+    s = c.progressed(s, "m1", "cancelling");
+    expect(s.messages.m1?.status).toBe("cancelling");
+    expect(c.canStop(s.messages.m1!)).toBe(false);
+    // The cancelled final chunk (seq 2) before chunk 1.
+    s = c.replied(s, reply(0, "Hi "));
+    s = c.replied(s, { ...reply(2, "", true), cancelled: true });
+    expect(s.messages.m1?.status).toBe("cancelling");
+    s = c.replied(s, reply(1, "the"));
+    expect(s.messages.m1?.status).toBe("cancelled");
+    expect(s.messages.m1?.reply?.text).toBe("Hi the");
+    expect(c.isStreaming(s.messages.m1!)).toBe(false);
+  });
+
+  it("goes back to processing when there was nothing to cancel", () => {
+    let s = c.accepted(c.submitted(c.emptyConversation, "m1", "hello", 1), "m1");
+    s = c.progressed(s, "m1", "cancelling");
+    s = c.notCancelled(s, "m1");
+    expect(s.messages.m1?.status).toBe("processing");
+    const done = c.replied(s, reply(0, "all", true));
+    expect(c.notCancelled(done, "m1")).toBe(done);
   });
 
   it("keeps a retryable refusal pending and marks any other failed", () => {

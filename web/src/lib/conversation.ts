@@ -1,10 +1,20 @@
 // The conversation as the page shows it: a pure model, updated by what the
 // user does and what the gateway says. No I/O here; see client.ts.
 
-import type { ErrorInfo, ServerFrame } from "./protocol";
+import type { ErrorInfo, MessageProgress, ServerFrame } from "./protocol";
 
-/** Where a message of mine is on its way to an answer. */
-export type Status = "sending" | "queued" | "answered" | "failed";
+/**
+ * Where a message of mine is on its way to an answer: sending → queued
+ * (RabbitMQ has it) → processing (a responder is on it) → answered; or
+ * failed; or, after Stop, cancelling → cancelled.
+ */
+export type Status = "sending" | "queued" | "processing" | "cancelling" | "answered" | "cancelled" | "failed";
+
+/** Statuses after which nothing more happens to a message. */
+const FINISHED: ReadonlySet<Status> = new Set(["answered", "cancelled"]);
+
+/** Statuses of a message the service has and has not finished answering. */
+const IN_PROGRESS: ReadonlySet<Status> = new Set(["queued", "processing", "cancelling"]);
 
 export type Reply = {
   id: string;
@@ -15,6 +25,8 @@ export type Reply = {
   /** The text of chunks 0..n without gaps: what can be shown. */
   text: string;
   complete: boolean;
+  /** The answer was stopped (its final chunk says so). */
+  cancelled?: boolean;
 };
 
 export type Message = {
@@ -62,7 +74,7 @@ function trim(c: Conversation): Conversation {
 
 /** How far along a message is, to pick the fresher of two copies. */
 function progress(m: Message): number {
-  const rank = { sending: 0, failed: 1, queued: 2, answered: 3 }[m.status];
+  const rank = { sending: 0, failed: 1, queued: 2, processing: 3, cancelling: 4, answered: 5, cancelled: 5 }[m.status];
   return rank * 1_000_000 + Object.keys(m.reply?.chunks ?? {}).length;
 }
 
@@ -95,11 +107,35 @@ export function submitted(c: Conversation, id: string, text: string, now = Date.
   return put(c, { id, text, status: "sending", error: null, reply: null, createdAt: now });
 }
 
-/** RabbitMQ has it: sending → queued (never backwards from answered). */
+/** RabbitMQ has it: sending → queued (never backwards). */
 export function accepted(c: Conversation, id: string): Conversation {
   const m = c.messages[id];
-  if (!m || m.status === "answered") return c;
+  if (!m || (m.status !== "sending" && m.status !== "failed")) return c;
   return put(c, { ...m, status: m.reply?.complete ? "answered" : "queued", error: null });
+}
+
+/** A `message_status`: processing (a responder is on it) or cancelling. */
+export function progressed(c: Conversation, id: string, status: MessageProgress): Conversation {
+  const m = c.messages[id];
+  if (!m || FINISHED.has(m.status) || m.status === "cancelling") return c;
+  if (status === "processing" && m.status === "processing") return c;
+  return put(c, { ...m, status, error: null });
+}
+
+/**
+ * The gateway found nothing to cancel (the answer had ended, or it did not
+ * know the message): a message still shown as cancelling goes back to
+ * processing and finishes as it will.
+ */
+export function notCancelled(c: Conversation, id: string): Conversation {
+  const m = c.messages[id];
+  if (!m || m.status !== "cancelling") return c;
+  return put(c, { ...m, status: "processing" });
+}
+
+/** Whether Stop makes sense: the service has it and is not done with it. */
+export function canStop(m: Message): boolean {
+  return m.status === "queued" || m.status === "processing";
 }
 
 /**
@@ -108,7 +144,7 @@ export function accepted(c: Conversation, id: string): Conversation {
  */
 export function refused(c: Conversation, id: string, error: ErrorInfo): Conversation {
   const m = c.messages[id];
-  if (!m || m.status === "answered" || m.status === "queued") return c;
+  if (!m || (m.status !== "sending" && m.status !== "failed")) return c;
   return put(c, { ...m, status: error.retryable ? "sending" : "failed", error });
 }
 
@@ -154,8 +190,12 @@ export function replied(
   const chunks = { ...reply.chunks, [frame.seq]: frame.text };
   const finalSeq = frame.final ? frame.seq : reply.finalSeq;
   const complete = isComplete(chunks, finalSeq);
-  const next: Reply = { id: reply.id, chunks, finalSeq, text: contiguousText(chunks), complete };
-  return put(c, { ...m, reply: next, status: complete ? "answered" : "queued", error: null });
+  const cancelled = reply.cancelled === true || (frame.final && frame.cancelled === true);
+  const next: Reply = { id: reply.id, chunks, finalSeq, text: contiguousText(chunks), complete, cancelled };
+  const status: Status = complete
+    ? cancelled ? "cancelled" : "answered"
+    : cancelled || m.status === "cancelling" ? "cancelling" : "processing";
+  return put(c, { ...m, reply: next, status, error: null });
 }
 
 /**
@@ -164,7 +204,7 @@ export function replied(
  */
 function unanswerable(c: Conversation, id: string, failure: { code: string; message: string }, now: number): Conversation {
   const m: Message = c.messages[id] ?? { id, text: null, status: "failed", error: null, reply: null, createdAt: now };
-  if (m.status === "answered" || (m.status === "failed" && m.error?.code === failure.code)) return c;
+  if (FINISHED.has(m.status) || (m.status === "failed" && m.error?.code === failure.code)) return c;
   return put(c, { ...m, status: "failed", error: { ...failure, retryable: false } });
 }
 
@@ -175,7 +215,7 @@ export function pending(c: Conversation): Message[] {
 
 /** Whether an answer is streaming right now. */
 export function isStreaming(m: Message): boolean {
-  return m.status === "queued" && m.reply !== null && !m.reply.complete;
+  return IN_PROGRESS.has(m.status) && m.reply !== null && !m.reply.complete;
 }
 
 export const STORAGE_KEY = "switchboard.conversation.v1";

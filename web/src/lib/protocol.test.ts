@@ -18,6 +18,14 @@ describe("parseServerFrame", () => {
       retryable: false,
     });
     expect(parseServerFrame('{"type":"pong"}')).toEqual({ type: "pong" });
+    expect(parseServerFrame('{"type":"message_status","id":"m1","status":"processing"}')).toEqual({
+      type: "message_status",
+      id: "m1",
+      status: "processing",
+    });
+    expect(
+      parseServerFrame('{"type":"reply","id":"r","in_reply_to":"m1","seq":3,"text":"","final":true,"cancelled":true}'),
+    ).toEqual({ type: "reply", id: "r", in_reply_to: "m1", seq: 3, text: "", final: true, cancelled: true });
   });
 
   it("ignores what it does not understand instead of throwing", () => {
@@ -33,6 +41,7 @@ describe("parseServerFrame", () => {
       '{"type":"reply","id":"r","in_reply_to":"m","seq":1.5,"text":"x","final":false}',
       '{"type":"reply","id":"r","in_reply_to":"m","seq":0,"text":"x"}',
       '{"type":"error","code":5,"message":"x"}',
+      '{"type":"message_status","id":"m1","status":"dreaming"}',
     ]) {
       expect(parseServerFrame(junk), junk).toBeNull();
     }

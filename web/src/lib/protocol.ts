@@ -16,10 +16,16 @@ export type ServerFrame =
       final: boolean;
       /** Set on a final chunk when the request could not be answered. */
       error?: ReplyFailure;
+      /** Set on the final chunk of an answer stopped by `cancel`. */
+      cancelled?: boolean;
     }
   | ({ type: "error"; id?: string } & ErrorInfo)
   | { type: "pong" }
-  | { type: "status"; broker: "up" | "down" };
+  | { type: "status"; broker: "up" | "down" }
+  | { type: "message_status"; id: string; status: MessageProgress };
+
+/** What `message_status` says of a message between `accepted` and its answer. */
+export type MessageProgress = "processing" | "cancelling";
 
 const isString = (v: unknown): v is string => typeof v === "string";
 
@@ -62,6 +68,7 @@ export function parseServerFrame(text: string): ServerFrame | null {
           ...(failure && isString(failure.code) && isString(failure.message)
             ? { error: { code: failure.code, message: failure.message } }
             : {}),
+          ...(f.cancelled === true ? { cancelled: true } : {}),
         };
       }
       return null;
@@ -78,6 +85,10 @@ export function parseServerFrame(text: string): ServerFrame | null {
       return { type: "pong" };
     case "status":
       return f.broker === "up" || f.broker === "down" ? { type: "status", broker: f.broker } : null;
+    case "message_status":
+      return isString(f.id) && (f.status === "processing" || f.status === "cancelling")
+        ? { type: "message_status", id: f.id, status: f.status }
+        : null;
     default:
       return null;
   }
@@ -85,6 +96,11 @@ export function parseServerFrame(text: string): ServerFrame | null {
 
 export function sendFrame(id: string, text: string): string {
   return JSON.stringify({ type: "send", id, text });
+}
+
+/** Stop generating the answer to message `id`. */
+export function cancelFrame(id: string): string {
+  return JSON.stringify({ type: "cancel", id });
 }
 
 /** The WebSocket URL for this page: same host, ws for http, wss for https. */

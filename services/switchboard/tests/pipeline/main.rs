@@ -7,6 +7,7 @@
 
 mod stack;
 
+mod cancel;
 mod delivery;
 mod failures;
 mod identity;
