@@ -1,15 +1,16 @@
-//! HTTP surface: `POST /api/session`, `GET /api/session`, `GET /ws`, health,
-//! and the web UI. Every request that acts for a user is authenticated by a
+//! HTTP surface: `POST /api/session`, `GET /api/session`, `GET /ws`, the
+//! REST ingress (`rest`), health, and the web UI. Every request that acts for a user is authenticated by a
 //! verified token; tokens are never logged.
 
 use crate::auth::Verified;
-use crate::{AppState, socket};
+use crate::{AppState, rest, socket};
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use protocol::{ErrorCode, UserId};
+use protocol::{ErrorCode, MessageId, UserId};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -42,15 +43,26 @@ pub enum ApiError {
     /// 429 / 503: a socket cap is reached.
     #[error("{}", match .0 { ErrorCode::TooManySockets => "too many open sockets for this user", _ => "the gateway is full; try again later" })]
     Capacity(ErrorCode),
+    /// A message (or its cancel) refused, with the code a socket would get;
+    /// the status follows from the code.
+    #[error("{1}")]
+    Message(ErrorCode, String, Option<MessageId>),
     /// 500: logged in full, reported without detail.
     #[error("internal error")]
     Internal,
 }
 
-#[derive(Serialize)]
-struct ErrorBody {
-    code: ErrorCode,
-    message: String,
+/// The body of every HTTP error: the same `code`s as the socket's `error`
+/// frames (docs/protocol.md §3).
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The message concerned, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<MessageId>,
+    /// Whether sending the same request again may succeed.
+    pub retryable: bool,
 }
 
 impl ApiError {
@@ -66,8 +78,23 @@ impl ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManySockets)
             }
             Self::Capacity(code) => (StatusCode::SERVICE_UNAVAILABLE, *code),
+            Self::Message(code, ..) => (message_status(*code), *code),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }
+    }
+}
+
+/// The HTTP status of a refused message, by its code.
+fn message_status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::TextTooLong => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::NothingToCancel => StatusCode::CONFLICT,
+        ErrorCode::PublishTimeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::BrokerUnavailable | ErrorCode::PublishRejected => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
     }
 }
 
@@ -75,9 +102,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
         metrics::counter!("switchboard_gateway_errors_total", "code" => code.as_str()).increment(1);
+        let id = match &self {
+            Self::Message(_, _, id) => *id,
+            _ => None,
+        };
         let body = ErrorBody {
             code,
             message: self.to_string(),
+            id,
+            retryable: code.is_retryable(),
         };
         (status, Json(body)).into_response()
     }
@@ -88,6 +121,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     let ready = Arc::new(move || broker.is_connected());
     Router::new()
         .route("/api/session", get(check_session).post(create_session))
+        .route(
+            "/api/messages",
+            post(rest::send_message).layer(DefaultBodyLimit::max(rest::body_limit(&state))),
+        )
+        .route("/api/messages/{id}/cancel", post(rest::cancel_message))
+        .route("/api/openapi.json", get(rest::openapi))
         .route("/ws", get(upgrade))
         .merge(platform::health::router(ready))
         .merge(platform::metrics::router(platform::metrics::install()))
@@ -180,7 +219,7 @@ fn presented_token(headers: &HeaderMap, query: Option<String>) -> Option<String>
         .filter(|t| !t.is_empty())
 }
 
-fn authenticate(
+pub(crate) fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     query: Option<String>,

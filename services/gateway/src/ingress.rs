@@ -3,9 +3,8 @@
 
 use crate::AppState;
 use broker::{Broker, PublishError, properties};
-use protocol::amqp::{self, CancelRequest, ChatRequest, MessageStatus};
+use protocol::amqp::{self, CancelRequest, ChatRequest};
 use protocol::trace::TraceParent;
-use protocol::ws::ServerFrame;
 use protocol::{ErrorCode, MessageId, UserId};
 use tracing::warn;
 
@@ -48,28 +47,18 @@ pub async fn submit(
     })
 }
 
-/// Asks the responders to stop answering message `id` of `user`; the
-/// answer to the client's `cancel`. A message this gateway does not know to
-/// be in progress (answered already, never sent, someone else's) gets
-/// `nothing_to_cancel`, which is harmless.
-pub async fn cancel(state: &AppState, user: &UserId, id: MessageId) -> ServerFrame {
+/// Asks the responders to stop answering message `id` of `user` (a
+/// socket's `cancel`, or the REST cancel). A message this gateway does not
+/// know to be in progress (answered already, never sent, someone else's)
+/// gets `nothing_to_cancel`, which is harmless.
+pub async fn cancel(state: &AppState, user: &UserId, id: MessageId) -> Result<(), ErrorCode> {
     if !state.replies.is_answering(user, id) {
-        return ServerFrame::error(
-            ErrorCode::NothingToCancel,
-            "that message is not being answered (already answered, or unknown)",
-            Some(id),
-        );
+        return Err(ErrorCode::NothingToCancel);
     }
-    let Some(session) = state.broker.current() else {
-        return ServerFrame::error(
-            ErrorCode::BrokerUnavailable,
-            describe(ErrorCode::BrokerUnavailable),
-            Some(id),
-        );
-    };
+    let session = state.broker.current().ok_or(ErrorCode::BrokerUnavailable)?;
     let request = CancelRequest::new(user.clone(), id);
     let trace = TraceParent::new_root();
-    let published = session
+    session
         .publisher()
         .publish_best_effort(
             &state.broker.names().control_exchange(),
@@ -77,24 +66,13 @@ pub async fn cancel(state: &AppState, user: &UserId, id: MessageId) -> ServerFra
             &amqp::encode(&request),
             properties::cancel(&request, &trace),
         )
-        .await;
-    match published {
-        Ok(()) => {
-            metrics::counter!("switchboard_gateway_cancels_total").increment(1);
-            ServerFrame::MessageStatus {
-                id,
-                status: MessageStatus::Cancelling,
-            }
-        }
-        Err(e) => {
+        .await
+        .map_err(|e| {
             warn!(user_id = %user, message_id = %id, error = %e, "cancel not published");
-            ServerFrame::error(
-                ErrorCode::BrokerUnavailable,
-                describe(ErrorCode::BrokerUnavailable),
-                Some(id),
-            )
-        }
-    }
+            ErrorCode::BrokerUnavailable
+        })?;
+    metrics::counter!("switchboard_gateway_cancels_total").increment(1);
+    Ok(())
 }
 
 /// The human text for an ingress failure.
@@ -104,6 +82,9 @@ pub fn describe(code: ErrorCode) -> &'static str {
         ErrorCode::PublishRejected => "the message broker refused the message; send again later",
         ErrorCode::PublishTimeout => {
             "the message broker did not confirm in time; send again with the same id"
+        }
+        ErrorCode::NothingToCancel => {
+            "that message is not being answered (already answered, or unknown)"
         }
         _ => "the message could not be queued",
     }

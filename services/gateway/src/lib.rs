@@ -18,6 +18,7 @@ pub mod auth;
 pub mod http;
 pub mod ingress;
 pub mod replies;
+pub mod rest;
 mod server;
 pub mod settings;
 mod socket;

@@ -56,6 +56,10 @@ const CONCURRENT_SETUPS: usize = 16;
 /// a cancel of the newest ones gets `nothing_to_cancel`.
 const MAX_TRACKED_ANSWERS: usize = 1024;
 
+/// Users remembered as having a reply queue (for REST messages) before the
+/// stale ones are forgotten.
+const MAX_REMEMBERED_QUEUES: usize = 100_000;
+
 /// Outbound reply chunks for one socket.
 pub type Outbox = mpsc::Sender<OutboundReply>;
 
@@ -211,6 +215,8 @@ struct Inner {
     relay_declared: AtomicU64,
     /// Reply queues being set up at once.
     setups: tokio::sync::Semaphore,
+    /// Users whose reply queue was declared for a REST message, and when.
+    declared: Mutex<HashMap<UserId, std::time::Instant>>,
 }
 
 /// The sockets one user has on this gateway, and their consumer.
@@ -273,6 +279,7 @@ impl ReplyRouter {
                 relay_stop: CancellationToken::new(),
                 relay_declared: AtomicU64::new(u64::MAX),
                 setups: tokio::sync::Semaphore::new(CONCURRENT_SETUPS),
+                declared: Mutex::new(HashMap::new()),
             }),
         };
         let relays = router.clone();
@@ -329,6 +336,64 @@ impl ReplyRouter {
         users
             .get(user)
             .is_some_and(|local| local.relay.load(Ordering::Relaxed))
+    }
+
+    /// Makes sure `user`'s reply queue exists (declared and bound) before a
+    /// message of theirs is published without a socket (REST): an answer
+    /// with no queue to go to would be lost. Cheap when the user has a
+    /// socket here or was seen recently; else one declare on a channel of
+    /// its own, within `limit`.
+    pub async fn ensure_reply_queue(&self, user: &UserId, limit: std::time::Duration) -> bool {
+        let fresh = std::time::Duration::from_millis(self.inner.shape.expires_ms / 2);
+        {
+            let users = self.inner.users.lock().expect("users lock");
+            if users
+                .get(user)
+                .is_some_and(|local| *local.queue_ready.borrow())
+            {
+                return true;
+            }
+        }
+        if self
+            .inner
+            .declared
+            .lock()
+            .expect("declared lock")
+            .get(user)
+            .is_some_and(|at| at.elapsed() < fresh)
+        {
+            return true;
+        }
+        let Some(session) = self.inner.broker.current() else {
+            return false;
+        };
+        let declare = async {
+            let channel = session.open_channel().await?;
+            let declared = topology::declare_reply_queue(
+                &channel,
+                self.inner.broker.names(),
+                user,
+                self.inner.shape,
+            )
+            .await;
+            let _ = channel.close(200, "declared".into()).await;
+            declared
+        };
+        match tokio::time::timeout(limit, declare).await {
+            Ok(Ok(_)) => {
+                let mut declared = self.inner.declared.lock().expect("declared lock");
+                if declared.len() >= MAX_REMEMBERED_QUEUES {
+                    declared.retain(|_, at| at.elapsed() < fresh);
+                }
+                declared.insert(user.clone(), std::time::Instant::now());
+                true
+            }
+            Ok(Err(e)) => {
+                warn!(user_id = %user, error = %e, "could not declare a reply queue");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Notes that message `id` of `user` was accepted and awaits its answer.

@@ -15,6 +15,7 @@ use crate::settings::RateLimitSettings;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
+use protocol::amqp::MessageStatus;
 use protocol::ws::{ClientFrame, FrameLimits, LinkState, ServerFrame};
 use protocol::{CloseCode, ErrorCode, MessageId, ReplyId, UserId};
 use std::collections::HashMap;
@@ -227,7 +228,10 @@ pub async fn serve(
                     }
                     Step::Acknowledge { id, seq } => socket.acknowledged(id, seq),
                     Step::Cancel { id } => {
-                        let answer = ingress::cancel(&state, &user, id).await;
+                        let answer = match ingress::cancel(&state, &user, id).await {
+                            Ok(()) => ServerFrame::MessageStatus { id, status: MessageStatus::Cancelling },
+                            Err(code) => ServerFrame::error(code, ingress::describe(code), Some(id)),
+                        };
                         if socket.frame(&answer).await.is_err() {
                             break End::ClientGone;
                         }
