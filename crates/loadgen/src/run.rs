@@ -327,6 +327,7 @@ async fn user(
         out.send(&ClientFrame::Send {
             id,
             text: plan.text.clone(),
+            context: Vec::new(),
         })
     };
     if interval.is_none() {

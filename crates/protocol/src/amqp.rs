@@ -39,7 +39,31 @@ pub struct ChatRequest {
     pub text: String,
     /// When the gateway accepted it, milliseconds since the Unix epoch.
     pub sent_at_ms: u64,
+    /// The conversation's recent turns before `text`, oldest first, as the
+    /// client sent them: context for a model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context: Vec<Turn>,
 }
+
+/// One earlier turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    pub role: Role,
+    pub text: String,
+}
+
+/// Who said a [`Turn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+/// Most turns a message may carry as context.
+pub const MAX_CONTEXT_TURNS: usize = 20;
+/// Most characters all context turns together may have.
+pub const MAX_CONTEXT_CHARS: usize = 32_000;
 
 /// One chunk of an answer, published by a responder to the `chat_responses`
 /// exchange with the user id as routing key, so it lands in that user's queue.
@@ -173,7 +197,14 @@ impl ChatRequest {
             user_id,
             text,
             sent_at_ms,
+            context: Vec::new(),
         }
+    }
+
+    /// The same request with the conversation's recent turns.
+    pub fn with_context(mut self, context: Vec<Turn>) -> Self {
+        self.context = context;
+        self
     }
 
     /// The reply id every chunk answering this request carries.

@@ -4,6 +4,7 @@
 //! panics and maps every rejection to a stable [`ErrorCode`]. Gateway → client
 //! frames are [`ServerFrame`]s; they also deserialize, for clients written in Rust.
 
+use crate::amqp::{MAX_CONTEXT_CHARS, MAX_CONTEXT_TURNS, Role, Turn};
 use crate::{ErrorCode, MessageId, ReplyId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -27,8 +28,15 @@ impl Default for FrameLimits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
-    /// A chat message to be answered. `id` is chosen by the client.
-    Send { id: MessageId, text: String },
+    /// A chat message to be answered. `id` is chosen by the client;
+    /// `context`, optional, is the conversation's recent turns (oldest
+    /// first) for the model to see.
+    Send {
+        id: MessageId,
+        text: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        context: Vec<Turn>,
+    },
     /// Liveness probe at the application level; answered with `pong`.
     Ping,
     /// The client has received reply chunk `seq` of reply `id`. Until it
@@ -170,10 +178,61 @@ fn decode_send(
         )
         .with_id(id));
     }
+    let context = decode_context(fields.get("context")).map_err(|e| e.with_id(id))?;
     Ok(ClientFrame::Send {
         id,
         text: text.clone(),
+        context,
     })
+}
+
+/// `context`: absent, or an array of at most [`MAX_CONTEXT_TURNS`] turns
+/// `{"role":"user"|"assistant","text":"…"}` with at most
+/// [`MAX_CONTEXT_CHARS`] characters in all.
+fn decode_context(value: Option<&Value>) -> Result<Vec<Turn>, FrameError> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    let invalid = || {
+        FrameError::new(
+            ErrorCode::InvalidFrame,
+            "`context` must be an array of turns {\"role\": \"user\" or \"assistant\", \"text\": …}",
+        )
+    };
+    let Value::Array(items) = value else {
+        return Err(invalid());
+    };
+    if items.len() > MAX_CONTEXT_TURNS {
+        return Err(FrameError::new(
+            ErrorCode::InvalidFrame,
+            format!("`context` has more than {MAX_CONTEXT_TURNS} turns"),
+        ));
+    }
+    let mut chars = 0;
+    let mut turns = Vec::with_capacity(items.len());
+    for item in items {
+        let role = match item.get("role").and_then(Value::as_str) {
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            _ => return Err(invalid()),
+        };
+        let text = item
+            .get("text")
+            .and_then(Value::as_str)
+            .ok_or_else(invalid)?;
+        chars += text.chars().count();
+        if chars > MAX_CONTEXT_CHARS {
+            return Err(FrameError::new(
+                ErrorCode::TextTooLong,
+                format!("`context` is longer than {MAX_CONTEXT_CHARS} characters"),
+            ));
+        }
+        turns.push(Turn {
+            role,
+            text: text.to_owned(),
+        });
+    }
+    Ok(turns)
 }
 
 fn decode_ack(fields: &Map<String, Value>) -> Result<ClientFrame, FrameError> {
@@ -322,9 +381,52 @@ mod tests {
             )),
             Ok(ClientFrame::Send {
                 id: MessageId::parse(ID).unwrap(),
-                text: "hi".into()
+                text: "hi".into(),
+                context: Vec::new(),
             })
         );
+    }
+
+    #[test]
+    fn decodes_and_bounds_the_context() {
+        let with = |context: &str| {
+            decode(&format!(
+                r#"{{"type":"send","id":"{ID}","text":"hi","context":{context}}}"#
+            ))
+        };
+        let Ok(ClientFrame::Send { context, .. }) =
+            with(r#"[{"role":"user","text":"a"},{"role":"assistant","text":"b"}]"#)
+        else {
+            panic!("valid context refused");
+        };
+        let turn = |role, text: &str| Turn {
+            role,
+            text: text.into(),
+        };
+        assert_eq!(context, [turn(Role::User, "a"), turn(Role::Assistant, "b")]);
+        for bad in [
+            "{}",
+            "[1]",
+            r#"[{"role":"system","text":"x"}]"#,
+            r#"[{"role":"user"}]"#,
+        ] {
+            let e = with(bad).expect_err(bad);
+            assert_eq!(
+                (e.code, e.id.is_some()),
+                (ErrorCode::InvalidFrame, true),
+                "{bad}"
+            );
+        }
+        let many = format!(
+            "[{}]",
+            vec![r#"{"role":"user","text":"x"}"#; MAX_CONTEXT_TURNS + 1].join(",")
+        );
+        assert_eq!(with(&many).unwrap_err().code, ErrorCode::InvalidFrame);
+        let long = format!(
+            r#"[{{"role":"user","text":"{}"}}]"#,
+            "x".repeat(MAX_CONTEXT_CHARS + 1)
+        );
+        assert_eq!(with(&long).unwrap_err().code, ErrorCode::TextTooLong);
     }
 
     #[test]

@@ -38,6 +38,7 @@ fn client_frames() {
     let frame = ClientFrame::Send {
         id: msg(),
         text: "Hello".into(),
+        context: Vec::new(),
     };
     assert_eq!(ClientFrame::decode(&send, &limits), Ok(frame.clone()));
     assert_eq!(
@@ -164,6 +165,34 @@ fn stop_generating_and_status_frames() {
     assert_golden(
         &StatusEvent::new(alice(), msg(), MessageStatus::Processing),
         &format!(r#"{{"v":1,"user_id":"alice","message_id":"{MSG}","status":"processing"}}"#),
+    );
+}
+
+#[test]
+fn context_turns() {
+    use protocol::amqp::{Role, Turn};
+    let context = vec![Turn {
+        role: Role::Assistant,
+        text: "Earlier".into(),
+    }];
+    let send = format!(
+        r#"{{"type":"send","id":"{MSG}","text":"Hi","context":[{{"role":"assistant","text":"Earlier"}}]}}"#
+    );
+    let frame = ClientFrame::Send {
+        id: msg(),
+        text: "Hi".into(),
+        context: context.clone(),
+    };
+    assert_eq!(
+        ClientFrame::decode(&send, &FrameLimits::default()),
+        Ok(frame.clone())
+    );
+    assert_eq!(frame.to_json(), send);
+    assert_golden(
+        &ChatRequest::new(msg(), alice(), "Hi".into(), 1).with_context(context),
+        &format!(
+            r#"{{"v":1,"id":"{MSG}","user_id":"alice","text":"Hi","sent_at_ms":1,"context":[{{"role":"assistant","text":"Earlier"}}]}}"#
+        ),
     );
 }
 

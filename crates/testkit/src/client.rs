@@ -131,6 +131,7 @@ impl ChatClient {
         let frame = protocol::ws::ClientFrame::Send {
             id,
             text: text.to_owned(),
+            context: Vec::new(),
         };
         self.send_text(&frame.to_json()).await?;
         Ok(id)

@@ -6,14 +6,17 @@
 //!   queue names, removed when it ends, so tests share one broker safely.
 //! - [`ChatClient`] — a real WebSocket client speaking the chat protocol;
 //!   [`MuteSocket`] — one that never answers (a half-open connection).
+//! - [`FakeModel`] — a fake OpenAI-compatible model server streaming SSE.
 //! - [`wait_until`] — wait for a condition with a timeout (never a bare sleep).
 
 mod broker_fixture;
 mod client;
+pub mod fake_model;
 mod raw;
 
 pub use broker_fixture::{Cleanup, amqp_url, unique_prefix};
 pub use client::{ChatClient, Closed, Guest, guest_session};
+pub use fake_model::FakeModel;
 pub use raw::MuteSocket;
 
 use std::time::Duration;

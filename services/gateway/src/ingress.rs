@@ -3,7 +3,7 @@
 
 use crate::AppState;
 use broker::{Broker, PublishError, properties};
-use protocol::amqp::{self, CancelRequest, ChatRequest};
+use protocol::amqp::{self, CancelRequest, ChatRequest, Turn};
 use protocol::trace::TraceParent;
 use protocol::{ErrorCode, MessageId, UserId};
 use tracing::warn;
@@ -19,12 +19,14 @@ pub async fn submit(
     user: &UserId,
     id: MessageId,
     text: String,
+    context: Vec<Turn>,
     trace: &TraceParent,
 ) -> Result<(), ErrorCode> {
     let Some(session) = broker.current() else {
         return Err(ErrorCode::BrokerUnavailable);
     };
-    let request = ChatRequest::new(id, user.clone(), text, properties::now_ms());
+    let request =
+        ChatRequest::new(id, user.clone(), text, properties::now_ms()).with_context(context);
     let published = session
         .publisher()
         .publish(

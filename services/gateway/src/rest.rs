@@ -15,7 +15,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use protocol::amqp::MessageStatus;
+use protocol::amqp::{MessageStatus, Turn};
 use protocol::ws::{ClientFrame, FrameLimits};
 use protocol::{ErrorCode, MessageId};
 use serde::{Deserialize, Serialize};
@@ -61,7 +61,7 @@ pub async fn send_message(
     let limits = FrameLimits {
         max_text_chars: state.settings.websocket.max_text_chars,
     };
-    let (id, text) = decode_message(&body, &limits)?;
+    let (id, text, context) = decode_message(&body, &limits)?;
     let user = verified.user;
     let span = info_span!("request", trace_id = tracing::field::Empty, user_id = %user, message_id = %id, via = "rest");
     let trace = platform::telemetry::start_trace(&span);
@@ -76,7 +76,7 @@ pub async fn send_message(
                 Some(id),
             ));
         }
-        ingress::submit(&state.broker, &user, id, text, &trace)
+        ingress::submit(&state.broker, &user, id, text, context, &trace)
             .await
             .map_err(|code| ApiError::Message(code, ingress::describe(code).into(), Some(id)))?;
         state.replies.expect_answer(&user, id);
@@ -95,7 +95,10 @@ pub async fn send_message(
 
 /// The body of `POST /api/messages`, validated exactly as a socket's `send`
 /// frame is (it is one, without `type`; a missing `id` is chosen here).
-fn decode_message(body: &[u8], limits: &FrameLimits) -> Result<(MessageId, String), ApiError> {
+fn decode_message(
+    body: &[u8],
+    limits: &FrameLimits,
+) -> Result<(MessageId, String, Vec<Turn>), ApiError> {
     let invalid = |code: ErrorCode, message: String| ApiError::Message(code, message, None);
     let mut value: Value = serde_json::from_slice(body)
         .map_err(|e| invalid(ErrorCode::InvalidJson, format!("not valid JSON: {e}")))?;
@@ -110,7 +113,7 @@ fn decode_message(body: &[u8], limits: &FrameLimits) -> Result<(MessageId, Strin
         .entry("id")
         .or_insert_with(|| Value::String(MessageId::new_random().to_string()));
     match ClientFrame::decode(&value.to_string(), limits) {
-        Ok(ClientFrame::Send { id, text }) => Ok((id, text)),
+        Ok(ClientFrame::Send { id, text, context }) => Ok((id, text, context)),
         Ok(_) => Err(invalid(ErrorCode::InvalidFrame, "not a message".into())),
         Err(e) => Err(ApiError::Message(e.code, e.message, e.id)),
     }

@@ -15,7 +15,7 @@ use crate::settings::RateLimitSettings;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
-use protocol::amqp::MessageStatus;
+use protocol::amqp::{MessageStatus, Turn};
 use protocol::ws::{ClientFrame, FrameLimits, LinkState, ServerFrame};
 use protocol::{CloseCode, ErrorCode, MessageId, ReplyId, UserId};
 use std::collections::HashMap;
@@ -45,7 +45,11 @@ pub(crate) enum Step {
     /// Answer with this frame.
     Answer(ServerFrame),
     /// Publish this message.
-    Publish { id: MessageId, text: String },
+    Publish {
+        id: MessageId,
+        text: String,
+        context: Vec<Turn>,
+    },
     /// The client has this reply chunk.
     Acknowledge { id: ReplyId, seq: u32 },
     /// Stop the answer to this message.
@@ -68,7 +72,7 @@ impl Step {
 pub(crate) fn step(text: &str, limits: &FrameLimits) -> Step {
     match ClientFrame::decode(text, limits) {
         Ok(ClientFrame::Ping) => Step::Answer(ServerFrame::Pong),
-        Ok(ClientFrame::Send { id, text }) => Step::Publish { id, text },
+        Ok(ClientFrame::Send { id, text, context }) => Step::Publish { id, text, context },
         Ok(ClientFrame::Ack { id, seq }) => Step::Acknowledge { id, seq },
         Ok(ClientFrame::Cancel { id }) => Step::Cancel { id },
         Err(e) => Step::Answer(ServerFrame::from(e)),
@@ -223,8 +227,8 @@ pub async fn serve(
                             break End::ClientGone;
                         }
                     }
-                    Step::Publish { id, text } => {
-                        publishing.push_back(publish(state.clone(), subscription.clone(), user.clone(), id, text));
+                    Step::Publish { id, text, context } => {
+                        publishing.push_back(publish(state.clone(), subscription.clone(), user.clone(), id, text, context));
                     }
                     Step::Acknowledge { id, seq } => socket.acknowledged(id, seq),
                     Step::Cancel { id } => {
@@ -309,6 +313,7 @@ fn publish(
     user: UserId,
     id: MessageId,
     text: String,
+    context: Vec<Turn>,
 ) -> Publishing {
     // One trace per message, from here through the responder and back.
     let span = info_span!(
@@ -325,7 +330,7 @@ fn publish(
                 .reply_queue_ready(state.settings.amqp.publish_timeout())
                 .await
         {
-            ingress::submit(&state.broker, &user, id, text, &trace).await
+            ingress::submit(&state.broker, &user, id, text, context, &trace).await
         } else {
             Err(ErrorCode::BrokerUnavailable)
         };
@@ -415,9 +420,15 @@ impl Writer {
         self.send(Message::Text(frame.to_json().into())).await
     }
 
-    /// Writes a reply chunk and holds it until the client acknowledges it.
+    /// Writes a reply chunk and holds it until the client acknowledges it
+    /// (or a status frame, which is not acknowledged).
     async fn reply(&mut self, reply: &OutboundReply) -> Result<(), WriteFailed> {
-        metrics::counter!("switchboard_gateway_frames_sent_total", "type" => "reply").increment(1);
+        let kind = if reply.chunk().is_some() {
+            "reply"
+        } else {
+            "message_status"
+        };
+        metrics::counter!("switchboard_gateway_frames_sent_total", "type" => kind).increment(1);
         self.send(Message::Text(reply.frame().clone())).await?;
         if let Some(chunk) = reply.chunk() {
             self.unacked.entry(chunk).or_default().push(reply.clone());
@@ -502,7 +513,7 @@ mod tests {
         fn every_valid_frame_is_understood(frame in arb_client_frame()) {
             let expected = match frame.clone() {
                 ClientFrame::Ping => Step::Answer(ServerFrame::Pong),
-                ClientFrame::Send { id, text } => Step::Publish { id, text },
+                ClientFrame::Send { id, text, context } => Step::Publish { id, text, context },
                 ClientFrame::Ack { id, seq } => Step::Acknowledge { id, seq },
                 ClientFrame::Cancel { id } => Step::Cancel { id },
             };
@@ -556,7 +567,8 @@ mod tests {
                 .prop_filter("non-blank", |(_, t)| !t.trim().is_empty())
                 .prop_map(|(id, text)| ClientFrame::Send {
                     id: MessageId::from(id),
-                    text
+                    text,
+                    context: Vec::new(),
                 }),
             (uuid.clone(), any::<u32>()).prop_map(|(id, seq)| ClientFrame::Ack {
                 id: ReplyId::parse(&id.to_string()).expect("a UUID"),

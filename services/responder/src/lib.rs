@@ -3,7 +3,9 @@
 //! replicas can run side by side; RabbitMQ spreads requests over them.
 //!
 //! - [`settings`] — configuration.
-//! - [`mock`] — the mocked answer and its chunking.
+//! - [`engine`] — the pluggable reply engine: [`mock`] (the mocked answer
+//!   and its chunking) or [`openai`] (an OpenAI-compatible streaming
+//!   chat-completions server).
 //! - `worker`: the consumer and the per-request handler (ack after the final
 //!   chunk is confirmed).
 //! - `cancellations`: stop generating — cancels broadcast on `chat_control`.
@@ -14,7 +16,9 @@
 
 mod cancellations;
 mod dead_letters;
+pub mod engine;
 pub mod mock;
+pub mod openai;
 pub mod settings;
 mod worker;
 
@@ -56,6 +60,8 @@ impl Responder {
                     .with_context(|| format!("cannot listen on health.listen = {addr}"))?,
             ),
         };
+        let engine = engine::Engine::from_settings(&settings).context("invalid engine settings")?;
+        info!(engine = engine.name(), "reply engine");
         let broker = Broker::start(settings.amqp.clone(), "switchboard-responder");
         let worker = Arc::new(Worker {
             settings,
@@ -66,6 +72,7 @@ impl Responder {
             instance: format!("rs-{}", &protocol::MessageId::new_random().to_string()[..8]),
             cancellations: Default::default(),
             cancels_ready: Default::default(),
+            engine,
         });
         Ok(Self { worker, health })
     }

@@ -12,7 +12,40 @@ pub struct Settings {
     pub log: LogSettings,
     pub health: HealthSettings,
     pub worker: WorkerSettings,
+    pub engine: EngineSettings,
     pub mock: MockSettings,
+    pub openai: OpenAiSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EngineSettings {
+    /// Which engine answers: `mock` or `openai`.
+    pub kind: EngineKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Mock,
+    Openai,
+}
+
+/// An OpenAI-compatible chat-completions server.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpenAiSettings {
+    /// Up to and including `/v1`, e.g. `http://127.0.0.1:8080/v1`.
+    pub base_url: String,
+    pub model: String,
+    /// Sent as `Authorization: Bearer`; empty: none.
+    pub api_key: String,
+    /// First message of every conversation; empty: none.
+    pub system_prompt: String,
+    /// `max_tokens` of each answer; 0: the server's default.
+    pub max_tokens: u32,
+    /// Bound on connecting and on the first piece of the answer.
+    pub first_token_timeout_ms: u64,
+    /// Bound on each pause between pieces.
+    pub idle_timeout_ms: u64,
 }
 
 impl Settings {

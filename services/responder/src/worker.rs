@@ -3,12 +3,15 @@
 //! confirms, and acks a request only after its final chunk is confirmed.
 
 use crate::cancellations::Cancellations;
+use crate::engine::{Engine, EngineError};
 use crate::mock;
 use crate::settings::Settings;
 use broker::lapin::message::Delivery;
 use broker::lapin::options::{BasicAckOptions, BasicRejectOptions};
 use broker::{Broker, BrokerError, PublishError, Session, properties};
-use protocol::amqp::{self, ChatRequest, MessageStatus, ReplyChunk, StatusEvent};
+use futures_util::StreamExt;
+use protocol::ErrorCode;
+use protocol::amqp::{self, ChatRequest, MessageStatus, ReplyChunk, ReplyError, StatusEvent};
 use protocol::topology::Names;
 use protocol::trace::TraceParent;
 use std::sync::Arc;
@@ -33,6 +36,9 @@ pub struct Counters {
     /// Answers stopped by a `cancel` (included in `answered`: the request
     /// got its final chunk and was acked).
     pub cancelled: u64,
+    /// Answers the model failed (included in `answered`: the user got a
+    /// final chunk with `model_failed`, and the request was acked).
+    pub model_failures: u64,
 }
 
 /// Why an answer could not be given.
@@ -41,9 +47,9 @@ pub(crate) enum AnswerError {
     /// Publishing failed; usually passing (broker busy, connection hiccup).
     #[error(transparent)]
     Publish(#[from] PublishError),
-    /// The model (here: the mock) could not answer.
+    /// The model can never answer this request (the mock's fail marker).
     #[error(transparent)]
-    Model(#[from] mock::ModelFailure),
+    Refused(#[from] mock::ModelFailure),
 }
 
 /// Everything a request handler needs.
@@ -63,6 +69,8 @@ pub(crate) struct Worker {
     pub cancellations: Cancellations,
     /// Whether this responder's control queue is consumed (cancels reach it).
     pub cancels_ready: std::sync::atomic::AtomicBool,
+    /// What writes the answers.
+    pub engine: Engine,
 }
 
 impl Worker {
@@ -194,13 +202,17 @@ async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
         match outcome {
             Ok(finished) => match delivery.ack(BasicAckOptions::default()).await {
                 Ok(true) => {
-                    let cancelled = finished == Finished::Cancelled;
-                    let outcome = if cancelled { "cancelled" } else { "answered" };
+                    let outcome = match finished {
+                        Finished::Answered => "answered",
+                        Finished::Cancelled => "cancelled",
+                        Finished::ModelFailed => "model_failed",
+                    };
                     metrics::counter!("switchboard_responder_requests_total", "outcome" => outcome).increment(1);
                     metrics::histogram!("switchboard_responder_answer_seconds").record(started.elapsed().as_secs_f64());
                     worker.counters.send_modify(|c| {
                         c.answered += 1;
-                        c.cancelled += u64::from(cancelled);
+                        c.cancelled += u64::from(finished == Finished::Cancelled);
+                        c.model_failures += u64::from(finished == Finished::ModelFailed);
                     });
                     debug!(outcome, "answered");
                 }
@@ -240,6 +252,9 @@ enum Finished {
     Answered,
     /// Stopped by a `cancel`: its last chunk is a final one marked so.
     Cancelled,
+    /// The model failed or was cut off: its last chunk is a final one with
+    /// `model_failed`.
+    ModelFailed,
 }
 
 /// Tells the user a responder is on their message (best effort: the status
@@ -269,11 +284,14 @@ async fn tell_processing(
     }
 }
 
-/// Publishes every chunk, keeping their confirms in flight, then waits for
-/// all of them. When `cancel` fires, the chunk due next becomes a final one
-/// marked cancelled and nothing more is generated. A reply with no queue to
-/// go to (the user's queue expired) is dropped with a warning: there is
-/// nobody left to read it.
+/// Publishes every piece the engine writes as a chunk as it comes, keeping
+/// their confirms in flight, then waits for all of them. When `cancel`
+/// fires, the chunk due next becomes a final one marked cancelled and the
+/// engine's stream is dropped (which stops it). When the model fails, the
+/// user gets a final chunk with `model_failed`; a request the model refuses
+/// outright goes back to the queue ([`AnswerError::Refused`]). A reply with
+/// no queue to go to (the user's queue expired) is dropped with a warning:
+/// there is nobody left to read it.
 async fn stream_answer(
     worker: &Worker,
     session: &Session,
@@ -281,26 +299,45 @@ async fn stream_answer(
     trace: &TraceParent,
     cancel: &CancellationToken,
 ) -> Result<Finished, AnswerError> {
-    let mock = &worker.settings.mock;
-    let chunks = mock::answer(mock, &request.text)?;
-    let last = chunks.len() - 1;
     let exchange = worker.broker.names().responses_exchange();
     let routing_key = Names::reply_routing_key(&request.user_id);
-    let delay = Duration::from_millis(mock.chunk_delay_ms);
-    let mut pending = Vec::with_capacity(chunks.len());
-    let mut finished = Finished::Answered;
-    for (seq, text) in chunks.into_iter().enumerate() {
-        if !delay.is_zero() {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep(delay) => {}
+    let mut pieces = worker.engine.answer(request);
+    let mut pending = Vec::new();
+    let mut seq: u32 = 0;
+    let finished = loop {
+        let next = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            next = pieces.next() => Some(next),
+        };
+        let (chunk, finished) = match next {
+            None => (
+                ReplyChunk::cancelled(request, seq),
+                Some(Finished::Cancelled),
+            ),
+            Some(Some(Ok(piece))) => {
+                let last = piece.last;
+                let chunk = ReplyChunk::answering(request, seq, piece.text, last);
+                (chunk, last.then_some(Finished::Answered))
             }
-        }
-        let chunk = if cancel.is_cancelled() {
-            finished = Finished::Cancelled;
-            ReplyChunk::cancelled(request, seq as u32)
-        } else {
-            ReplyChunk::answering(request, seq as u32, text, seq == last)
+            // The stream ended without a piece marked last.
+            Some(None) => (
+                ReplyChunk::answering(request, seq, String::new(), true),
+                Some(Finished::Answered),
+            ),
+            Some(Some(Err(EngineError::Refused(refused)))) => return Err(refused.into()),
+            Some(Some(Err(EngineError::Failed(why)))) => {
+                warn!(engine = worker.engine.name(), reason = %why, "the model failed; telling the user");
+                let error = ReplyError {
+                    code: ErrorCode::ModelFailed,
+                    message: why,
+                };
+                let chunk = ReplyChunk {
+                    request_sent_at_ms: Some(request.sent_at_ms),
+                    ..ReplyChunk::failure(request.user_id.clone(), request.id, error)
+                };
+                (chunk, Some(Finished::ModelFailed))
+            }
         };
         let confirm = session
             .publisher()
@@ -312,10 +349,12 @@ async fn stream_answer(
             )
             .await?;
         pending.push(confirm);
-        if finished == Finished::Cancelled {
-            break;
+        seq += 1;
+        if let Some(finished) = finished {
+            break finished;
         }
-    }
+    };
+    drop(pieces);
     let mut unroutable = false;
     for confirm in pending {
         match confirm.wait().await {

@@ -382,7 +382,7 @@ export class ChatClient {
     for (const m of conv.pending(this.snapshot.conversation)) {
       if (this.sentHere.has(m.id) || m.text === null) continue;
       this.sentHere.add(m.id);
-      socket.send(sendFrame(m.id, m.text));
+      socket.send(sendFrame(m.id, m.text, conv.contextFor(this.snapshot.conversation, m.id)));
     }
   }
 }

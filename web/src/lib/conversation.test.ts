@@ -129,3 +129,36 @@ describe("history", () => {
     expect(c.load(storage)).toEqual(c.emptyConversation);
   });
 });
+
+describe("context for the model", () => {
+  it("is the answered exchanges before the message, oldest first, within bounds", () => {
+    let s = c.emptyConversation;
+    for (const [id, text, answer] of [
+      ["a", "one", "1"],
+      ["b", "two", null],
+      ["d", "three", "3"],
+    ] as const) {
+      s = c.submitted(s, id, text, 1);
+      if (answer) s = c.replied(s, { type: "reply", id: `r${id}`, in_reply_to: id, seq: 0, text: answer, final: true });
+    }
+    s = c.submitted(s, "e", "now", 2);
+    expect(c.contextFor(s, "e")).toEqual([
+      { role: "user", text: "one" },
+      { role: "assistant", text: "1" },
+      { role: "user", text: "three" },
+      { role: "assistant", text: "3" },
+    ]);
+    expect(c.contextFor(s, "a")).toEqual([]);
+    let long = c.emptyConversation;
+    for (let n = 0; n < 15; n++) {
+      long = c.submitted(long, `m${n}`, `q${n}`, n);
+      long = c.replied(long, { type: "reply", id: `r${n}`, in_reply_to: `m${n}`, seq: 0, text: "x".repeat(3000), final: true });
+    }
+    long = c.submitted(long, "last", "?", 99);
+    const turns = c.contextFor(long, "last");
+    expect(turns.length).toBe(20);
+    expect(turns.reduce((n, t) => n + t.text.length, 0)).toBeLessThanOrEqual(32_000);
+    expect(turns.at(-2)).toEqual({ role: "user", text: "q14" });
+  });
+});
+

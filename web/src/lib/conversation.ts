@@ -1,7 +1,7 @@
 // The conversation as the page shows it: a pure model, updated by what the
 // user does and what the gateway says. No I/O here; see client.ts.
 
-import type { ErrorInfo, MessageProgress, ServerFrame } from "./protocol";
+import { MAX_CONTEXT_CHARS, MAX_CONTEXT_TURNS, type ErrorInfo, type MessageProgress, type ServerFrame, type Turn } from "./protocol";
 
 /**
  * Where a message of mine is on its way to an answer: sending → queued
@@ -206,6 +206,26 @@ function unanswerable(c: Conversation, id: string, failure: { code: string; mess
   const m: Message = c.messages[id] ?? { id, text: null, status: "failed", error: null, reply: null, createdAt: now };
   if (FINISHED.has(m.status) || (m.status === "failed" && m.error?.code === failure.code)) return c;
   return put(c, { ...m, status: "failed", error: { ...failure, retryable: false } });
+}
+
+/**
+ * The turns before message `id` that a model should see: the most recent
+ * answered exchanges (my message, the complete answer), oldest first,
+ * within the gateway's bounds on count and length.
+ */
+export function contextFor(c: Conversation, id: string): Turn[] {
+  const before = c.order.slice(0, Math.max(0, c.order.indexOf(id)));
+  const turns: Turn[] = [];
+  let chars = 0;
+  for (const earlier of before.reverse()) {
+    const m = c.messages[earlier];
+    if (!m || m.text === null || m.status !== "answered" || !m.reply?.complete) continue;
+    const size = m.text.length + m.reply.text.length;
+    if (turns.length + 2 > MAX_CONTEXT_TURNS || chars + size > MAX_CONTEXT_CHARS) break;
+    chars += size;
+    turns.unshift({ role: "user", text: m.text }, { role: "assistant", text: m.reply.text });
+  }
+  return turns;
 }
 
 /** Messages waiting to be (re)sent, oldest first. */

@@ -94,8 +94,15 @@ export function parseServerFrame(text: string): ServerFrame | null {
   }
 }
 
-export function sendFrame(id: string, text: string): string {
-  return JSON.stringify({ type: "send", id, text });
+/** One earlier turn of the conversation, sent as context with a message. */
+export type Turn = { role: "user" | "assistant"; text: string };
+
+/** The gateway's bounds on `context` (docs/protocol.md §2). */
+export const MAX_CONTEXT_TURNS = 20;
+export const MAX_CONTEXT_CHARS = 32_000;
+
+export function sendFrame(id: string, text: string, context: Turn[] = []): string {
+  return JSON.stringify(context.length > 0 ? { type: "send", id, text, context } : { type: "send", id, text });
 }
 
 /** Stop generating the answer to message `id`. */

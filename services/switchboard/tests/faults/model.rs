@@ -302,6 +302,7 @@ fn send(id: MessageId, text: &str) -> String {
     ClientFrame::Send {
         id,
         text: text.to_owned(),
+        context: Vec::new(),
     }
     .to_json()
 }

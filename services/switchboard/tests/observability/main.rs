@@ -127,6 +127,14 @@ async fn a_round_trip_moves_the_metrics_and_one_trace_crosses_rabbitmq() {
         chunks
     );
     assert_eq!(
+        moved(
+            "switchboard_gateway_frames_sent_total",
+            r#"type="message_status""#
+        ),
+        1.0,
+        "one `processing` status"
+    );
+    assert_eq!(
         moved("switchboard_gateway_reply_chunks_consumed_total", ""),
         chunks
     );

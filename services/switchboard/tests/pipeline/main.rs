@@ -11,6 +11,7 @@ mod cancel;
 mod delivery;
 mod failures;
 mod identity;
+mod model;
 mod rest;
 mod round_trip;
 mod scale;

@@ -428,6 +428,7 @@ async fn a_client_too_slow_to_read_is_disconnected_and_loses_nothing() {
         protocol::ws::ClientFrame::Send {
             id,
             text: text.clone(),
+            context: Vec::new(),
         }
         .to_json()
     };

@@ -118,7 +118,18 @@ impl TestStack {
 
     /// Starts one more responder and waits until it is connected.
     pub async fn start_responder(&mut self, mock: Mock) -> watch::Receiver<Counters> {
-        let responder = responder::Responder::build(self.responder_settings(mock))
+        self.start_responder_with(mock, |_| {}).await
+    }
+
+    /// Starts one more responder with adjusted settings (another engine, say).
+    pub async fn start_responder_with(
+        &mut self,
+        mock: Mock,
+        adjust: impl FnOnce(&mut responder::Settings),
+    ) -> watch::Receiver<Counters> {
+        let mut settings = self.responder_settings(mock);
+        adjust(&mut settings);
+        let responder = responder::Responder::build(settings)
             .await
             .expect("responder builds")
             .spawn();
