@@ -4,7 +4,8 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use protocol::UserId;
 use protocol::amqp::{
-    CANCEL_TYPE, CHAT_REQUEST_TYPE, CONTENT_TYPE, REPLY_CHUNK_TYPE, STATUS_TYPE, USER_ID_HEADER,
+    CANCEL_TYPE, CHAT_REQUEST_TYPE, CONTENT_TYPE, REPLY_CHUNK_TYPE, ROOM_MESSAGE_TYPE, STATUS_TYPE,
+    USER_ID_HEADER,
 };
 use protocol::trace::{TRACEPARENT_HEADER, TraceParent};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -93,12 +94,32 @@ pub fn cancel(request: &protocol::amqp::CancelRequest, trace: &TraceParent) -> B
     .with_delivery_mode(TRANSIENT)
 }
 
-/// Whether a delivery is a [`protocol::amqp::StatusEvent`] (by its `type`).
-pub fn is_status_event(properties: &BasicProperties) -> bool {
+/// Properties of a room message: persistent like a chunk (members offline
+/// get it from their queue), `message_id` `<room>:<seq>`.
+pub fn room_message(message: &protocol::amqp::RoomMessage, trace: &TraceParent) -> BasicProperties {
+    persistent_json(
+        format!("{}:{}", message.room_id, message.seq),
+        ROOM_MESSAGE_TYPE,
+        &message.user_id,
+        trace,
+    )
+}
+
+fn has_kind(properties: &BasicProperties, wanted: &str) -> bool {
     properties
         .kind()
         .as_ref()
-        .is_some_and(|kind| kind.as_str() == STATUS_TYPE)
+        .is_some_and(|kind| kind.as_str() == wanted)
+}
+
+/// Whether a delivery is a [`protocol::amqp::StatusEvent`] (by its `type`).
+pub fn is_status_event(properties: &BasicProperties) -> bool {
+    has_kind(properties, STATUS_TYPE)
+}
+
+/// Whether a delivery is a [`protocol::amqp::RoomMessage`] (by its `type`).
+pub fn is_room_message(properties: &BasicProperties) -> bool {
+    has_kind(properties, ROOM_MESSAGE_TYPE)
 }
 
 fn string_header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a str> {

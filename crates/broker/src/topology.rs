@@ -5,8 +5,8 @@ use crate::{AmqpSettings, BrokerError};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
-use protocol::UserId;
 use protocol::topology::Names;
+use protocol::{RoomId, UserId};
 
 fn durable_queue() -> QueueDeclareOptions {
     QueueDeclareOptions {
@@ -227,11 +227,35 @@ pub async fn bind_relay(
 ) -> Result<(), BrokerError> {
     let queue = names.relay_queue(instance);
     let key = Names::reply_routing_key(user);
+    set_binding(channel, &queue, &names.relay_exchange(), key, bound).await
+}
+
+/// Routes `room`'s messages and answers into `user`'s reply queue (a
+/// member), or stops. The queue must exist.
+pub async fn bind_room(
+    channel: &Channel,
+    names: &Names,
+    user: &UserId,
+    room: &RoomId,
+    bound: bool,
+) -> Result<(), BrokerError> {
+    let queue = names.reply_queue(user);
+    let key = Names::room_routing_key(room);
+    set_binding(channel, &queue, &names.responses_exchange(), &key, bound).await
+}
+
+async fn set_binding(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+    bound: bool,
+) -> Result<(), BrokerError> {
     if bound {
         channel
             .queue_bind(
-                queue.as_str().into(),
-                names.relay_exchange().into(),
+                queue.into(),
+                exchange.into(),
                 key.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
@@ -240,8 +264,8 @@ pub async fn bind_relay(
     } else {
         channel
             .queue_unbind(
-                queue.as_str().into(),
-                names.relay_exchange().into(),
+                queue.into(),
+                exchange.into(),
                 key.into(),
                 FieldTable::default(),
             )

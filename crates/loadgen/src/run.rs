@@ -328,6 +328,7 @@ async fn user(
             id,
             text: plan.text.clone(),
             context: Vec::new(),
+            room_id: None,
         })
     };
     if interval.is_none() {

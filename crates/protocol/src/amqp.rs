@@ -4,7 +4,7 @@
 //! does not know instead of guessing; adding an optional field does not change
 //! the version, changing the meaning of one does.
 
-use crate::{MessageId, ReplyId, UserId};
+use crate::{MessageId, ReplyId, RoomId, UserId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// The schema version this build writes and reads.
@@ -25,6 +25,8 @@ pub const REPLY_CHUNK_TYPE: &str = "chat.reply_chunk";
 pub const STATUS_TYPE: &str = "chat.status";
 /// AMQP `type` of a [`CancelRequest`] (on `chat_control`).
 pub const CANCEL_TYPE: &str = "chat.cancel";
+/// AMQP `type` of a [`RoomMessage`] (on the responses exchange, key `room.<id>`).
+pub const ROOM_MESSAGE_TYPE: &str = "chat.room_message";
 
 /// A user's message, published by the gateway to `chat_queue` once the client
 /// sent it; consumed by exactly one responder at a time.
@@ -43,6 +45,26 @@ pub struct ChatRequest {
     /// client sent them: context for a model.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub context: Vec<Turn>,
+    /// Set when the message was addressed to the assistant in a room: the
+    /// answer goes to the room (every member), not only to `user_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<RoomId>,
+}
+
+/// A message sent to a room, as every member's queue receives it. `seq`
+/// is the room's order (1, 2, 3, … assigned where the message is stored),
+/// the same for every member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMessage {
+    pub v: u16,
+    pub room_id: RoomId,
+    pub seq: u64,
+    /// The sender's message id.
+    pub id: MessageId,
+    /// The sender.
+    pub user_id: UserId,
+    pub text: String,
+    pub sent_at_ms: u64,
 }
 
 /// One earlier turn of a conversation.
@@ -90,6 +112,9 @@ pub struct ReplyChunk {
     /// Set on the final chunk of an answer stopped by a `cancel`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancelled: bool,
+    /// The room this answer goes to, when the request was made in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<RoomId>,
 }
 
 /// What happened to a request, on its way to being answered. Travels
@@ -198,7 +223,14 @@ impl ChatRequest {
             text,
             sent_at_ms,
             context: Vec::new(),
+            room_id: None,
         }
+    }
+
+    /// The same request, to be answered to `room`.
+    pub fn in_room(mut self, room: RoomId) -> Self {
+        self.room_id = Some(room);
+        self
     }
 
     /// The same request with the conversation's recent turns.
@@ -227,6 +259,7 @@ impl ReplyChunk {
             error: None,
             request_sent_at_ms: Some(request.sent_at_ms),
             cancelled: false,
+            room_id: request.room_id,
         }
     }
 
@@ -251,6 +284,7 @@ impl ReplyChunk {
             error: Some(error),
             request_sent_at_ms: None,
             cancelled: false,
+            room_id: None,
         }
     }
 }

@@ -56,6 +56,13 @@ pub enum ErrorCode {
     /// The model behind the responder failed or was cut off; sent as the
     /// `error` of a final reply chunk. Sending the message again may work.
     ModelFailed,
+    /// The room does not exist or the user is not one of its members.
+    NotAMember,
+    /// The room invitation token is malformed, forged or expired.
+    InvalidRoomToken,
+    /// Rooms are turned off here, or their database is unreachable right
+    /// now; try again later.
+    RoomsUnavailable,
     /// An unexpected server fault; details are in the server log only.
     Internal,
 }
@@ -72,6 +79,7 @@ impl ErrorCode {
                 | Self::GatewayFull
                 | Self::RateLimited
                 | Self::ModelFailed
+                | Self::RoomsUnavailable
         )
     }
 
@@ -97,12 +105,15 @@ impl ErrorCode {
             Self::RequestFailed => "request_failed",
             Self::NothingToCancel => "nothing_to_cancel",
             Self::ModelFailed => "model_failed",
+            Self::NotAMember => "not_a_member",
+            Self::InvalidRoomToken => "invalid_room_token",
+            Self::RoomsUnavailable => "rooms_unavailable",
             Self::Internal => "internal",
         }
     }
 
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::InvalidJson,
         Self::InvalidFrame,
         Self::UnknownType,
@@ -123,6 +134,9 @@ impl ErrorCode {
         Self::RequestFailed,
         Self::NothingToCancel,
         Self::ModelFailed,
+        Self::NotAMember,
+        Self::InvalidRoomToken,
+        Self::RoomsUnavailable,
         Self::Internal,
     ];
 }

@@ -73,40 +73,55 @@ impl fmt::Display for UserId {
     }
 }
 
-/// The id a client gives each message it sends (a UUID it chooses). It is the
-/// message's identity end to end: the AMQP `message_id`, the `accepted` frame's
-/// `id` and every reply chunk's `in_reply_to`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct MessageId(Uuid);
+/// A UUID newtype: random, parsed, shown and (de)serialized as the UUID.
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Uuid);
 
-impl MessageId {
-    pub fn new_random() -> Self {
-        Self(Uuid::new_v4())
-    }
+        impl $name {
+            pub fn new_random() -> Self {
+                Self(Uuid::new_v4())
+            }
 
-    pub fn parse(raw: &str) -> Result<Self, IdError> {
-        Uuid::try_parse(raw)
-            .map(Self)
-            .map_err(|_| IdError::NotAUuid)
-    }
+            pub fn parse(raw: &str) -> Result<Self, IdError> {
+                Uuid::try_parse(raw)
+                    .map(Self)
+                    .map_err(|_| IdError::NotAUuid)
+            }
 
-    pub fn as_uuid(&self) -> Uuid {
-        self.0
-    }
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(id: Uuid) -> Self {
+                Self(id)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
 }
 
-impl From<Uuid> for MessageId {
-    fn from(id: Uuid) -> Self {
-        Self(id)
-    }
-}
+uuid_id!(
+    /// The id a client gives each message it sends (a UUID it chooses). It is the
+    /// message's identity end to end: the AMQP `message_id`, the `accepted` frame's
+    /// `id` and every reply chunk's `in_reply_to`.
+    MessageId
+);
 
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+uuid_id!(
+    /// A room: a conversation shared by several users.
+    RoomId
+);
 
 /// Namespace for deriving reply ids (UUIDv5). Changing it changes every reply
 /// id, so it is fixed forever.
@@ -137,6 +152,14 @@ impl ReplyId {
 
     pub fn as_uuid(&self) -> Uuid {
         self.0
+    }
+}
+
+impl From<MessageId> for ReplyId {
+    /// A room message is acknowledged by its own id (its `seq` is the
+    /// room's), through the same `ack` frame as a reply chunk.
+    fn from(id: MessageId) -> Self {
+        Self(id.as_uuid())
     }
 }
 

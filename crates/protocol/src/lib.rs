@@ -20,4 +20,4 @@ pub mod trace;
 pub mod ws;
 
 pub use error::{CloseCode, ErrorCode};
-pub use ids::{IdError, MessageId, ReplyId, UserId};
+pub use ids::{IdError, MessageId, ReplyId, RoomId, UserId};

@@ -2,7 +2,7 @@
 //! configurable prefix (empty by default) so that several deployments or test
 //! runs can share one broker without colliding.
 
-use crate::UserId;
+use crate::{RoomId, UserId};
 
 /// Durable quorum queue of [`ChatRequest`](crate::amqp::ChatRequest)s.
 pub const CHAT_QUEUE: &str = "chat_queue";
@@ -92,6 +92,13 @@ impl Names {
     /// exchange. The exchange is already prefixed, so the key is the bare id.
     pub fn reply_routing_key(user: &UserId) -> &str {
         user.as_str()
+    }
+
+    /// Routing key of `room`'s messages and answers on the responses
+    /// exchange: `room.<room id>`. Every member's reply queue is bound with
+    /// it. (User ids have no dot, so it never names a user.)
+    pub fn room_routing_key(room: &RoomId) -> String {
+        format!("room.{room}")
     }
 }
 

@@ -5,7 +5,7 @@
 //! frames are [`ServerFrame`]s; they also deserialize, for clients written in Rust.
 
 use crate::amqp::{MAX_CONTEXT_CHARS, MAX_CONTEXT_TURNS, Role, Turn};
-use crate::{ErrorCode, MessageId, ReplyId, UserId};
+use crate::{ErrorCode, MessageId, ReplyId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -36,6 +36,10 @@ pub enum ClientFrame {
         text: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         context: Vec<Turn>,
+        /// Send to this room (the sender must be a member) instead of to
+        /// the assistant; a text starting with `@assistant` goes to both.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_id: Option<RoomId>,
     },
     /// Liveness probe at the application level; answered with `pong`.
     Ping,
@@ -179,10 +183,23 @@ fn decode_send(
         .with_id(id));
     }
     let context = decode_context(fields.get("context")).map_err(|e| e.with_id(id))?;
+    let room_id = match fields.get("room_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(raw)) => Some(RoomId::parse(raw).map_err(|_| {
+            FrameError::new(ErrorCode::InvalidId, "`room_id` must be a UUID").with_id(id)
+        })?),
+        Some(_) => {
+            return Err(
+                FrameError::new(ErrorCode::InvalidId, "`room_id` must be a UUID string")
+                    .with_id(id),
+            );
+        }
+    };
     Ok(ClientFrame::Send {
         id,
         text: text.clone(),
         context,
+        room_id,
     })
 }
 
@@ -294,6 +311,16 @@ pub enum ServerFrame {
         id: MessageId,
         status: crate::amqp::MessageStatus,
     },
+    /// A message in a room the user belongs to (their own included), in the
+    /// room's order `seq`. Acknowledge it like a reply chunk:
+    /// `{"type":"ack","id":<id>,"seq":<seq>}`.
+    RoomMessage {
+        room_id: RoomId,
+        seq: u64,
+        id: MessageId,
+        from: UserId,
+        text: String,
+    },
 }
 
 /// State of the gateway's link to RabbitMQ.
@@ -322,6 +349,9 @@ pub struct ReplyFrame {
     /// Set on the final chunk of an answer stopped by a `cancel`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancelled: bool,
+    /// The room this answer is in, when the assistant was addressed in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<RoomId>,
 }
 
 impl ServerFrame {
@@ -335,6 +365,7 @@ impl ServerFrame {
             Self::Pong => "pong",
             Self::Status { .. } => "status",
             Self::MessageStatus { .. } => "message_status",
+            Self::RoomMessage { .. } => "room_message",
         }
     }
 
@@ -383,6 +414,7 @@ mod tests {
                 id: MessageId::parse(ID).unwrap(),
                 text: "hi".into(),
                 context: Vec::new(),
+                room_id: None,
             })
         );
     }

@@ -39,6 +39,7 @@ fn client_frames() {
         id: msg(),
         text: "Hello".into(),
         context: Vec::new(),
+        room_id: None,
     };
     assert_eq!(ClientFrame::decode(&send, &limits), Ok(frame.clone()));
     assert_eq!(
@@ -91,6 +92,7 @@ fn server_frames() {
             r#final: false,
             error: None,
             cancelled: false,
+            room_id: None,
         }),
         &format!(
             r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":0,"text":"Hi ","final":false}}"#
@@ -125,6 +127,7 @@ fn server_frames() {
                 message: "failed 5 times".into(),
             }),
             cancelled: false,
+            room_id: None,
         }),
         &format!(
             r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":4294967295,"text":"","final":true,"error":{{"code":"request_failed","message":"failed 5 times"}}}}"#
@@ -144,6 +147,7 @@ fn stop_generating_and_status_frames() {
             r#final: true,
             error: None,
             cancelled: true,
+            room_id: None,
         }),
         &format!(
             r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":4,"text":"","final":true,"cancelled":true}}"#
@@ -169,6 +173,47 @@ fn stop_generating_and_status_frames() {
 }
 
 #[test]
+fn rooms() {
+    let room = protocol::RoomId::parse(MSG).unwrap();
+    assert_golden(
+        &ServerFrame::RoomMessage {
+            room_id: room,
+            seq: 7,
+            id: msg(),
+            from: alice(),
+            text: "Hello all".into(),
+        },
+        &format!(
+            r#"{{"type":"room_message","room_id":"{MSG}","seq":7,"id":"{MSG}","from":"alice","text":"Hello all"}}"#
+        ),
+    );
+    assert_golden(
+        &amqp::RoomMessage {
+            v: 1,
+            room_id: room,
+            seq: 7,
+            id: msg(),
+            user_id: alice(),
+            text: "Hello all".into(),
+            sent_at_ms: 1,
+        },
+        &format!(
+            r#"{{"v":1,"room_id":"{MSG}","seq":7,"id":"{MSG}","user_id":"alice","text":"Hello all","sent_at_ms":1}}"#
+        ),
+    );
+    let send = format!(r#"{{"type":"send","id":"{MSG}","text":"Hi","room_id":"{MSG}"}}"#);
+    let Ok(ClientFrame::Send { room_id, .. }) = ClientFrame::decode(&send, &FrameLimits::default())
+    else {
+        panic!("a send to a room is understood");
+    };
+    assert_eq!(room_id, Some(room));
+    assert_eq!(
+        protocol::topology::Names::room_routing_key(&room),
+        format!("room.{MSG}")
+    );
+}
+
+#[test]
 fn context_turns() {
     use protocol::amqp::{Role, Turn};
     let context = vec![Turn {
@@ -182,6 +227,7 @@ fn context_turns() {
         id: msg(),
         text: "Hi".into(),
         context: context.clone(),
+        room_id: None,
     };
     assert_eq!(
         ClientFrame::decode(&send, &FrameLimits::default()),

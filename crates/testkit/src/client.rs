@@ -132,6 +132,7 @@ impl ChatClient {
             id,
             text: text.to_owned(),
             context: Vec::new(),
+            room_id: None,
         };
         self.send_text(&frame.to_json()).await?;
         Ok(id)
@@ -151,11 +152,16 @@ impl ChatClient {
                 Message::Text(text) => {
                     let frame: ServerFrame = serde_json::from_str(&text)
                         .with_context(|| format!("not a server frame: {text}"))?;
-                    if let (true, ServerFrame::Reply(chunk)) = (self.acks, &frame) {
-                        let ack = protocol::ws::ClientFrame::Ack {
-                            id: chunk.id,
-                            seq: chunk.seq,
-                        };
+                    let ack = match &frame {
+                        ServerFrame::Reply(chunk) => Some((chunk.id, chunk.seq)),
+                        ServerFrame::RoomMessage { id, seq, .. } => Some((
+                            protocol::ReplyId::from(*id),
+                            u32::try_from(*seq).unwrap_or(u32::MAX),
+                        )),
+                        _ => None,
+                    };
+                    if let (true, Some((id, seq))) = (self.acks, ack) {
+                        let ack = protocol::ws::ClientFrame::Ack { id, seq };
                         self.send_text(&ack.to_json()).await?;
                     }
                     if let ServerFrame::MessageStatus { id, status } = frame {

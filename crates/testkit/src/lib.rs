@@ -21,6 +21,15 @@ pub use raw::MuteSocket;
 
 use std::time::Duration;
 
+/// PostgreSQL for the rooms: `DATABASE_URL`, else the local server's
+/// `test` database.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 

@@ -8,7 +8,7 @@
 
 use crate::settings::AuthSettings;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use protocol::UserId;
+use protocol::{RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +21,17 @@ struct Claims {
     aud: Option<String>,
     /// Informational; tokens from other issuers may leave it out.
     #[serde(default)]
+    iat: u64,
+    exp: u64,
+}
+
+/// `purpose` of a room invitation.
+const INVITE_PURPOSE: &str = "switchboard-room-invite";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct InviteClaims {
+    room: String,
+    purpose: String,
     iat: u64,
     exp: u64,
 }
@@ -38,8 +49,10 @@ pub struct Verified {
 pub enum TokenError {
     #[error("token rejected: {0}")]
     Jwt(#[from] jsonwebtoken::errors::Error),
-    #[error("token names an invalid user id: {0}")]
+    #[error("token names an invalid id: {0}")]
     InvalidUser(#[from] protocol::IdError),
+    #[error("not a room invitation")]
+    NotAnInvite,
 }
 
 /// Issues and verifies tokens with one secret.
@@ -110,9 +123,13 @@ impl Tokens {
             iat,
             exp: iat + ttl.as_secs(),
         };
+        self.sign(&claims)
+    }
+
+    fn sign(&self, claims: &impl Serialize) -> Result<String, TokenError> {
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &claims,
+            claims,
             &self.encoding,
         )?)
     }
@@ -122,6 +139,34 @@ impl Tokens {
         let user = UserId::new_guest();
         let token = self.issue(&user, self.guest_ttl)?;
         Ok((user, token))
+    }
+
+    /// An invitation to `room`, valid for `ttl`: whoever holds it may join
+    /// (like the per-room chat tokens of the NestJS design). Signed with the
+    /// same secret, so every gateway accepts it; it cannot pass for a user
+    /// token (no `sub`) nor a user token for it (no `room`).
+    pub fn issue_room_invite(&self, room: RoomId, ttl: Duration) -> Result<String, TokenError> {
+        let iat = now_secs();
+        let claims = InviteClaims {
+            room: room.to_string(),
+            purpose: INVITE_PURPOSE.into(),
+            iat,
+            exp: iat + ttl.as_secs(),
+        };
+        self.sign(&claims)
+    }
+
+    /// The room an invitation is for, if it is genuine and current.
+    pub fn verify_room_invite(&self, token: &str) -> Result<RoomId, TokenError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_aud = false;
+        validation.leeway = 30;
+        let data = jsonwebtoken::decode::<InviteClaims>(token, &self.decoding, &validation)?;
+        if data.claims.purpose != INVITE_PURPOSE {
+            return Err(TokenError::NotAnInvite);
+        }
+        Ok(RoomId::parse(&data.claims.room)?)
     }
 
     /// The user a token was issued to, if it is genuine and current.
@@ -253,6 +298,24 @@ mod tests {
             lax.verify(&mint(&lax, &claims("a", Some("anyone"), None)))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn room_invites_and_user_tokens_do_not_pass_for_each_other() {
+        let tokens = Tokens::new(&settings("s3cret"));
+        let room = RoomId::new_random();
+        let invite = tokens
+            .issue_room_invite(room, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(tokens.verify_room_invite(&invite).unwrap(), room);
+        assert!(
+            tokens.verify(&invite).is_err(),
+            "an invite is no user token"
+        );
+        let (_, user_token) = tokens.issue_guest().unwrap();
+        assert!(tokens.verify_room_invite(&user_token).is_err());
+        let other = Tokens::new(&settings("other"));
+        assert!(other.verify_room_invite(&invite).is_err(), "forged");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! verified token; tokens are never logged.
 
 use crate::auth::Verified;
-use crate::{AppState, rest, socket};
+use crate::{AppState, rest, rooms, socket};
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -89,6 +89,9 @@ fn message_status(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::TextTooLong => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NothingToCancel => StatusCode::CONFLICT,
+        ErrorCode::NotAMember => StatusCode::NOT_FOUND,
+        ErrorCode::InvalidRoomToken => StatusCode::FORBIDDEN,
+        ErrorCode::RoomsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::PublishTimeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::BrokerUnavailable | ErrorCode::PublishRejected => {
             StatusCode::SERVICE_UNAVAILABLE
@@ -127,6 +130,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/messages/{id}/cancel", post(rest::cancel_message))
         .route("/api/openapi.json", get(rest::openapi))
+        .route("/api/rooms", get(rooms::list).post(rooms::create))
+        .route("/api/rooms/join", post(rooms::join))
+        .route("/api/rooms/{id}", get(rooms::details))
+        .route("/api/rooms/{id}/leave", post(rooms::leave))
+        .route("/api/rooms/{id}/messages", get(rooms::history))
         .route("/ws", get(upgrade))
         .merge(platform::health::router(ready))
         .merge(platform::metrics::router(platform::metrics::install()))

@@ -5,7 +5,7 @@ use crate::AppState;
 use broker::{Broker, PublishError, properties};
 use protocol::amqp::{self, CancelRequest, ChatRequest, Turn};
 use protocol::trace::TraceParent;
-use protocol::{ErrorCode, MessageId, UserId};
+use protocol::{ErrorCode, MessageId, RoomId, UserId};
 use tracing::warn;
 
 /// Publishes the message persistently to `chat_queue` and waits for
@@ -20,6 +20,7 @@ pub async fn submit(
     id: MessageId,
     text: String,
     context: Vec<Turn>,
+    room: Option<RoomId>,
     trace: &TraceParent,
 ) -> Result<(), ErrorCode> {
     let Some(session) = broker.current() else {
@@ -27,6 +28,10 @@ pub async fn submit(
     };
     let request =
         ChatRequest::new(id, user.clone(), text, properties::now_ms()).with_context(context);
+    let request = match room {
+        Some(room) => request.in_room(room),
+        None => request,
+    };
     let published = session
         .publisher()
         .publish(

@@ -19,6 +19,7 @@ pub mod http;
 pub mod ingress;
 pub mod replies;
 pub mod rest;
+pub mod rooms;
 mod server;
 pub mod settings;
 mod socket;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub broker: Broker,
     pub replies: ReplyRouter,
     pub tokens: Tokens,
+    /// The rooms database; `None` when rooms are off.
+    pub rooms: Option<Arc<rooms::Store>>,
     pub admission: Arc<Admission>,
     /// Fires when the gateway begins to stop; sockets close with 1001.
     pub stop: CancellationToken,
@@ -80,6 +83,13 @@ impl Gateway {
                  Set SWITCHBOARD_AUTH__JWT_SECRET to a long random value in any real deployment"
             );
         }
+        let rooms = match settings.rooms.database_url.trim() {
+            "" => None,
+            url => Some(Arc::new(
+                rooms::Store::new(url, settings.rooms.max_connections)
+                    .context("invalid rooms.database_url")?,
+            )),
+        };
         let broker = Broker::start(settings.amqp.clone(), "switchboard-gateway");
         let replies = ReplyRouter::new(
             broker.clone(),
@@ -88,6 +98,7 @@ impl Gateway {
                 max_length: settings.reply_queue.max_length,
             },
             settings.reply_queue.prefetch,
+            rooms.clone(),
         );
         let state = Arc::new(AppState {
             tokens: Tokens::new(&settings.auth),
@@ -98,6 +109,7 @@ impl Gateway {
             settings,
             broker,
             replies,
+            rooms,
             stop: CancellationToken::new(),
             sockets: TaskTracker::new(),
         });

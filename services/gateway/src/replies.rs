@@ -35,7 +35,7 @@ use broker::lapin::types::FieldTable;
 use broker::topology::{self, ReplyQueueShape};
 use broker::{Broker, BrokerError, Session};
 use futures_util::StreamExt;
-use protocol::amqp::{self, ReplyChunk, StatusEvent};
+use protocol::amqp::{self, ReplyChunk, RoomMessage, StatusEvent};
 use protocol::topology::Names;
 use protocol::ws::{ReplyFrame, ServerFrame};
 use protocol::{MessageId, ReplyId, UserId};
@@ -89,12 +89,40 @@ impl OutboundReply {
             r#final: chunk.r#final,
             error: chunk.error,
             cancelled: chunk.cancelled,
+            room_id: chunk.room_id,
         });
+        Self::of(&frame, Some(key), receipt)
+    }
+
+    /// The serialized `frame`, acknowledged as `chunk` (if at all),
+    /// settled by `receipt` (if any).
+    fn of(
+        frame: &ServerFrame,
+        chunk: Option<(ReplyId, u32)>,
+        receipt: Option<Arc<Receipt>>,
+    ) -> Self {
         Self(Arc::new(Outbound {
             frame: Utf8Bytes::from(frame.to_json()),
-            chunk: Some(key),
+            chunk,
             receipt,
         }))
+    }
+
+    /// A room message: acknowledged like a chunk, by its id and the room's
+    /// `seq` (numbers beyond `u32` are not expected of one room).
+    fn room(message: RoomMessage, receipt: Option<Arc<Receipt>>) -> Self {
+        let key = (
+            ReplyId::from(message.id),
+            u32::try_from(message.seq).unwrap_or(u32::MAX),
+        );
+        let frame = ServerFrame::RoomMessage {
+            room_id: message.room_id,
+            seq: message.seq,
+            id: message.id,
+            from: message.user_id,
+            text: message.text,
+        };
+        Self::of(&frame, Some(key), receipt)
     }
 
     /// A `message_status` frame: not acknowledged, nothing to settle.
@@ -103,11 +131,7 @@ impl OutboundReply {
             id: event.message_id,
             status: event.status,
         };
-        Self(Arc::new(Outbound {
-            frame: Utf8Bytes::from(frame.to_json()),
-            chunk: None,
-            receipt: None,
-        }))
+        Self::of(&frame, None, None)
     }
 
     /// The `reply` frame to write.
@@ -217,6 +241,8 @@ struct Inner {
     setups: tokio::sync::Semaphore,
     /// Users whose reply queue was declared for a REST message, and when.
     declared: Mutex<HashMap<UserId, std::time::Instant>>,
+    /// The rooms database: a user's rooms are bound to their queue at set-up.
+    rooms: Option<Arc<crate::rooms::Store>>,
 }
 
 /// The sockets one user has on this gateway, and their consumer.
@@ -265,7 +291,12 @@ impl Drop for Subscription {
 
 impl ReplyRouter {
     /// Starts the router (and its relay consumer: call within a runtime).
-    pub fn new(broker: Broker, shape: ReplyQueueShape, prefetch: u16) -> Self {
+    pub fn new(
+        broker: Broker,
+        shape: ReplyQueueShape,
+        prefetch: u16,
+        rooms: Option<Arc<crate::rooms::Store>>,
+    ) -> Self {
         let router = Self {
             inner: Arc::new(Inner {
                 broker,
@@ -280,6 +311,7 @@ impl ReplyRouter {
                 relay_declared: AtomicU64::new(u64::MAX),
                 setups: tokio::sync::Semaphore::new(CONCURRENT_SETUPS),
                 declared: Mutex::new(HashMap::new()),
+                rooms,
             }),
         };
         let relays = router.clone();
@@ -394,6 +426,34 @@ impl ReplyRouter {
             }
             Err(_) => false,
         }
+    }
+
+    /// Whether `user` has a socket open somewhere: here, or on any gateway
+    /// (their reply queue has a consumer).
+    pub async fn is_online(&self, user: &UserId) -> bool {
+        if self
+            .inner
+            .users
+            .lock()
+            .expect("users lock")
+            .contains_key(user)
+        {
+            return true;
+        }
+        let Some(session) = self.inner.broker.current() else {
+            return false;
+        };
+        let queue = self.inner.broker.names().reply_queue(user);
+        let count = async {
+            let channel = session.open_channel().await?;
+            // A queue that does not exist closes the channel: offline.
+            let count = topology::consumer_count(&channel, &queue).await;
+            let _ = channel.close(200, "counted".into()).await;
+            count
+        };
+        let limit =
+            std::time::Duration::from_millis(self.inner.broker.settings().connect_timeout_ms);
+        matches!(tokio::time::timeout(limit, count).await, Ok(Ok(n)) if n > 0)
     }
 
     /// Notes that message `id` of `user` was accepted and awaits its answer.
@@ -512,6 +572,12 @@ impl ReplyRouter {
             // Consumers already there are other gateways with sockets of the
             // user: if this one becomes the home, it relays to them.
             relay.store(queue.consumers > 0, Ordering::Relaxed);
+            // An expired queue lost its room bindings: bind them again.
+            if let Some(store) = &self.inner.rooms {
+                for room in crate::rooms::rooms_to_bind(store, user).await {
+                    topology::bind_room(&channel, names, user, &room, true).await?;
+                }
+            }
             // Receive relays for the user, and tell the other gateways.
             let instance = &self.inner.instance;
             if self.inner.relay_declared.load(Ordering::Acquire) != session.generation() {
@@ -678,6 +744,14 @@ impl ReplyRouter {
                 }
             }
             Some(_) => {}
+            None if broker::properties::is_room_message(&delivery.properties) => {
+                match amqp::decode::<RoomMessage>(&delivery.data) {
+                    Ok(message) => {
+                        self.deliver(&user, &OutboundReply::room(message, None));
+                    }
+                    Err(_) => error!(user_id = %user, "relayed room message unreadable; dropped"),
+                }
+            }
             None if broker::properties::is_status_event(&delivery.properties) => {
                 match amqp::decode::<StatusEvent>(&delivery.data) {
                     Ok(event) if event.user_id == user => {
@@ -692,11 +766,13 @@ impl ReplyRouter {
                 let Ok(chunk) = amqp::decode::<ReplyChunk>(&delivery.data) else {
                     return;
                 };
-                if chunk.user_id != user {
+                if chunk.user_id != user && chunk.room_id.is_none() {
                     error!(user_id = %user, "relayed chunk of another user; dropped");
                     return;
                 }
-                self.track(&user, chunk.in_reply_to, chunk.r#final);
+                if chunk.user_id == user {
+                    self.track(&user, chunk.in_reply_to, chunk.r#final);
+                }
                 self.deliver(&user, &OutboundReply::new(chunk, None));
             }
         }
@@ -715,8 +791,13 @@ impl ReplyRouter {
         if broker::properties::is_status_event(&delivery.properties) {
             return self.dispatch_status(user, session, relay, delivery).await;
         }
+        if broker::properties::is_room_message(&delivery.properties) {
+            return self.dispatch_room(user, session, relay, delivery).await;
+        }
         let chunk = match amqp::decode::<ReplyChunk>(&delivery.data) {
-            Ok(chunk) if chunk.user_id == *user => chunk,
+            // A room's answers reach every member's queue through the
+            // room's binding, which only gateways make, for members.
+            Ok(chunk) if chunk.user_id == *user || chunk.room_id.is_some() => chunk,
             Ok(chunk) => {
                 error!(
                     queue_owner = %user,
@@ -762,7 +843,9 @@ impl ReplyRouter {
             "reply chunk for local sockets"
         );
         self.relay_copy(user, session, relay, &delivery).await;
-        self.track(user, chunk.in_reply_to, chunk.r#final);
+        if chunk.user_id == *user {
+            self.track(user, chunk.in_reply_to, chunk.r#final);
+        }
         let receipt = Arc::new(Receipt {
             acker: delivery.acker,
             settled: AtomicBool::new(false),
@@ -771,6 +854,36 @@ impl ReplyRouter {
         if self.deliver(user, &reply) == 0 {
             // Dropping the only copy requeues it for the user's next socket.
             info!(user_id = %user, "no local socket for a reply; requeued");
+        }
+        Ok(())
+    }
+
+    /// A room message: delivered and settled like a chunk (acked once a
+    /// client has it, requeued for the member's next socket if not).
+    async fn dispatch_room(
+        &self,
+        user: &UserId,
+        session: &Session,
+        relay: &AtomicBool,
+        delivery: Delivery,
+    ) -> Result<(), BrokerError> {
+        let message = match amqp::decode::<RoomMessage>(&delivery.data) {
+            Ok(message) => message,
+            Err(e) => {
+                error!(user_id = %user, error = %e, "unreadable room message; dropped");
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+                return Ok(());
+            }
+        };
+        self.relay_copy(user, session, relay, &delivery).await;
+        let receipt = Arc::new(Receipt {
+            acker: delivery.acker,
+            settled: AtomicBool::new(false),
+        });
+        if self.deliver(user, &OutboundReply::room(message, Some(receipt))) == 0 {
+            info!(user_id = %user, "no local socket for a room message; requeued");
         }
         Ok(())
     }

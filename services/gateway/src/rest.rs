@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use protocol::amqp::{MessageStatus, Turn};
 use protocol::ws::{ClientFrame, FrameLimits};
-use protocol::{ErrorCode, MessageId};
+use protocol::{ErrorCode, MessageId, RoomId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
@@ -61,7 +61,7 @@ pub async fn send_message(
     let limits = FrameLimits {
         max_text_chars: state.settings.websocket.max_text_chars,
     };
-    let (id, text, context) = decode_message(&body, &limits)?;
+    let (id, text, context, room) = decode_message(&body, &limits)?;
     let user = verified.user;
     let span = info_span!("request", trace_id = tracing::field::Empty, user_id = %user, message_id = %id, via = "rest");
     let trace = platform::telemetry::start_trace(&span);
@@ -76,10 +76,18 @@ pub async fn send_message(
                 Some(id),
             ));
         }
-        ingress::submit(&state.broker, &user, id, text, context, &trace)
-            .await
-            .map_err(|code| ApiError::Message(code, ingress::describe(code).into(), Some(id)))?;
-        state.replies.expect_answer(&user, id);
+        let refused = |code| ApiError::Message(code, crate::rooms::describe(code).into(), Some(id));
+        match room {
+            Some(room) => crate::rooms::send(&state, &user, room, id, text, &trace)
+                .await
+                .map_err(refused)?,
+            None => {
+                ingress::submit(&state.broker, &user, id, text, context, None, &trace)
+                    .await
+                    .map_err(refused)?;
+                state.replies.expect_answer(&user, id);
+            }
+        }
         debug!("message queued");
         Ok((
             StatusCode::ACCEPTED,
@@ -98,7 +106,7 @@ pub async fn send_message(
 fn decode_message(
     body: &[u8],
     limits: &FrameLimits,
-) -> Result<(MessageId, String, Vec<Turn>), ApiError> {
+) -> Result<(MessageId, String, Vec<Turn>, Option<RoomId>), ApiError> {
     let invalid = |code: ErrorCode, message: String| ApiError::Message(code, message, None);
     let mut value: Value = serde_json::from_slice(body)
         .map_err(|e| invalid(ErrorCode::InvalidJson, format!("not valid JSON: {e}")))?;
@@ -113,7 +121,12 @@ fn decode_message(
         .entry("id")
         .or_insert_with(|| Value::String(MessageId::new_random().to_string()));
     match ClientFrame::decode(&value.to_string(), limits) {
-        Ok(ClientFrame::Send { id, text, context }) => Ok((id, text, context)),
+        Ok(ClientFrame::Send {
+            id,
+            text,
+            context,
+            room_id,
+        }) => Ok((id, text, context, room_id)),
         Ok(_) => Err(invalid(ErrorCode::InvalidFrame, "not a message".into())),
         Err(e) => Err(ApiError::Message(e.code, e.message, e.id)),
     }

@@ -18,6 +18,7 @@ pub struct Settings {
     pub websocket: WebSocketSettings,
     pub reply_queue: ReplyQueueSettings,
     pub rate_limit: RateLimitSettings,
+    pub rooms: RoomsSettings,
 }
 
 impl Settings {
@@ -107,4 +108,15 @@ pub struct ReplyQueueSettings {
     pub prefetch: u16,
     /// Most chunks a reply queue holds (`x-max-length`, overflow refused).
     pub max_length: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RoomsSettings {
+    /// PostgreSQL holding rooms, members and messages
+    /// (`postgres://user:password@host:port/database`); empty turns rooms off.
+    pub database_url: String,
+    /// Database connections this gateway keeps at most.
+    pub max_connections: usize,
+    /// Lifetime of room invitations.
+    pub invite_ttl_secs: u64,
 }

@@ -17,7 +17,7 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use protocol::amqp::{MessageStatus, Turn};
 use protocol::ws::{ClientFrame, FrameLimits, LinkState, ServerFrame};
-use protocol::{CloseCode, ErrorCode, MessageId, ReplyId, UserId};
+use protocol::{CloseCode, ErrorCode, MessageId, ReplyId, RoomId, UserId};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -49,6 +49,7 @@ pub(crate) enum Step {
         id: MessageId,
         text: String,
         context: Vec<Turn>,
+        room_id: Option<RoomId>,
     },
     /// The client has this reply chunk.
     Acknowledge { id: ReplyId, seq: u32 },
@@ -72,7 +73,17 @@ impl Step {
 pub(crate) fn step(text: &str, limits: &FrameLimits) -> Step {
     match ClientFrame::decode(text, limits) {
         Ok(ClientFrame::Ping) => Step::Answer(ServerFrame::Pong),
-        Ok(ClientFrame::Send { id, text, context }) => Step::Publish { id, text, context },
+        Ok(ClientFrame::Send {
+            id,
+            text,
+            context,
+            room_id,
+        }) => Step::Publish {
+            id,
+            text,
+            context,
+            room_id,
+        },
         Ok(ClientFrame::Ack { id, seq }) => Step::Acknowledge { id, seq },
         Ok(ClientFrame::Cancel { id }) => Step::Cancel { id },
         Err(e) => Step::Answer(ServerFrame::from(e)),
@@ -227,8 +238,9 @@ pub async fn serve(
                             break End::ClientGone;
                         }
                     }
-                    Step::Publish { id, text, context } => {
-                        publishing.push_back(publish(state.clone(), subscription.clone(), user.clone(), id, text, context));
+                    Step::Publish { id, text, context, room_id } => {
+                        let message = Outgoing { id, text, context, room_id };
+                        publishing.push_back(publish(state.clone(), subscription.clone(), user.clone(), message));
                     }
                     Step::Acknowledge { id, seq } => socket.acknowledged(id, seq),
                     Step::Cancel { id } => {
@@ -307,14 +319,26 @@ fn read_failure(error: &axum::Error) -> End {
     }
 }
 
+/// A message a socket sends.
+struct Outgoing {
+    id: MessageId,
+    text: String,
+    context: Vec<Turn>,
+    room_id: Option<RoomId>,
+}
+
 fn publish(
     state: Arc<AppState>,
     subscription: Arc<Subscription>,
     user: UserId,
-    id: MessageId,
-    text: String,
-    context: Vec<Turn>,
+    message: Outgoing,
 ) -> Publishing {
+    let Outgoing {
+        id,
+        text,
+        context,
+        room_id,
+    } = message;
     // One trace per message, from here through the responder and back.
     let span = info_span!(
         "request",
@@ -330,20 +354,24 @@ fn publish(
                 .reply_queue_ready(state.settings.amqp.publish_timeout())
                 .await
         {
-            ingress::submit(&state.broker, &user, id, text, context, &trace).await
+            match room_id {
+                Some(room) => crate::rooms::send(&state, &user, room, id, text, &trace).await,
+                None => ingress::submit(&state.broker, &user, id, text, context, None, &trace)
+                    .await
+                    .inspect(|()| state.replies.expect_answer(&user, id)),
+            }
         } else {
             Err(ErrorCode::BrokerUnavailable)
         };
         match submitted {
             Ok(()) => {
                 debug!("message queued");
-                state.replies.expect_answer(&user, id);
                 ServerFrame::Accepted {
                     id,
                     trace_id: Some(trace.trace_id().to_string()),
                 }
             }
-            Err(code) => ServerFrame::error(code, ingress::describe(code), Some(id)),
+            Err(code) => ServerFrame::error(code, crate::rooms::describe(code), Some(id)),
         }
     }
     .instrument(span)
@@ -513,7 +541,7 @@ mod tests {
         fn every_valid_frame_is_understood(frame in arb_client_frame()) {
             let expected = match frame.clone() {
                 ClientFrame::Ping => Step::Answer(ServerFrame::Pong),
-                ClientFrame::Send { id, text, context } => Step::Publish { id, text, context },
+                ClientFrame::Send { id, text, context, room_id } => Step::Publish { id, text, context, room_id },
                 ClientFrame::Ack { id, seq } => Step::Acknowledge { id, seq },
                 ClientFrame::Cancel { id } => Step::Cancel { id },
             };
@@ -569,6 +597,7 @@ mod tests {
                     id: MessageId::from(id),
                     text,
                     context: Vec::new(),
+                    room_id: None,
                 }),
             (uuid.clone(), any::<u32>()).prop_map(|(id, seq)| ClientFrame::Ack {
                 id: ReplyId::parse(&id.to_string()).expect("a UUID"),

@@ -300,7 +300,12 @@ async fn stream_answer(
     cancel: &CancellationToken,
 ) -> Result<Finished, AnswerError> {
     let exchange = worker.broker.names().responses_exchange();
-    let routing_key = Names::reply_routing_key(&request.user_id);
+    // An answer to a room goes to every member's queue through the room's key.
+    let routing_key = match &request.room_id {
+        Some(room) => Names::room_routing_key(room),
+        None => Names::reply_routing_key(&request.user_id).to_owned(),
+    };
+    let routing_key = routing_key.as_str();
     let mut pieces = worker.engine.answer(request);
     let mut pending = Vec::new();
     let mut seq: u32 = 0;

@@ -256,7 +256,7 @@ async fn run_user(
                             }
                         }
                         ServerFrame::Error { code, message, .. } => panic!("unexpected error {code}: {message}"),
-                        ServerFrame::Status { .. } | ServerFrame::MessageStatus { .. } | ServerFrame::Pong | ServerFrame::Welcome { .. } => {}
+                        ServerFrame::Status { .. } | ServerFrame::MessageStatus { .. } | ServerFrame::RoomMessage { .. } | ServerFrame::Pong | ServerFrame::Welcome { .. } => {}
                     }
                     if behaviour.drop_one_in.is_some_and(|n| dice.roll(n)) {
                         drop(client);
@@ -303,6 +303,7 @@ fn send(id: MessageId, text: &str) -> String {
         id,
         text: text.to_owned(),
         context: Vec::new(),
+        room_id: None,
     }
     .to_json()
 }

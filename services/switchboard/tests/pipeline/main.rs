@@ -13,6 +13,7 @@ mod failures;
 mod identity;
 mod model;
 mod rest;
+mod rooms;
 mod round_trip;
 mod scale;
 mod security;

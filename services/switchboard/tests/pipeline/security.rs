@@ -429,6 +429,7 @@ async fn a_client_too_slow_to_read_is_disconnected_and_loses_nothing() {
             id,
             text: text.clone(),
             context: Vec::new(),
+            room_id: None,
         }
         .to_json()
     };

@@ -81,6 +81,7 @@ impl TestStack {
         settings.amqp.reconnect_initial_ms = 50;
         settings.amqp.reconnect_max_ms = 500;
         settings.reply_queue.expires_ms = 120_000;
+        settings.rooms.database_url = testkit::database_url();
         settings
     }
 

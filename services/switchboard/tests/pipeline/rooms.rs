@@ -1,0 +1,297 @@
+//! Rooms: shared conversations, delivered through each member's own reply
+//! queue (bound to the room's key), in one order, kept in PostgreSQL.
+
+use crate::stack::{Mock, TestStack, expected_answer};
+use protocol::ws::ServerFrame;
+use protocol::{ErrorCode, MessageId, RoomId, UserId};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use testkit::{ChatClient, Guest};
+
+async fn call(
+    stack: &TestStack,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let url = format!("http://{}{path}", stack.addr());
+    let client = reqwest::Client::new();
+    let request = match method {
+        "GET" => client.get(url),
+        _ => client.post(url).json(&body),
+    };
+    let response = request.bearer_auth(token).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Alice's new room: its id and an invitation.
+async fn create_room(stack: &TestStack, owner: &Guest) -> (RoomId, String) {
+    let (status, room) = call(
+        stack,
+        "POST",
+        "/api/rooms",
+        &owner.token,
+        json!({"name": "Team"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{room}");
+    (
+        RoomId::parse(room["id"].as_str().unwrap()).unwrap(),
+        room["invite_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn join(stack: &TestStack, guest: &Guest, invite: &str) {
+    let (status, body) = call(
+        stack,
+        "POST",
+        "/api/rooms/join",
+        &guest.token,
+        json!({"invite_token": invite}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Sends `text` to `room` over the socket; returns its id (after `accepted`).
+async fn say(client: &mut ChatClient, room: RoomId, text: &str) -> MessageId {
+    let id = MessageId::new_random();
+    let frame = json!({"type": "send", "id": id, "text": text, "room_id": room});
+    client.send_text(&frame.to_string()).await.unwrap();
+    id
+}
+
+/// Reads frames until `count` room messages came; returns (seq, id, from, text).
+async fn room_messages(
+    client: &mut ChatClient,
+    count: usize,
+) -> Vec<(u64, MessageId, UserId, String)> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        match client.next_frame().await.unwrap() {
+            ServerFrame::RoomMessage {
+                seq,
+                id,
+                from,
+                text,
+                ..
+            } => got.push((seq, id, from, text)),
+            ServerFrame::Accepted { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_room_message_reaches_every_member_in_one_order_and_nobody_else() {
+    let stack = TestStack::start(1, Mock::default()).await;
+    let (alice_guest, mut alice) = stack.client().await;
+    let (bob_guest, mut bob) = stack.client().await;
+    let (_, mut carol) = stack.client().await;
+    let (room, invite) = create_room(&stack, &alice_guest).await;
+    join(&stack, &bob_guest, &invite).await;
+    // Both write at the same time.
+    for n in 0..5 {
+        say(&mut alice, room, &format!("alice {n}")).await;
+        say(&mut bob, room, &format!("bob {n}")).await;
+    }
+    let seen_by_alice = room_messages(&mut alice, 10).await;
+    let seen_by_bob = room_messages(&mut bob, 10).await;
+    assert_eq!(seen_by_alice, seen_by_bob, "one order for everyone");
+    let seqs: Vec<u64> = seen_by_alice.iter().map(|m| m.0).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    for n in 0..5 {
+        assert!(
+            seen_by_alice
+                .iter()
+                .any(|m| m.3 == format!("alice {n}") && m.2 == alice_guest.user_id)
+        );
+        assert!(
+            seen_by_alice
+                .iter()
+                .any(|m| m.3 == format!("bob {n}") && m.2 == bob_guest.user_id)
+        );
+    }
+    assert!(
+        carol.frames_before_pong().await.unwrap().is_empty(),
+        "not a member: nothing"
+    );
+}
+
+#[tokio::test]
+async fn members_offline_get_room_messages_when_they_return_and_history_keeps_them() {
+    let stack = TestStack::start(1, Mock::default()).await;
+    let (alice_guest, mut alice) = stack.client().await;
+    let bob_guest = stack.guest().await;
+    let (room, invite) = create_room(&stack, &alice_guest).await;
+    join(&stack, &bob_guest, &invite).await;
+    let (_, details) = call(
+        &stack,
+        "GET",
+        &format!("/api/rooms/{room}"),
+        &alice_guest.token,
+        Value::Null,
+    )
+    .await;
+    let online: Vec<(String, bool)> = details["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["user_id"].as_str().unwrap().to_owned(),
+                m["online"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        online,
+        [
+            (alice_guest.user_id.to_string(), true),
+            (bob_guest.user_id.to_string(), false)
+        ]
+    );
+    let id = say(&mut alice, room, "while you were away").await;
+    room_messages(&mut alice, 1).await;
+    let mut bob = ChatClient::connect(stack.addr(), &bob_guest.token)
+        .await
+        .unwrap();
+    let got = room_messages(&mut bob, 1).await;
+    assert_eq!(
+        (got[0].0, got[0].1, got[0].3.as_str()),
+        (1, id, "while you were away")
+    );
+    let (status, history) = call(
+        &stack,
+        "GET",
+        &format!("/api/rooms/{room}/messages?after=0"),
+        &bob_guest.token,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(history["messages"][0]["text"], json!("while you were away"));
+    assert_eq!(history["messages"][0]["seq"], json!(1));
+    let (_, rooms) = call(&stack, "GET", "/api/rooms", &bob_guest.token, Value::Null).await;
+    assert_eq!(rooms["rooms"][0]["id"], json!(room));
+}
+
+#[tokio::test]
+async fn the_assistant_answers_in_the_room_and_every_member_sees_it() {
+    let stack = TestStack::start(1, Mock::default()).await;
+    let (alice_guest, mut alice) = stack.client().await;
+    let (bob_guest, mut bob) = stack.client().await;
+    let (room, invite) = create_room(&stack, &alice_guest).await;
+    join(&stack, &bob_guest, &invite).await;
+    let question = "@assistant what is up";
+    let id = say(&mut alice, room, question).await;
+    for client in [&mut alice, &mut bob] {
+        let mut answer = String::new();
+        let mut saw_question = false;
+        loop {
+            match client.next_frame().await.unwrap() {
+                ServerFrame::RoomMessage { id: got, .. } => saw_question = got == id,
+                ServerFrame::Reply(chunk) => {
+                    assert_eq!((chunk.in_reply_to, chunk.room_id), (id, Some(room)));
+                    answer.push_str(&chunk.text);
+                    if chunk.r#final {
+                        break;
+                    }
+                }
+                ServerFrame::Accepted { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(saw_question, "the question came first");
+        assert_eq!(answer, expected_answer(question));
+    }
+}
+
+#[tokio::test]
+async fn outsiders_forged_invites_and_former_members_are_refused() {
+    let stack = TestStack::start(0, Mock::default()).await;
+    let (alice_guest, _) = stack.client().await;
+    let (mallory_guest, mut mallory) = stack.client().await;
+    let (room, invite) = create_room(&stack, &alice_guest).await;
+    let expect_not_member = |frame: ServerFrame| match frame {
+        ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::NotAMember),
+        other => panic!("expected not_a_member, got {other:?}"),
+    };
+    say(&mut mallory, room, "let me in").await;
+    expect_not_member(mallory.next_frame().await.unwrap());
+    say(&mut mallory, RoomId::new_random(), "no such room").await;
+    expect_not_member(mallory.next_frame().await.unwrap());
+    let (status, body) = call(
+        &stack,
+        "GET",
+        &format!("/api/rooms/{room}"),
+        &mallory_guest.token,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_a_member"))
+    );
+    let forged = format!("{}x", &invite[..invite.len() - 1]);
+    for token in [forged.as_str(), "garbage", mallory_guest.token.as_str()] {
+        let (status, body) = call(
+            &stack,
+            "POST",
+            "/api/rooms/join",
+            &mallory_guest.token,
+            json!({"invite_token": token}),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("invalid_room_token")),
+            "{token:.20}"
+        );
+    }
+    let (status, body) = call(
+        &stack,
+        "POST",
+        "/api/rooms",
+        &alice_guest.token,
+        json!({"name": "  "}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_frame"))
+    );
+    // Joining, then leaving: no longer a member.
+    join(&stack, &mallory_guest, &invite).await;
+    let (status, _) = call(
+        &stack,
+        "POST",
+        &format!("/api/rooms/{room}/leave"),
+        &mallory_guest.token,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    say(&mut mallory, room, "still here?").await;
+    expect_not_member(mallory.next_frame().await.unwrap());
+}
+
+#[tokio::test]
+async fn rooms_survive_a_gateway_restart() {
+    let mut stack = TestStack::start(0, Mock::default()).await;
+    let alice_guest = stack.guest().await;
+    let (room, _) = create_room(&stack, &alice_guest).await;
+    stack.gateway.take().unwrap().stop().await.unwrap();
+    stack.start_gateway_with(|_| {}).await;
+    let (_, rooms) = call(&stack, "GET", "/api/rooms", &alice_guest.token, Value::Null).await;
+    assert_eq!(rooms["rooms"][0]["id"], json!(room));
+    let mut alice = ChatClient::connect(stack.addr(), &alice_guest.token)
+        .await
+        .unwrap();
+    let id = say(&mut alice, room, "after the restart").await;
+    let got = room_messages(&mut alice, 1).await;
+    assert_eq!((got[0].1, got[0].3.as_str()), (id, "after the restart"));
+}
