@@ -4,8 +4,8 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use protocol::UserId;
 use protocol::amqp::{
-    CANCEL_TYPE, CHAT_REQUEST_TYPE, CONTENT_TYPE, REPLY_CHUNK_TYPE, ROOM_MESSAGE_TYPE, STATUS_TYPE,
-    USER_ID_HEADER,
+    CANCEL_TYPE, CHAT_REQUEST_TYPE, CONTENT_TYPE, REPLY_CHUNK_TYPE, ROOM_MESSAGE_TYPE,
+    ROOM_RECEIPT_TYPE, STATUS_TYPE, USER_ID_HEADER,
 };
 use protocol::trace::{TRACEPARENT_HEADER, TraceParent};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -103,6 +103,22 @@ pub fn room_message(message: &protocol::amqp::RoomMessage, trace: &TraceParent) 
         &message.user_id,
         trace,
     )
+}
+
+/// Properties of a room receipt: transient (advisory).
+pub fn room_receipt(receipt: &protocol::amqp::RoomReceipt, trace: &TraceParent) -> BasicProperties {
+    persistent_json(
+        format!("{}:{}:{}", receipt.room_id, receipt.user_id, receipt.seq),
+        ROOM_RECEIPT_TYPE,
+        &receipt.user_id,
+        trace,
+    )
+    .with_delivery_mode(TRANSIENT)
+}
+
+/// Whether a delivery is a [`protocol::amqp::RoomReceipt`] (by its `type`).
+pub fn is_room_receipt(properties: &BasicProperties) -> bool {
+    has_kind(properties, ROOM_RECEIPT_TYPE)
 }
 
 fn has_kind(properties: &BasicProperties, wanted: &str) -> bool {

@@ -27,6 +27,8 @@ pub const STATUS_TYPE: &str = "chat.status";
 pub const CANCEL_TYPE: &str = "chat.cancel";
 /// AMQP `type` of a [`RoomMessage`] (on the responses exchange, key `room.<id>`).
 pub const ROOM_MESSAGE_TYPE: &str = "chat.room_message";
+/// AMQP `type` of a [`RoomReceipt`] (on the responses exchange, key `room.<id>`).
+pub const ROOM_RECEIPT_TYPE: &str = "chat.room_receipt";
 
 /// A user's message, published by the gateway to `chat_queue` once the client
 /// sent it; consumed by exactly one responder at a time.
@@ -65,6 +67,27 @@ pub struct RoomMessage {
     pub user_id: UserId,
     pub text: String,
     pub sent_at_ms: u64,
+}
+
+/// A member has room message `seq` (delivered: a client of theirs
+/// acknowledged it) or has seen it on screen (read: everything up to `seq`).
+/// Advisory, transient, to every member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomReceipt {
+    pub v: u16,
+    pub room_id: RoomId,
+    /// The member it is about.
+    pub user_id: UserId,
+    pub seq: u64,
+    pub state: ReceiptState,
+}
+
+/// How far a member is with a room message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptState {
+    Delivered,
+    Read,
 }
 
 /// One earlier turn of a conversation.

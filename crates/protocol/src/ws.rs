@@ -52,6 +52,9 @@ pub enum ClientFrame {
     /// with a final chunk marked `cancelled` — or, when the message is not
     /// being answered, an `error` `nothing_to_cancel`.
     Cancel { id: MessageId },
+    /// I have seen room `room_id` up to message `seq` (it was on screen):
+    /// the other members get a `room_receipt` `read`.
+    Read { room_id: RoomId, seq: u64 },
 }
 
 /// Why a client frame was rejected. Becomes an `error` frame.
@@ -108,6 +111,7 @@ impl ClientFrame {
             "cancel" => Ok(Self::Cancel {
                 id: decode_id(&fields, "cancel", MessageId::parse)?,
             }),
+            "read" => decode_read(&fields),
             other => Err(FrameError::new(
                 ErrorCode::UnknownType,
                 format!("unknown frame type {:?}", truncate(other, 64)),
@@ -127,6 +131,7 @@ impl ClientFrame {
             Self::Ping => "ping",
             Self::Ack { .. } => "ack",
             Self::Cancel { .. } => "cancel",
+            Self::Read { .. } => "read",
         }
     }
 }
@@ -252,6 +257,26 @@ fn decode_context(value: Option<&Value>) -> Result<Vec<Turn>, FrameError> {
     Ok(turns)
 }
 
+fn decode_read(fields: &Map<String, Value>) -> Result<ClientFrame, FrameError> {
+    let room_id = match fields.get("room_id") {
+        Some(Value::String(raw)) => RoomId::parse(raw)
+            .map_err(|_| FrameError::new(ErrorCode::InvalidId, "`room_id` must be a UUID"))?,
+        _ => {
+            return Err(FrameError::new(
+                ErrorCode::InvalidFrame,
+                "`read` needs a `room_id` (a UUID string)",
+            ));
+        }
+    };
+    let seq = fields.get("seq").and_then(Value::as_u64).ok_or_else(|| {
+        FrameError::new(
+            ErrorCode::InvalidFrame,
+            "`read` needs a `seq` (a non-negative integer)",
+        )
+    })?;
+    Ok(ClientFrame::Read { room_id, seq })
+}
+
 fn decode_ack(fields: &Map<String, Value>) -> Result<ClientFrame, FrameError> {
     let id = decode_id(fields, "ack", ReplyId::parse)?;
     let seq = fields
@@ -321,6 +346,14 @@ pub enum ServerFrame {
         from: UserId,
         text: String,
     },
+    /// Member `user_id` has room message `seq` (`delivered`) or has seen the
+    /// room up to it (`read`). Advisory; not acknowledged.
+    RoomReceipt {
+        room_id: RoomId,
+        user_id: UserId,
+        seq: u64,
+        state: crate::amqp::ReceiptState,
+    },
 }
 
 /// State of the gateway's link to RabbitMQ.
@@ -366,6 +399,7 @@ impl ServerFrame {
             Self::Status { .. } => "status",
             Self::MessageStatus { .. } => "message_status",
             Self::RoomMessage { .. } => "room_message",
+            Self::RoomReceipt { .. } => "room_receipt",
         }
     }
 

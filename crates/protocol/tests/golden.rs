@@ -207,6 +207,25 @@ fn rooms() {
         panic!("a send to a room is understood");
     };
     assert_eq!(room_id, Some(room));
+    let read = format!(r#"{{"type":"read","room_id":"{MSG}","seq":7}}"#);
+    assert_eq!(
+        ClientFrame::decode(&read, &FrameLimits::default()),
+        Ok(ClientFrame::Read {
+            room_id: room,
+            seq: 7
+        })
+    );
+    assert_golden(
+        &ServerFrame::RoomReceipt {
+            room_id: room,
+            user_id: alice(),
+            seq: 7,
+            state: amqp::ReceiptState::Read,
+        },
+        &format!(
+            r#"{{"type":"room_receipt","room_id":"{MSG}","user_id":"alice","seq":7,"state":"read"}}"#
+        ),
+    );
     assert_eq!(
         protocol::topology::Names::room_routing_key(&room),
         format!("room.{MSG}")

@@ -1,7 +1,7 @@
 use crate::WAIT;
 use anyhow::{Context, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
-use protocol::amqp::MessageStatus;
+use protocol::amqp::{MessageStatus, ReceiptState};
 use protocol::ws::{ReplyFrame, ServerFrame};
 use protocol::{MessageId, UserId};
 use std::net::SocketAddr;
@@ -38,7 +38,8 @@ pub async fn guest_session(addr: SocketAddr) -> anyhow::Result<Guest> {
 /// A WebSocket chat client, as a browser would be: it acknowledges every
 /// reply chunk it reads (unless built with [`ChatClient::without_acks`]).
 /// `message_status` frames (advisory progress, which may come before or
-/// after `accepted`) are set aside in [`ChatClient::statuses`] rather than
+/// after `accepted`) and `room_receipt`s are set aside in
+/// [`ChatClient::statuses`] and [`ChatClient::receipts`] rather than
 /// returned by [`ChatClient::next_frame`].
 #[derive(Debug)]
 pub struct ChatClient {
@@ -47,6 +48,8 @@ pub struct ChatClient {
     acks: bool,
     /// Every `message_status` received, in order.
     pub statuses: Vec<(MessageId, MessageStatus)>,
+    /// Every `room_receipt` received, in order: (member, seq, state).
+    pub receipts: Vec<(UserId, u64, ReceiptState)>,
 }
 
 /// What ended a socket, as the client saw it.
@@ -88,6 +91,7 @@ impl ChatClient {
             user_id: UserId::new_guest(),
             acks: true,
             statuses: Vec::new(),
+            receipts: Vec::new(),
         };
         match client.next_frame().await? {
             ServerFrame::Welcome { user_id } => client.user_id = user_id,
@@ -164,9 +168,21 @@ impl ChatClient {
                         let ack = protocol::ws::ClientFrame::Ack { id, seq };
                         self.send_text(&ack.to_json()).await?;
                     }
-                    if let ServerFrame::MessageStatus { id, status } = frame {
-                        self.statuses.push((id, status));
-                        continue;
+                    match frame {
+                        ServerFrame::MessageStatus { id, status } => {
+                            self.statuses.push((id, status));
+                            continue;
+                        }
+                        ServerFrame::RoomReceipt {
+                            user_id,
+                            seq,
+                            state,
+                            ..
+                        } => {
+                            self.receipts.push((user_id, seq, state));
+                            continue;
+                        }
+                        _ => {}
                     }
                     return Ok(frame);
                 }

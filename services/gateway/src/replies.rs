@@ -35,10 +35,10 @@ use broker::lapin::types::FieldTable;
 use broker::topology::{self, ReplyQueueShape};
 use broker::{Broker, BrokerError, Session};
 use futures_util::StreamExt;
-use protocol::amqp::{self, ReplyChunk, RoomMessage, StatusEvent};
+use protocol::amqp::{self, ReplyChunk, RoomMessage, RoomReceipt, StatusEvent};
 use protocol::topology::Names;
 use protocol::ws::{ReplyFrame, ServerFrame};
-use protocol::{MessageId, ReplyId, UserId};
+use protocol::{MessageId, ReplyId, RoomId, UserId};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -74,6 +74,8 @@ struct Outbound {
     frame: Utf8Bytes,
     /// `None` for a frame the client does not acknowledge (a status).
     chunk: Option<(ReplyId, u32)>,
+    /// For a room message: its room and number.
+    room: Option<(RoomId, u64)>,
     /// `None` for a relayed copy: nothing to settle.
     receipt: Option<Arc<Receipt>>,
 }
@@ -101,20 +103,30 @@ impl OutboundReply {
         chunk: Option<(ReplyId, u32)>,
         receipt: Option<Arc<Receipt>>,
     ) -> Self {
-        Self(Arc::new(Outbound {
+        Self(Arc::new(Self::outbound(frame, chunk, receipt)))
+    }
+
+    fn outbound(
+        frame: &ServerFrame,
+        chunk: Option<(ReplyId, u32)>,
+        receipt: Option<Arc<Receipt>>,
+    ) -> Outbound {
+        Outbound {
             frame: Utf8Bytes::from(frame.to_json()),
             chunk,
+            room: None,
             receipt,
-        }))
+        }
     }
 
     /// A room message: acknowledged like a chunk, by its id and the room's
     /// `seq` (numbers beyond `u32` are not expected of one room).
-    fn room(message: RoomMessage, receipt: Option<Arc<Receipt>>) -> Self {
+    fn room_message(message: RoomMessage, receipt: Option<Arc<Receipt>>) -> Self {
         let key = (
             ReplyId::from(message.id),
             u32::try_from(message.seq).unwrap_or(u32::MAX),
         );
+        let room = (message.room_id, message.seq);
         let frame = ServerFrame::RoomMessage {
             room_id: message.room_id,
             seq: message.seq,
@@ -122,7 +134,26 @@ impl OutboundReply {
             from: message.user_id,
             text: message.text,
         };
-        Self::of(&frame, Some(key), receipt)
+        Self(Arc::new(Outbound {
+            room: Some(room),
+            ..Self::outbound(&frame, Some(key), receipt)
+        }))
+    }
+
+    /// A `room_receipt` frame: not acknowledged, nothing to settle.
+    fn receipt(receipt: RoomReceipt) -> Self {
+        let frame = ServerFrame::RoomReceipt {
+            room_id: receipt.room_id,
+            user_id: receipt.user_id,
+            seq: receipt.seq,
+            state: receipt.state,
+        };
+        Self::of(&frame, None, None)
+    }
+
+    /// The room message this is, if one: its room and number.
+    pub fn room(&self) -> Option<(RoomId, u64)> {
+        self.0.room
     }
 
     /// A `message_status` frame: not acknowledged, nothing to settle.
@@ -744,10 +775,15 @@ impl ReplyRouter {
                 }
             }
             Some(_) => {}
+            None if broker::properties::is_room_receipt(&delivery.properties) => {
+                if let Ok(receipt) = amqp::decode::<RoomReceipt>(&delivery.data) {
+                    self.deliver(&user, &OutboundReply::receipt(receipt));
+                }
+            }
             None if broker::properties::is_room_message(&delivery.properties) => {
                 match amqp::decode::<RoomMessage>(&delivery.data) {
                     Ok(message) => {
-                        self.deliver(&user, &OutboundReply::room(message, None));
+                        self.deliver(&user, &OutboundReply::room_message(message, None));
                     }
                     Err(_) => error!(user_id = %user, "relayed room message unreadable; dropped"),
                 }
@@ -793,6 +829,15 @@ impl ReplyRouter {
         }
         if broker::properties::is_room_message(&delivery.properties) {
             return self.dispatch_room(user, session, relay, delivery).await;
+        }
+        if broker::properties::is_room_receipt(&delivery.properties) {
+            // Advisory like a status: delivered now or never.
+            if let Ok(receipt) = amqp::decode::<RoomReceipt>(&delivery.data) {
+                self.relay_copy(user, session, relay, &delivery).await;
+                self.deliver(user, &OutboundReply::receipt(receipt));
+            }
+            delivery.ack(BasicAckOptions::default()).await?;
+            return Ok(());
         }
         let chunk = match amqp::decode::<ReplyChunk>(&delivery.data) {
             // A room's answers reach every member's queue through the
@@ -882,7 +927,7 @@ impl ReplyRouter {
             acker: delivery.acker,
             settled: AtomicBool::new(false),
         });
-        if self.deliver(user, &OutboundReply::room(message, Some(receipt))) == 0 {
+        if self.deliver(user, &OutboundReply::room_message(message, Some(receipt))) == 0 {
             info!(user_id = %user, "no local socket for a room message; requeued");
         }
         Ok(())

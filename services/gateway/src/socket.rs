@@ -15,7 +15,7 @@ use crate::settings::RateLimitSettings;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
-use protocol::amqp::{MessageStatus, Turn};
+use protocol::amqp::{MessageStatus, ReceiptState, Turn};
 use protocol::ws::{ClientFrame, FrameLimits, LinkState, ServerFrame};
 use protocol::{CloseCode, ErrorCode, MessageId, ReplyId, RoomId, UserId};
 use std::collections::HashMap;
@@ -55,6 +55,8 @@ pub(crate) enum Step {
     Acknowledge { id: ReplyId, seq: u32 },
     /// Stop the answer to this message.
     Cancel { id: MessageId },
+    /// The client has seen this room up to `seq`.
+    Read { room_id: RoomId, seq: u64 },
 }
 
 impl Step {
@@ -66,6 +68,7 @@ impl Step {
             Step::Publish { .. } => "send",
             Step::Acknowledge { .. } => "ack",
             Step::Cancel { .. } => "cancel",
+            Step::Read { .. } => "read",
         }
     }
 }
@@ -86,6 +89,7 @@ pub(crate) fn step(text: &str, limits: &FrameLimits) -> Step {
         },
         Ok(ClientFrame::Ack { id, seq }) => Step::Acknowledge { id, seq },
         Ok(ClientFrame::Cancel { id }) => Step::Cancel { id },
+        Ok(ClientFrame::Read { room_id, seq }) => Step::Read { room_id, seq },
         Err(e) => Step::Answer(ServerFrame::from(e)),
     }
 }
@@ -242,7 +246,19 @@ pub async fn serve(
                         let message = Outgoing { id, text, context, room_id };
                         publishing.push_back(publish(state.clone(), subscription.clone(), user.clone(), message));
                     }
-                    Step::Acknowledge { id, seq } => socket.acknowledged(id, seq),
+                    Step::Acknowledge { id, seq } => {
+                        if let Some((room, seq)) = socket.acknowledged(id, seq) {
+                            crate::rooms::receipt(&state, &user, room, seq, ReceiptState::Delivered).await;
+                        }
+                    }
+                    Step::Read { room_id, seq } => {
+                        if let Err(code) = crate::rooms::read(&state, &user, room_id, seq).await {
+                            let refusal = ServerFrame::error(code, crate::rooms::describe(code), None);
+                            if socket.frame(&refusal).await.is_err() {
+                                break End::ClientGone;
+                            }
+                        }
+                    }
                     Step::Cancel { id } => {
                         let answer = match ingress::cancel(&state, &user, id).await {
                             Ok(()) => ServerFrame::MessageStatus { id, status: MessageStatus::Cancelling },
@@ -470,10 +486,15 @@ impl Writer {
 
     /// The client has chunk `seq` of reply `id`: settle it. An ack for
     /// nothing (already acked, or never sent here) is ignored.
-    fn acknowledged(&mut self, id: ReplyId, seq: u32) {
+    /// Returns the room message it was, if one: its members hear it was
+    /// delivered.
+    fn acknowledged(&mut self, id: ReplyId, seq: u32) -> Option<(RoomId, u64)> {
+        let mut room = None;
         for reply in self.unacked.remove(&(id, seq)).unwrap_or_default() {
             reply.acknowledged();
+            room = room.or(reply.room());
         }
+        room
     }
 
     async fn recv(&mut self) -> Option<Result<Message, axum::Error>> {
@@ -544,6 +565,7 @@ mod tests {
                 ClientFrame::Send { id, text, context, room_id } => Step::Publish { id, text, context, room_id },
                 ClientFrame::Ack { id, seq } => Step::Acknowledge { id, seq },
                 ClientFrame::Cancel { id } => Step::Cancel { id },
+                ClientFrame::Read { room_id, seq } => Step::Read { room_id, seq },
             };
             prop_assert_eq!(step(&frame.to_json(), &limits()), expected);
         }
@@ -603,8 +625,12 @@ mod tests {
                 id: ReplyId::parse(&id.to_string()).expect("a UUID"),
                 seq
             }),
-            uuid.prop_map(|id| ClientFrame::Cancel {
+            uuid.clone().prop_map(|id| ClientFrame::Cancel {
                 id: MessageId::from(id)
+            }),
+            (uuid, any::<u64>()).prop_map(|(id, seq)| ClientFrame::Read {
+                room_id: RoomId::from(id),
+                seq
             }),
         ]
     }

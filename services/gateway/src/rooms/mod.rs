@@ -24,7 +24,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use broker::{PublishError, properties, topology};
-use protocol::amqp::{self, Role, RoomMessage, Turn};
+use protocol::amqp::{self, ReceiptState, Role, RoomMessage, RoomReceipt, Turn};
 use protocol::topology::Names;
 use protocol::trace::TraceParent;
 use protocol::{ErrorCode, MessageId, RoomId, UserId};
@@ -170,6 +170,49 @@ pub async fn send(
         ingress::submit(&state.broker, user, id, text, context, Some(room), trace).await?;
         state.replies.expect_answer(user, id);
     }
+    Ok(())
+}
+
+/// Tells the room that `user` has message `seq` (`delivered`) or has read
+/// up to it (`read`). Best effort: receipts are advisory.
+pub async fn receipt(state: &AppState, user: &UserId, room: RoomId, seq: u64, how: ReceiptState) {
+    let Some(session) = state.broker.current() else {
+        return;
+    };
+    let receipt = RoomReceipt {
+        v: amqp::SCHEMA_VERSION,
+        room_id: room,
+        user_id: user.clone(),
+        seq,
+        state: how,
+    };
+    let trace = TraceParent::new_root();
+    let published = session
+        .publisher()
+        .publish_best_effort(
+            &state.broker.names().responses_exchange(),
+            &Names::room_routing_key(&room),
+            &amqp::encode(&receipt),
+            properties::room_receipt(&receipt, &trace),
+        )
+        .await;
+    if let Err(e) = published {
+        debug!(room_id = %room, error = %e, "receipt not published");
+    }
+}
+
+/// A socket's `read`: a member saw the room up to `seq`.
+pub async fn read(
+    state: &AppState,
+    user: &UserId,
+    room: RoomId,
+    seq: u64,
+) -> Result<(), ErrorCode> {
+    let store = rooms_store(state)?;
+    if !store.is_member(room, user).await.map_err(store_error)? {
+        return Err(ErrorCode::NotAMember);
+    }
+    receipt(state, user, room, seq, ReceiptState::Read).await;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! queue (bound to the room's key), in one order, kept in PostgreSQL.
 
 use crate::stack::{Mock, TestStack, expected_answer};
+use protocol::amqp::ReceiptState;
 use protocol::ws::ServerFrame;
 use protocol::{ErrorCode, MessageId, RoomId, UserId};
 use reqwest::StatusCode;
@@ -294,4 +295,50 @@ async fn rooms_survive_a_gateway_restart() {
     let id = say(&mut alice, room, "after the restart").await;
     let got = room_messages(&mut alice, 1).await;
     assert_eq!((got[0].1, got[0].3.as_str()), (id, "after the restart"));
+}
+
+#[tokio::test]
+async fn members_hear_who_has_a_message_and_who_has_read_it() {
+    let stack = TestStack::start(0, Mock::default()).await;
+    let (alice_guest, mut alice) = stack.client().await;
+    let (bob_guest, mut bob) = stack.client().await;
+    let (_, mut mallory) = stack.client().await;
+    let (room, invite) = create_room(&stack, &alice_guest).await;
+    join(&stack, &bob_guest, &invite).await;
+    say(&mut alice, room, "did you get this?").await;
+    let got = room_messages(&mut bob, 1).await; // bob's client acks it
+    let seq = got[0].0;
+    bob.send_text(&json!({"type": "read", "room_id": room, "seq": seq}).to_string())
+        .await
+        .unwrap();
+    room_messages(&mut alice, 1).await;
+    let wanted = [
+        (bob_guest.user_id.clone(), seq, ReceiptState::Delivered),
+        (bob_guest.user_id.clone(), seq, ReceiptState::Read),
+    ];
+    let deadline = tokio::time::Instant::now() + testkit::WAIT;
+    while !wanted.iter().all(|w| alice.receipts.contains(w)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "receipts so far: {:?}",
+            alice.receipts
+        );
+        // Pings flush what is pending; receipts are set aside as they come.
+        let pending = alice.frames_before_pong().await.unwrap();
+        assert!(
+            pending
+                .iter()
+                .all(|f| matches!(f, ServerFrame::Accepted { .. })),
+            "{pending:?}"
+        );
+    }
+    // Not a member: cannot claim to have read the room.
+    mallory
+        .send_text(&json!({"type": "read", "room_id": room, "seq": 1}).to_string())
+        .await
+        .unwrap();
+    match mallory.next_frame().await.unwrap() {
+        ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::NotAMember),
+        other => panic!("expected not_a_member, got {other:?}"),
+    }
 }
