@@ -55,6 +55,44 @@ describe("the chat page", () => {
     }
   });
 
+  it("shares a room by link: one order for both, presence, read receipts, the assistant", async () => {
+    const stack = await Stack.start({ name: "rooms", chunkDelayMs: 10 });
+    try {
+      const alice = await stack.open(browser);
+      await alice.page.getByLabel("New room name").fill("Team");
+      await alice.page.getByRole("button", { name: "Create" }).click();
+      const link = await alice.page.getByTestId("invite-link").inputValue();
+      assert.match(link, /#join=/);
+      // Bob follows the link: he joins and the room opens.
+      const bob = await stack.open(browser, link);
+      await bob.page.getByRole("heading", { name: "Team" }).waitFor();
+      const bobInput = bob.page.getByLabel("Message to the room");
+      await bobInput.fill("hello from bob");
+      await bobInput.press("Enter");
+      // Alice sees it (presence refreshed by reopening the room).
+      await alice.page.getByTestId("room-message").getByText("hello from bob").waitFor();
+      await alice.page.getByRole("button", { name: "# Team" }).click();
+      await alice.page.locator(`[data-testid="member"][data-online="true"]`, { hasText: bob.user }).waitFor();
+      // Alice answers; Bob has the room open, so it is read.
+      const aliceInput = alice.page.getByLabel("Message to the room");
+      await aliceInput.fill("@assistant hi both");
+      await aliceInput.press("Enter");
+      await bob.page.getByTestId("room-message").getByText("@assistant hi both").waitFor();
+      await alice.page.getByTestId("receipt").getByText("read by 1").waitFor();
+      // The assistant answers in the room: both see the whole answer there.
+      for (const { page } of [alice, bob]) {
+        const answer = page.locator('[data-testid="room-answer"][data-complete="true"]');
+        await answer.waitFor();
+        assert.equal((await answer.locator("p.text").textContent()).trim(), answerTo("@assistant hi both"));
+      }
+      const order = async (page) => page.getByTestId("room-message").locator("p.text").allTextContents();
+      assert.deepEqual(await order(alice.page), await order(bob.page), "one order for both");
+      await alice.page.screenshot({ path: path.join(artifacts, "room.png"), fullPage: true });
+    } finally {
+      await stack.stop();
+    }
+  });
+
   it("gives two people two identities that each see only their own replies", async () => {
     const stack = await Stack.start({ name: "two-users" });
     try {

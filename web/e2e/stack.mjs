@@ -92,6 +92,7 @@ export class Stack {
     this.gateway = this.spawn("gateway", {
       SWITCHBOARD_HTTP__LISTEN: `127.0.0.1:${this.port}`,
       SWITCHBOARD_HTTP__WEB_DIR: path.join(repo, "web", "dist"),
+      SWITCHBOARD_ROOMS__DATABASE_URL: process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/test",
     });
     await waitFor("the gateway is ready", async () => (await fetch(`${this.url}readyz`)).ok);
   }
@@ -119,10 +120,11 @@ export class Stack {
   }
 
   /** Opens the chat in a fresh browser context (its own identity). */
-  async open(browser) {
+  /** A new person (their own browser context) on the page, or on `url`. */
+  async open(browser, url = this.url) {
     const context = await browser.newContext({ viewport: { width: 420, height: 760 } });
     const page = await context.newPage();
-    await page.goto(this.url);
+    await page.goto(url);
     await page.getByTestId("connection").getByText("connected", { exact: true }).waitFor();
     const user = (await page.getByTestId("user-id").textContent()).trim();
     this.users.add(user);

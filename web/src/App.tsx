@@ -1,6 +1,7 @@
 import { useEffect, useLayoutEffect, useRef, useState, useSyncExternalStore, type FormEvent, type KeyboardEvent } from "react";
 import type { ChatClient, ConnectionState } from "./lib/client";
 import { canStop, isStreaming, type Message, type Status } from "./lib/conversation";
+import { RoomNav, RoomPane } from "./Rooms";
 
 const STATUS_LABEL: Record<Status, string> = {
   sending: "sending…",
@@ -21,7 +22,7 @@ const CONNECTION_LABEL: Record<ConnectionState, string> = {
 
 export function App({ client }: { client: ChatClient }) {
   const snapshot = useSyncExternalStore(client.subscribe, client.getSnapshot);
-  const { conversation, connection, userId, notice, brokerUp } = snapshot;
+  const { conversation, connection, userId, notice, brokerUp, rooms } = snapshot;
   const messages = conversation.order
     .map((id) => conversation.messages[id])
     .filter((m): m is Message => m !== undefined);
@@ -46,6 +47,11 @@ export function App({ client }: { client: ChatClient }) {
           </button>
         </div>
       )}
+      <RoomNav client={client} rooms={rooms} />
+      {rooms.active !== null ? (
+        <RoomPane client={client} rooms={rooms} me={userId} />
+      ) : (
+        <>
       <MessageList
         messages={messages}
         connected={connection === "connected"}
@@ -58,6 +64,8 @@ export function App({ client }: { client: ChatClient }) {
         failed={messages.filter((m) => m.status === "failed").length}
         onSend={(text) => client.send(text)}
       />
+        </>
+      )}
     </div>
   );
 }

@@ -2,10 +2,21 @@ import { StrictMode } from "react";
 import { createRoot } from "react-dom/client";
 import { App } from "./App";
 import { ChatClient, browserEnv } from "./lib/client";
+import { inviteFromHash } from "./lib/rooms";
 import "./styles.css";
 
 const client = new ChatClient(browserEnv());
 client.start();
+// A room invitation link (#join=<token>): join once connected, then forget it.
+const invite = inviteFromHash(window.location.hash);
+if (invite) {
+  history.replaceState(null, "", window.location.pathname);
+  const unsubscribe = client.subscribe(() => {
+    if (client.getSnapshot().connection !== "connected") return;
+    unsubscribe();
+    void client.joinRoom(invite);
+  });
+}
 window.addEventListener("pagehide", () => client.stop());
 // Back/forward cache: a restored page must connect again.
 window.addEventListener("pageshow", (e) => {

@@ -38,6 +38,8 @@ type Harness = {
   checkStatus: number;
   store: Map<string, string>;
   storageListeners: (() => void)[];
+  /** Calls to the rooms API. */
+  roomCalls: string[];
 };
 
 function jwt(exp: number): string {
@@ -52,6 +54,7 @@ function harness(): Harness {
     checkStatus: 200,
     store: new Map(),
     storageListeners: [],
+    roomCalls: [],
     env: undefined as never,
   };
   let ids = 0;
@@ -62,7 +65,11 @@ function harness(): Harness {
       setItem: (k, v) => void h.store.set(k, v),
       removeItem: (k) => void h.store.delete(k),
     },
-    fetch: async (_url, init) => {
+    fetch: async (url, init) => {
+      if (url.startsWith("/api/rooms")) {
+        h.roomCalls.push(`${init?.method ?? "GET"} ${url}`);
+        return { ok: true, status: 200, json: async () => ({ rooms: [{ id: "R", name: "Team" }] }) };
+      }
       if (init?.method === "POST") {
         h.sessions += 1;
         return { ok: true, status: 200, json: async () => ({ user_id: `g-${h.sessions}`, token: jwt(4_000_000_000 + h.sessions) }) };
@@ -243,6 +250,23 @@ describe("ChatClient", () => {
     last(h).frame({ type: "error", code: "nothing_to_cancel", message: "not running", id: "m1", retryable: false });
     expect(client.getSnapshot().conversation.messages.m1?.status).toBe("processing");
     expect(client.getSnapshot().notice).toBeNull();
+  });
+
+  it("lists my rooms once connected, acks room messages and marks the open room read", async () => {
+    welcome(h);
+    await settle();
+    expect(h.roomCalls).toContain("GET /api/rooms");
+    expect(client.getSnapshot().rooms.list).toEqual([{ id: "R", name: "Team" }]);
+    last(h).frame({ type: "room_message", room_id: "R", seq: 1, id: "x1", from: "bob", text: "hi" });
+    expect(last(h).sent).toContainEqual({ type: "ack", id: "x1", seq: 1 });
+    expect(client.getSnapshot().rooms.byId.R?.messages.map((m) => m.text)).toEqual(["hi"]);
+    await client.openRoom("R");
+    expect(last(h).sent).toContainEqual({ type: "read", room_id: "R", seq: 1 });
+    last(h).frame({ type: "room_receipt", room_id: "R", user_id: "bob", seq: 1, state: "read" });
+    expect(client.getSnapshot().rooms.byId.R?.readUpTo).toEqual({ bob: 1 });
+    client.sendToRoom("hello room");
+    const sent = last(h).sent.at(-1) as { type: string; room_id: string; text: string };
+    expect([sent.type, sent.room_id, sent.text]).toEqual(["send", "R", "hello room"]);
   });
 
   it("ignores an error about a message that was already accepted", () => {

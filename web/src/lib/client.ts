@@ -5,10 +5,13 @@
 
 import { backoffDelay, defaultBackoff, type BackoffOptions } from "./backoff";
 import * as conv from "./conversation";
+import * as rooms from "./rooms";
 import {
   CLOSE_TOKEN_EXPIRED,
   cancelFrame,
   parseServerFrame,
+  readFrame,
+  roomSendFrame,
   sendFrame,
   socketProtocols,
   socketUrl,
@@ -27,6 +30,8 @@ export type Snapshot = {
   reconnectAt: number | null;
   /** Whether the gateway's link to the message broker is up (it says so). */
   brokerUp: boolean;
+  /** Rooms I belong to, and the one on screen. */
+  rooms: rooms.Rooms;
 };
 
 /** The part of a WebSocket the client uses. */
@@ -39,11 +44,12 @@ export interface SocketLike {
 }
 
 type HttpResponse = { ok: boolean; status: number; json(): Promise<unknown> };
+type HttpInit = { method?: string; headers?: Record<string, string>; body?: string };
 
 export type ClientEnv = {
   location: { protocol: string; host: string };
   storage: Pick<Storage, "getItem" | "setItem" | "removeItem">;
-  fetch: (url: string, init?: { method?: string; headers?: Record<string, string> }) => Promise<HttpResponse>;
+  fetch: (url: string, init?: HttpInit) => Promise<HttpResponse>;
   openSocket: (url: string, protocols: string[]) => SocketLike;
   setTimeout: (fn: () => void, ms: number) => unknown;
   clearTimeout: (handle: unknown) => void;
@@ -106,6 +112,7 @@ export class ChatClient {
       notice: null,
       reconnectAt: null,
       brokerUp: true,
+      rooms: rooms.noRooms,
     };
     env.watchStorage(conv.STORAGE_KEY, () => {
       this.updateConversation(conv.merged(this.snapshot.conversation, conv.load(env.storage)), false);
@@ -157,6 +164,95 @@ export class ChatClient {
     const m = this.snapshot.conversation.messages[id];
     if (!m || !conv.canStop(m) || !this.socket || this.snapshot.connection !== "connected") return;
     this.socket.send(cancelFrame(id));
+  }
+
+  // --- rooms (docs/protocol.md §8)
+
+  /** Creates a room and opens it. */
+  async createRoom(name: string): Promise<void> {
+    const room = (await this.api("POST", "/api/rooms", { name })) as { id: string } | null;
+    if (!room) return;
+    await this.loadRooms();
+    await this.openRoom(room.id);
+  }
+
+  /** Joins the room an invitation is for, and opens it. */
+  async joinRoom(invite: string): Promise<void> {
+    const room = (await this.api("POST", "/api/rooms/join", { invite_token: invite })) as { id: string } | null;
+    if (!room) return;
+    await this.loadRooms();
+    await this.openRoom(room.id);
+  }
+
+  /** Shows a room (its history, members and presence); null: the assistant. */
+  async openRoom(id: string | null): Promise<void> {
+    this.updateRooms(rooms.opened(this.snapshot.rooms, id));
+    if (id === null) return;
+    await this.refreshRoom(id);
+    const history = (await this.api("GET", `/api/rooms/${id}/messages?after=0&limit=500`)) as {
+      messages: { seq: number; id: string; from: string; text: string }[];
+    } | null;
+    let next = this.snapshot.rooms;
+    for (const m of history?.messages ?? []) next = rooms.messageArrived(next, id, m);
+    this.updateRooms(next);
+    this.markRead(id);
+  }
+
+  /** Members, who is online, and a fresh invitation. */
+  async refreshRoom(id: string): Promise<void> {
+    const details = (await this.api("GET", `/api/rooms/${id}`)) as {
+      name: string;
+      members: rooms.Member[];
+      invite_token: string;
+    } | null;
+    if (details) this.updateRooms(rooms.detailed(this.snapshot.rooms, id, details.name, details.members, details.invite_token));
+  }
+
+  /** Sends `text` to the room on screen. */
+  sendToRoom(text: string): void {
+    const room = this.snapshot.rooms.active;
+    if (!room || !this.socket || this.snapshot.connection !== "connected") {
+      this.update({ notice: "Not connected: the message was not sent to the room." });
+      return;
+    }
+    this.socket.send(roomSendFrame(this.env.newId(), text, room));
+  }
+
+  private markRead(id: string): void {
+    const last = this.snapshot.rooms.byId[id]?.messages.at(-1);
+    if (last && this.socket && this.snapshot.connection === "connected") this.socket.send(readFrame(id, last.seq));
+  }
+
+  private async loadRooms(): Promise<void> {
+    // Quietly: rooms may be off on this deployment.
+    const list = (await this.api("GET", "/api/rooms", undefined, true)) as { rooms?: rooms.RoomSummary[] } | null;
+    if (list?.rooms) this.updateRooms(rooms.listed(this.snapshot.rooms, list.rooms));
+  }
+
+  /** A call to the gateway's REST API with the token; null (and a notice) on failure. */
+  private async api(method: string, path: string, body?: unknown, quiet = false): Promise<unknown> {
+    const token = this.env.storage.getItem(TOKEN_KEY);
+    try {
+      const response = await this.env.fetch(path, {
+        method,
+        headers: { authorization: `Bearer ${token ?? ""}`, "content-type": "application/json" },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      });
+      const json = await response.json().catch(() => null);
+      if (!response.ok) {
+        const message = (json as { message?: string } | null)?.message ?? `HTTP ${response.status}`;
+        if (!quiet) this.update({ notice: message });
+        return null;
+      }
+      return json;
+    } catch {
+      if (!quiet) this.update({ notice: "The service is unreachable; try again." });
+      return null;
+    }
+  }
+
+  private updateRooms(next: rooms.Rooms): void {
+    if (next !== this.snapshot.rooms) this.update({ rooms: next });
   }
 
   dismissNotice(): void {
@@ -319,8 +415,20 @@ export class ChatClient {
         const socket = this.socket;
         if (socket) this.keepAlive(socket);
         this.flush();
+        void this.loadRooms();
         break;
       }
+      case "room_message": {
+        // Acknowledge like a chunk: the gateway keeps it for redelivery until we do.
+        this.socket?.send(JSON.stringify({ type: "ack", id: frame.id, seq: frame.seq }));
+        const { room_id, seq, id, from, text: body } = frame;
+        this.updateRooms(rooms.messageArrived(this.snapshot.rooms, room_id, { seq, id, from, text: body }));
+        if (this.snapshot.rooms.active === room_id) this.markRead(room_id);
+        break;
+      }
+      case "room_receipt":
+        this.updateRooms(rooms.receiptArrived(this.snapshot.rooms, frame.room_id, frame.user_id, frame.seq, frame.state));
+        break;
       case "accepted":
         this.updateConversation(conv.accepted(c, frame.id));
         break;
@@ -328,7 +436,8 @@ export class ChatClient {
         // Acknowledge every chunk, repeats included: the gateway keeps it
         // for redelivery until we do.
         this.socket?.send(JSON.stringify({ type: "ack", id: frame.id, seq: frame.seq }));
-        this.updateConversation(conv.replied(c, frame, this.env.now()));
+        if (frame.room_id) this.updateRooms(rooms.answerChunk(this.snapshot.rooms, frame.room_id, frame));
+        else this.updateConversation(conv.replied(c, frame, this.env.now()));
         break;
       case "message_status":
         this.updateConversation(conv.progressed(c, frame.id, frame.status));

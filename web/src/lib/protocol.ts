@@ -18,11 +18,15 @@ export type ServerFrame =
       error?: ReplyFailure;
       /** Set on the final chunk of an answer stopped by `cancel`. */
       cancelled?: boolean;
+      /** Set when the assistant answers in a room. */
+      room_id?: string;
     }
   | ({ type: "error"; id?: string } & ErrorInfo)
   | { type: "pong" }
   | { type: "status"; broker: "up" | "down" }
-  | { type: "message_status"; id: string; status: MessageProgress };
+  | { type: "message_status"; id: string; status: MessageProgress }
+  | { type: "room_message"; room_id: string; seq: number; id: string; from: string; text: string }
+  | { type: "room_receipt"; room_id: string; user_id: string; seq: number; state: "delivered" | "read" };
 
 /** What `message_status` says of a message between `accepted` and its answer. */
 export type MessageProgress = "processing" | "cancelling";
@@ -69,6 +73,7 @@ export function parseServerFrame(text: string): ServerFrame | null {
             ? { error: { code: failure.code, message: failure.message } }
             : {}),
           ...(f.cancelled === true ? { cancelled: true } : {}),
+          ...(isString(f.room_id) ? { room_id: f.room_id } : {}),
         };
       }
       return null;
@@ -85,6 +90,17 @@ export function parseServerFrame(text: string): ServerFrame | null {
       return { type: "pong" };
     case "status":
       return f.broker === "up" || f.broker === "down" ? { type: "status", broker: f.broker } : null;
+    case "room_message":
+      return isString(f.room_id) && Number.isInteger(f.seq) && isString(f.id) && isString(f.from) && isString(f.text)
+        ? { type: "room_message", room_id: f.room_id, seq: f.seq as number, id: f.id, from: f.from, text: f.text }
+        : null;
+    case "room_receipt":
+      return isString(f.room_id) &&
+        isString(f.user_id) &&
+        Number.isInteger(f.seq) &&
+        (f.state === "delivered" || f.state === "read")
+        ? { type: "room_receipt", room_id: f.room_id, user_id: f.user_id, seq: f.seq as number, state: f.state }
+        : null;
     case "message_status":
       return isString(f.id) && (f.status === "processing" || f.status === "cancelling")
         ? { type: "message_status", id: f.id, status: f.status }
@@ -103,6 +119,16 @@ export const MAX_CONTEXT_CHARS = 32_000;
 
 export function sendFrame(id: string, text: string, context: Turn[] = []): string {
   return JSON.stringify(context.length > 0 ? { type: "send", id, text, context } : { type: "send", id, text });
+}
+
+/** A message to room `roomId`. */
+export function roomSendFrame(id: string, text: string, roomId: string): string {
+  return JSON.stringify({ type: "send", id, text, room_id: roomId });
+}
+
+/** I have seen room `roomId` up to message `seq`. */
+export function readFrame(roomId: string, seq: number): string {
+  return JSON.stringify({ type: "read", room_id: roomId, seq });
 }
 
 /** Stop generating the answer to message `id`. */

@@ -1,0 +1,147 @@
+// Rooms as the page shows them: a pure model (no I/O), updated by what the
+// REST API returns and what the socket delivers (docs/protocol.md §8).
+
+export type RoomSummary = { id: string; name: string };
+export type Member = { user_id: string; online: boolean };
+
+export type RoomMessage = { seq: number; id: string; from: string; text: string };
+
+export type RoomView = {
+  id: string;
+  name: string;
+  /** By seq, in order; a repeat of a seq is ignored. */
+  messages: RoomMessage[];
+  /** Per seq: members who have it (delivered) and who have read up to it. */
+  delivered: Record<number, string[]>;
+  /** Per member: the highest seq they have read. */
+  readUpTo: Record<string, number>;
+  members: Member[];
+  invite: string | null;
+  /** The assistant's answers, by the message they answer. */
+  answers: Record<string, Answer>;
+};
+
+/** The assistant's answer to a room message, as it streams. */
+export type Answer = { chunks: Record<number, string>; finalSeq: number | null; failed: string | null };
+
+/** The contiguous text of an answer so far, and whether it is whole. */
+export function answerText(answer: Answer): { text: string; complete: boolean } {
+  let text = "";
+  let seq = 0;
+  for (; seq in answer.chunks; seq++) text += answer.chunks[seq];
+  return { text, complete: answer.finalSeq !== null && seq > answer.finalSeq };
+}
+
+export type Rooms = {
+  list: RoomSummary[];
+  /** The room on screen; null: the conversation with the assistant. */
+  active: string | null;
+  byId: Record<string, RoomView>;
+};
+
+export const noRooms: Rooms = { list: [], active: null, byId: {} };
+
+function view(rooms: Rooms, id: string, name = ""): RoomView {
+  return (
+    rooms.byId[id] ?? {
+      id,
+      name: name || rooms.list.find((r) => r.id === id)?.name || "room",
+      messages: [],
+      delivered: {},
+      readUpTo: {},
+      members: [],
+      invite: null,
+      answers: {},
+    }
+  );
+}
+
+function put(rooms: Rooms, room: RoomView): Rooms {
+  return { ...rooms, byId: { ...rooms.byId, [room.id]: room } };
+}
+
+/** The list from `GET /api/rooms` (or after creating / joining one). */
+export function listed(rooms: Rooms, list: RoomSummary[]): Rooms {
+  return { ...rooms, list };
+}
+
+export function opened(rooms: Rooms, id: string | null): Rooms {
+  return { ...rooms, active: id };
+}
+
+/** A room message from the socket or the history; placed by seq, once. */
+export function messageArrived(rooms: Rooms, roomId: string, message: RoomMessage): Rooms {
+  const room = view(rooms, roomId);
+  if (room.messages.some((m) => m.seq === message.seq)) return rooms;
+  const messages = [...room.messages, message].sort((a, b) => a.seq - b.seq);
+  return put(rooms, { ...room, messages });
+}
+
+/** A chunk of the assistant's answer to room message `inReplyTo`; once per seq. */
+export function answerChunk(
+  rooms: Rooms,
+  roomId: string,
+  chunk: { in_reply_to: string; seq: number; text: string; final: boolean; error?: { message: string } },
+): Rooms {
+  const room = view(rooms, roomId);
+  const answer = room.answers[chunk.in_reply_to] ?? { chunks: {}, finalSeq: null, failed: null };
+  if (chunk.error) {
+    const failed = { ...answer, failed: chunk.error.message };
+    return put(rooms, { ...room, answers: { ...room.answers, [chunk.in_reply_to]: failed } });
+  }
+  if (chunk.seq in answer.chunks) return rooms;
+  const next: Answer = {
+    chunks: { ...answer.chunks, [chunk.seq]: chunk.text },
+    finalSeq: chunk.final ? chunk.seq : answer.finalSeq,
+    failed: answer.failed,
+  };
+  return put(rooms, { ...room, answers: { ...room.answers, [chunk.in_reply_to]: next } });
+}
+
+export function receiptArrived(
+  rooms: Rooms,
+  roomId: string,
+  member: string,
+  seq: number,
+  state: "delivered" | "read",
+): Rooms {
+  const room = view(rooms, roomId);
+  if (state === "read") {
+    if ((room.readUpTo[member] ?? 0) >= seq) return rooms;
+    return put(rooms, { ...room, readUpTo: { ...room.readUpTo, [member]: seq } });
+  }
+  const have = room.delivered[seq] ?? [];
+  if (have.includes(member)) return rooms;
+  return put(rooms, { ...room, delivered: { ...room.delivered, [seq]: [...have, member] } });
+}
+
+/** `GET /api/rooms/{id}`: members (with presence) and an invitation. */
+export function detailed(rooms: Rooms, id: string, name: string, members: Member[], invite: string): Rooms {
+  return put(rooms, { ...view(rooms, id, name), name, members, invite });
+}
+
+/** Members other than `me` who have read message `seq`. */
+export function readBy(room: RoomView, seq: number, me: string | null): string[] {
+  return Object.entries(room.readUpTo)
+    .filter(([member, upTo]) => member !== me && upTo >= seq)
+    .map(([member]) => member);
+}
+
+/** Members other than `me` who have message `seq` (delivered or read). */
+export function deliveredTo(room: RoomView, seq: number, me: string | null): string[] {
+  const got = new Set(room.delivered[seq] ?? []);
+  for (const member of readBy(room, seq, me)) got.add(member);
+  got.delete(me ?? "");
+  return [...got];
+}
+
+/** The page link that joins a room: the invitation in the fragment (never sent to servers). */
+export function inviteLink(location: { protocol: string; host: string }, invite: string): string {
+  return `${location.protocol}//${location.host}/#join=${encodeURIComponent(invite)}`;
+}
+
+/** The invitation in a page fragment `#join=…`, if any. */
+export function inviteFromHash(hash: string): string | null {
+  const match = /^#join=(.+)$/.exec(hash);
+  return match?.[1] ? decodeURIComponent(match[1]) : null;
+}
