@@ -88,6 +88,9 @@ describe("the chat page", () => {
       const order = async (page) => page.getByTestId("room-message").locator("p.text").allTextContents();
       assert.deepEqual(await order(alice.page), await order(bob.page), "one order for both");
       await alice.page.screenshot({ path: path.join(artifacts, "room.png"), fullPage: true });
+      // Bob leaves: the room is gone from his list.
+      await bob.page.getByRole("button", { name: "Leave" }).click();
+      await bob.page.getByRole("button", { name: "# Team" }).waitFor({ state: "detached" });
     } finally {
       await stack.stop();
     }

@@ -67,7 +67,12 @@ export function RoomPane({ client, rooms, me }: { client: ChatClient; rooms: Roo
   return (
     <section className="room" aria-label={`Room ${room?.name ?? ""}`}>
       <aside className="members" aria-label="Members">
-        <h2>{room?.name}</h2>
+        <h2>
+          {room?.name}{" "}
+          <button type="button" className="retry" onClick={() => void client.leaveRoom(id)}>
+            Leave
+          </button>
+        </h2>
         <ul>
           {room?.members.map((m) => (
             <li key={m.user_id} data-testid="member" data-online={m.online}>

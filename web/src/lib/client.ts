@@ -184,6 +184,20 @@ export class ChatClient {
     await this.openRoom(room.id);
   }
 
+  /** Leaves a room: its messages stop coming; back to the assistant. */
+  async leaveRoom(id: string): Promise<void> {
+    const token = this.env.storage.getItem(TOKEN_KEY);
+    const response = await this.env
+      .fetch(`/api/rooms/${id}/leave`, { method: "POST", headers: { authorization: `Bearer ${token ?? ""}` } })
+      .catch(() => null);
+    if (!response?.ok) {
+      this.update({ notice: "Could not leave the room; try again." });
+      return;
+    }
+    this.updateRooms(rooms.opened(this.snapshot.rooms, null));
+    await this.loadRooms();
+  }
+
   /** Shows a room (its history, members and presence); null: the assistant. */
   async openRoom(id: string | null): Promise<void> {
     this.updateRooms(rooms.opened(this.snapshot.rooms, id));
