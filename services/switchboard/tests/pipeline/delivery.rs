@@ -370,3 +370,29 @@ async fn a_user_with_tabs_on_two_gateways_sees_every_reply_in_both() {
     );
     second.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn tabs_opened_at_the_same_moment_on_two_gateways_both_get_every_reply() {
+    // Both gateways may declare the queue before either consumes, so
+    // neither sees the other at set-up: their announcements must do it.
+    let stack = TestStack::start(1, Mock::default()).await;
+    let second = stack.another_gateway().await;
+    let guest = stack.guest().await;
+    let (tab_a, tab_b) = tokio::join!(
+        ChatClient::connect(stack.addr(), &guest.token),
+        ChatClient::connect(second.addr(), &guest.token)
+    );
+    let (mut tab_a, mut tab_b) = (tab_a.unwrap(), tab_b.unwrap());
+    testkit::wait_until("the gateways know of each other", || {
+        stack.gateway().relays(&guest.user_id) && second.relays(&guest.user_id)
+    })
+    .await;
+    for n in 0..3 {
+        let text = format!("question {n}");
+        let id = tab_a.send_accepted(&text).await.unwrap();
+        let in_a = tab_a.collect_reply(id).await.unwrap();
+        let in_b = tab_b.collect_reply(id).await.unwrap();
+        assert_eq!(in_a, in_b, "both tabs show the same answer");
+    }
+    second.stop().await.unwrap();
+}
