@@ -88,6 +88,9 @@ struct SessionInner {
     /// Cancelled when a user of the session saw it fail (e.g. a consumer
     /// stream ended), so the supervisor rebuilds the connection.
     failed: CancellationToken,
+    /// Bound on opening a channel (and setting its prefetch): an RPC on a
+    /// connection that dies under it may never be answered.
+    setup_timeout: Duration,
 }
 
 impl Session {
@@ -113,12 +116,21 @@ impl Session {
         if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
             return Ok(channel.clone());
         }
-        let channel = self.inner.connection.create_channel().await?;
-        // Per consumer (global = false): applies to every consumer started
-        // on this channel from now on, so it is set once, not per consumer.
-        channel
-            .basic_qos(prefetch, lapin::options::BasicQosOptions::default())
-            .await?;
+        let open = async {
+            let channel = self.inner.connection.create_channel().await?;
+            // Per consumer (global = false): applies to every consumer started
+            // on this channel from now on, so it is set once, not per consumer.
+            channel
+                .basic_qos(prefetch, lapin::options::BasicQosOptions::default())
+                .await?;
+            Ok::<_, BrokerError>(channel)
+        };
+        // Held under the slot's lock: a hang here would hold every consumer
+        // of the shard, so it is time-boxed like every other wait.
+        let limit = self.inner.setup_timeout;
+        let channel = timeout(limit, open)
+            .await
+            .map_err(|_| BrokerError::Timeout(limit))??;
         *slot = Some(channel.clone());
         Ok(channel)
     }
@@ -130,7 +142,10 @@ impl Session {
 
     /// A new channel of its own, for work that must not share a fate.
     pub async fn open_channel(&self) -> Result<Channel, BrokerError> {
-        Ok(self.inner.connection.create_channel().await?)
+        let limit = self.inner.setup_timeout;
+        Ok(timeout(limit, self.inner.connection.create_channel())
+            .await
+            .map_err(|_| BrokerError::Timeout(limit))??)
     }
 
     /// Reports that this session is broken (a channel closed under a
@@ -400,6 +415,7 @@ async fn connect(
                 .collect(),
             connection,
             failed: CancellationToken::new(),
+            setup_timeout: Duration::from_millis(settings.connect_timeout_ms),
         }),
     };
     Ok((session, events))

@@ -836,7 +836,8 @@ impl ReplyRouter {
                 self.relay_copy(user, session, relay, &delivery).await;
                 self.deliver(user, &OutboundReply::receipt(receipt));
             }
-            delivery.ack(BasicAckOptions::default()).await?;
+            self.settle_now(delivery.ack(BasicAckOptions::default()))
+                .await?;
             return Ok(());
         }
         let chunk = match amqp::decode::<ReplyChunk>(&delivery.data) {
@@ -849,15 +850,13 @@ impl ReplyRouter {
                     reply_owner = %chunk.user_id,
                     "reply in another user's queue; dropped, never delivered"
                 );
-                delivery
-                    .reject(BasicRejectOptions { requeue: false })
+                self.settle_now(delivery.reject(BasicRejectOptions { requeue: false }))
                     .await?;
                 return Ok(());
             }
             Err(e) => {
                 error!(user_id = %user, error = %e, "unreadable reply; dropped");
-                delivery
-                    .reject(BasicRejectOptions { requeue: false })
+                self.settle_now(delivery.reject(BasicRejectOptions { requeue: false }))
                     .await?;
                 return Ok(());
             }
@@ -916,8 +915,7 @@ impl ReplyRouter {
             Ok(message) => message,
             Err(e) => {
                 error!(user_id = %user, error = %e, "unreadable room message; dropped");
-                delivery
-                    .reject(BasicRejectOptions { requeue: false })
+                self.settle_now(delivery.reject(BasicRejectOptions { requeue: false }))
                     .await?;
                 return Ok(());
             }
@@ -931,6 +929,21 @@ impl ReplyRouter {
             info!(user_id = %user, "no local socket for a room message; requeued");
         }
         Ok(())
+    }
+
+    /// Settles a delivery from the consumer loop itself, time-boxed: an ack
+    /// on a connection that died under it may never complete, and a loop
+    /// stuck there would never notice the loss and never resubscribe.
+    async fn settle_now(
+        &self,
+        settle: impl Future<Output = Result<bool, lapin::Error>>,
+    ) -> Result<(), BrokerError> {
+        let limit =
+            std::time::Duration::from_millis(self.inner.broker.settings().connect_timeout_ms);
+        match tokio::time::timeout(limit, settle).await {
+            Ok(settled) => settled.map(drop).map_err(BrokerError::from),
+            Err(_) => Err(BrokerError::Timeout(limit)),
+        }
     }
 
     /// A status event: advisory, so settled at once (a user with no socket
@@ -949,7 +962,8 @@ impl ReplyRouter {
             }
             _ => error!(user_id = %user, "status event unreadable or of another user; dropped"),
         }
-        delivery.ack(BasicAckOptions::default()).await?;
+        self.settle_now(delivery.ack(BasicAckOptions::default()))
+            .await?;
         Ok(())
     }
 

@@ -40,7 +40,10 @@ impl Service {
         let mut command = Command::new(path);
         command
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", "info,lapin=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("FAULTS_LOG").unwrap_or_else(|_| "info,lapin=warn".into()),
+            )
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out));
         Self {
