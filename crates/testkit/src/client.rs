@@ -147,6 +147,35 @@ impl ChatClient {
         // One deadline for the whole wait: the gateway's pings must not
         // restart it, or a frame that never comes is waited for forever.
         let deadline = tokio::time::Instant::now() + WAIT;
+        self.frame_until(deadline, |_| false)
+            .await?
+            .ok_or_else(|| anyhow!("no frame"))
+    }
+
+    /// Reads until `done` holds for the advisory frames set aside (statuses
+    /// and receipts), within [`WAIT`]; any other frame read meanwhile is
+    /// returned in the list.
+    pub async fn until_set_aside(
+        &mut self,
+        done: impl Fn(&Self) -> bool,
+    ) -> anyhow::Result<Vec<ServerFrame>> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut others = Vec::new();
+        while !done(self) {
+            if let Some(frame) = self.frame_until(deadline, &done).await? {
+                others.push(frame);
+            }
+        }
+        Ok(others)
+    }
+
+    /// The next frame that is not set aside, or `None` once `done` holds
+    /// after setting one aside.
+    async fn frame_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        done: impl Fn(&Self) -> bool,
+    ) -> anyhow::Result<Option<ServerFrame>> {
         loop {
             let message = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
@@ -171,7 +200,6 @@ impl ChatClient {
                     match frame {
                         ServerFrame::MessageStatus { id, status } => {
                             self.statuses.push((id, status));
-                            continue;
                         }
                         ServerFrame::RoomReceipt {
                             user_id,
@@ -180,11 +208,12 @@ impl ChatClient {
                             ..
                         } => {
                             self.receipts.push((user_id, seq, state));
-                            continue;
                         }
-                        _ => {}
+                        frame => return Ok(Some(frame)),
                     }
-                    return Ok(frame);
+                    if done(self) {
+                        return Ok(None);
+                    }
                 }
                 Message::Ping(_) | Message::Pong(_) => {}
                 other => bail!("unexpected WebSocket message {other:?}"),
