@@ -82,7 +82,8 @@ pub async fn cancel(state: &AppState, user: &UserId, id: MessageId) -> Result<()
     Ok(())
 }
 
-/// The human text for an ingress failure.
+/// The human text for a refused message, cancel or room request (one
+/// place for the socket's `error` frames and the HTTP error bodies).
 pub fn describe(code: ErrorCode) -> &'static str {
     match code {
         ErrorCode::BrokerUnavailable => "the message broker is unreachable; send again later",
@@ -93,6 +94,9 @@ pub fn describe(code: ErrorCode) -> &'static str {
         ErrorCode::NothingToCancel => {
             "that message is not being answered (already answered, or unknown)"
         }
+        ErrorCode::NotAMember => "no such room, or you are not one of its members",
+        ErrorCode::InvalidRoomToken => "the invitation is invalid or expired; ask for a new one",
+        ErrorCode::RoomsUnavailable => "rooms are unavailable right now; try again later",
         _ => "the message could not be queued",
     }
 }

@@ -184,6 +184,30 @@ impl OutboundReply {
     }
 }
 
+/// An advisory delivery — a status event (for its owner only) or a room
+/// receipt — as the frame to deliver (`Some(None)`: unreadable or not the
+/// user's, dropped with a log line); `None` for anything else.
+fn advisory(user: &UserId, delivery: &Delivery) -> Option<Option<OutboundReply>> {
+    let properties = &delivery.properties;
+    if broker::properties::is_status_event(properties) {
+        return Some(match amqp::decode::<StatusEvent>(&delivery.data) {
+            Ok(event) if event.user_id == *user => Some(OutboundReply::status(&event)),
+            _ => {
+                error!(user_id = %user, "status event unreadable or of another user; dropped");
+                None
+            }
+        });
+    }
+    if broker::properties::is_room_receipt(properties) {
+        return Some(
+            amqp::decode::<RoomReceipt>(&delivery.data)
+                .ok()
+                .map(OutboundReply::receipt),
+        );
+    }
+    None
+}
+
 /// Settles one delivery exactly once: ack when a client acknowledged it,
 /// requeue when dropped without. (Acking a delivery twice would close the
 /// channel.)
@@ -750,6 +774,10 @@ impl ReplyRouter {
                 None => return,
             }
         };
+        let advisory_frame = control
+            .is_none()
+            .then(|| advisory(&user, &delivery))
+            .flatten();
         match control {
             Some("joined") => {
                 relay_flag.store(true, Ordering::Relaxed);
@@ -775,9 +803,9 @@ impl ReplyRouter {
                 }
             }
             Some(_) => {}
-            None if broker::properties::is_room_receipt(&delivery.properties) => {
-                if let Ok(receipt) = amqp::decode::<RoomReceipt>(&delivery.data) {
-                    self.deliver(&user, &OutboundReply::receipt(receipt));
+            None if advisory_frame.is_some() => {
+                if let Some(Some(frame)) = &advisory_frame {
+                    self.deliver(&user, frame);
                 }
             }
             None if broker::properties::is_room_message(&delivery.properties) => {
@@ -786,16 +814,6 @@ impl ReplyRouter {
                         self.deliver(&user, &OutboundReply::room_message(message, None));
                     }
                     Err(_) => error!(user_id = %user, "relayed room message unreadable; dropped"),
-                }
-            }
-            None if broker::properties::is_status_event(&delivery.properties) => {
-                match amqp::decode::<StatusEvent>(&delivery.data) {
-                    Ok(event) if event.user_id == user => {
-                        self.deliver(&user, &OutboundReply::status(&event));
-                    }
-                    _ => {
-                        error!(user_id = %user, "relayed status unreadable or of another user; dropped")
-                    }
                 }
             }
             None => {
@@ -824,21 +842,13 @@ impl ReplyRouter {
         relay: &AtomicBool,
         delivery: Delivery,
     ) -> Result<(), BrokerError> {
-        if broker::properties::is_status_event(&delivery.properties) {
-            return self.dispatch_status(user, session, relay, delivery).await;
+        if let Some(advisory) = advisory(user, &delivery) {
+            return self
+                .dispatch_advisory(user, session, relay, delivery, advisory)
+                .await;
         }
         if broker::properties::is_room_message(&delivery.properties) {
             return self.dispatch_room(user, session, relay, delivery).await;
-        }
-        if broker::properties::is_room_receipt(&delivery.properties) {
-            // Advisory like a status: delivered now or never.
-            if let Ok(receipt) = amqp::decode::<RoomReceipt>(&delivery.data) {
-                self.relay_copy(user, session, relay, &delivery).await;
-                self.deliver(user, &OutboundReply::receipt(receipt));
-            }
-            self.settle_now(delivery.ack(BasicAckOptions::default()))
-                .await?;
-            return Ok(());
         }
         let chunk = match amqp::decode::<ReplyChunk>(&delivery.data) {
             // A room's answers reach every member's queue through the
@@ -946,21 +956,20 @@ impl ReplyRouter {
         }
     }
 
-    /// A status event: advisory, so settled at once (a user with no socket
-    /// right now does not need it later — the answer follows anyway).
-    async fn dispatch_status(
+    /// A status event or room receipt: advisory, so settled at once (a
+    /// user with no socket right now does not need it later — the answer or
+    /// the message it is about is what counts).
+    async fn dispatch_advisory(
         &self,
         user: &UserId,
         session: &Session,
         relay: &AtomicBool,
         delivery: Delivery,
+        frame: Option<OutboundReply>,
     ) -> Result<(), BrokerError> {
-        match amqp::decode::<StatusEvent>(&delivery.data) {
-            Ok(event) if event.user_id == *user => {
-                self.relay_copy(user, session, relay, &delivery).await;
-                self.deliver(user, &OutboundReply::status(&event));
-            }
-            _ => error!(user_id = %user, "status event unreadable or of another user; dropped"),
+        if let Some(frame) = frame {
+            self.relay_copy(user, session, relay, &delivery).await;
+            self.deliver(user, &frame);
         }
         self.settle_now(delivery.ack(BasicAckOptions::default()))
             .await?;

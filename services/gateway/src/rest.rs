@@ -76,7 +76,7 @@ pub async fn send_message(
                 Some(id),
             ));
         }
-        let refused = |code| ApiError::Message(code, crate::rooms::describe(code).into(), Some(id));
+        let refused = |code| ApiError::Message(code, ingress::describe(code).into(), Some(id));
         match room {
             Some(room) => crate::rooms::send(&state, &user, room, id, text, &trace)
                 .await

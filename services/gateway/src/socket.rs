@@ -253,7 +253,7 @@ pub async fn serve(
                     }
                     Step::Read { room_id, seq } => {
                         if let Err(code) = crate::rooms::read(&state, &user, room_id, seq).await {
-                            let refusal = ServerFrame::error(code, crate::rooms::describe(code), None);
+                            let refusal = ServerFrame::error(code, ingress::describe(code), None);
                             if socket.frame(&refusal).await.is_err() {
                                 break End::ClientGone;
                             }
@@ -387,7 +387,7 @@ fn publish(
                     trace_id: Some(trace.trace_id().to_string()),
                 }
             }
-            Err(code) => ServerFrame::error(code, crate::rooms::describe(code), Some(id)),
+            Err(code) => ServerFrame::error(code, ingress::describe(code), Some(id)),
         }
     }
     .instrument(span)

@@ -55,17 +55,7 @@ fn store_error(error: StoreError) -> ErrorCode {
 }
 
 fn refused(code: ErrorCode) -> ApiError {
-    ApiError::Message(code, describe(code).into(), None)
-}
-
-/// The human text for a room refusal.
-pub fn describe(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::NotAMember => "no such room, or you are not one of its members",
-        ErrorCode::InvalidRoomToken => "the invitation is invalid or expired; ask for a new one",
-        ErrorCode::RoomsUnavailable => "rooms are unavailable right now; try again later",
-        other => ingress::describe(other),
-    }
+    ApiError::Message(code, ingress::describe(code).into(), None)
 }
 
 fn rooms_store(state: &AppState) -> Result<&Store, ErrorCode> {

@@ -341,3 +341,47 @@ async fn members_hear_who_has_a_message_and_who_has_read_it() {
         other => panic!("expected not_a_member, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn without_a_database_rooms_answer_rooms_unavailable_and_the_rest_works() {
+    let stack = TestStack::start_with(1, Mock::default(), |settings| {
+        settings.rooms.database_url.clear();
+    })
+    .await;
+    let (guest, mut client) = stack.client().await;
+    let (status, body) = call(
+        &stack,
+        "POST",
+        "/api/rooms",
+        &guest.token,
+        json!({"name": "Team"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str(), body["retryable"].as_bool()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("rooms_unavailable"),
+            Some(true)
+        )
+    );
+    let id = say(&mut client, RoomId::new_random(), "anyone?").await;
+    match client.next_frame().await.unwrap() {
+        ServerFrame::Error {
+            code,
+            id: Some(got),
+            ..
+        } => {
+            assert_eq!((code, got), (ErrorCode::RoomsUnavailable, id));
+        }
+        other => panic!("expected rooms_unavailable, got {other:?}"),
+    }
+    let answer: String = client
+        .ask("still here")
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.text.as_str())
+        .collect();
+    assert_eq!(answer, expected_answer("still here"));
+}
