@@ -171,13 +171,23 @@ pub async fn consumer_count(channel: &Channel, queue: &str) -> Result<u32, Broke
 }
 
 /// Declares this gateway process's relay queue: exclusive to its connection
-/// (gone with it), bound per user as sockets come and go.
+/// (gone with it), bound to the gateways' announcements, and per user while
+/// the user has sockets on other gateways too.
 pub async fn declare_relay_queue(
     channel: &Channel,
     names: &Names,
     instance: &str,
 ) -> Result<String, BrokerError> {
-    declare_process_queue(channel, names.relay_queue(instance)).await
+    let queue = declare_process_queue(channel, names.relay_queue(instance)).await?;
+    set_binding(
+        channel,
+        &queue,
+        &names.relay_exchange(),
+        protocol::topology::RELAY_PRESENCE_KEY,
+        true,
+    )
+    .await?;
+    Ok(queue)
 }
 
 /// Declares a queue of one process: exclusive to its connection and

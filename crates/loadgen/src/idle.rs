@@ -167,12 +167,21 @@ pub async fn run(plan: &IdlePlan) -> anyhow::Result<IdleReport> {
     let dropped = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(plan.concurrency));
     let started = Instant::now();
+    let welcomed = Arc::new(AtomicUsize::new(0));
+    let progress = tokio::spawn(progress(
+        http.clone(),
+        gateway.clone(),
+        started,
+        consumers_before,
+        welcomed.clone(),
+    ));
     let mut connects = Vec::with_capacity(plan.users);
     for token in tokens {
         let gate = gate.clone();
         let url = crate::run::socket_url(&gateway, &token);
         let stop = stop.clone();
         let dropped = dropped.clone();
+        let welcomed = welcomed.clone();
         connects.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.ok()?;
             let began = Instant::now();
@@ -181,6 +190,7 @@ pub async fn run(plan: &IdlePlan) -> anyhow::Result<IdleReport> {
                 .ok()?;
             ws.next().await?.ok()?;
             let waited = began.elapsed();
+            welcomed.fetch_add(1, Ordering::Relaxed);
             drop(permit);
             // Hold the socket: read (which answers the gateway's pings)
             // until told to stop.
@@ -215,6 +225,7 @@ pub async fn run(plan: &IdlePlan) -> anyhow::Result<IdleReport> {
         }
     }
     let queues_ready_seconds = started.elapsed().as_secs_f64();
+    progress.abort();
     eprintln!("[loadgen] every reply queue consuming after {queues_ready_seconds:.2} s; holding…");
     tokio::time::sleep(plan.hold).await;
     let rss_after = plan.gateway_pid.and_then(rss_bytes);
@@ -259,6 +270,28 @@ async fn hold(
                 return;
             }
         }
+    }
+}
+
+/// Live progress of the storm, once a second: sockets welcomed and reply
+/// queues consuming so far.
+async fn progress(
+    http: reqwest::Client,
+    gateway: String,
+    started: Instant,
+    consumers_before: f64,
+    welcomed: Arc<AtomicUsize>,
+) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let consuming = reply_consumers(&http, &gateway).await.unwrap_or(0.0) - consumers_before;
+        eprintln!(
+            "[loadgen] {:5.1} s: {} welcomed, {consuming:.0} reply queues consuming",
+            started.elapsed().as_secs_f64(),
+            welcomed.load(Ordering::Relaxed),
+        );
     }
 }
 

@@ -11,6 +11,10 @@ pub const RESPONSES_EXCHANGE: &str = "chat_responses";
 /// Direct exchange (key: user id) through which the gateway holding a
 /// user's reply queue relays chunks to the user's sockets on other gateways.
 pub const RELAY_EXCHANGE: &str = "chat_relay";
+/// Routing key on `chat_relay` of the gateways' `joined` / `left`
+/// announcements (body: the user id). Every gateway's relay queue is bound
+/// with it; it can never be a user id.
+pub const RELAY_PRESENCE_KEY: &str = "~presence";
 
 /// Fanout exchange on which gateways broadcast
 /// [`CancelRequest`](crate::amqp::CancelRequest)s to every responder.

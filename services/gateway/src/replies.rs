@@ -10,15 +10,17 @@
 //!
 //! One user, several gateways: the user's reply queue has a single active
 //! consumer, so only one gateway (the "home") receives their chunks. Each
-//! gateway has one relay queue of its own, bound on `chat_relay` to the
-//! users it holds sockets of; the home re-publishes every chunk there while
-//! the user also has sockets elsewhere — which it learns from the reply
-//! queue's consumer count and from `joined` / `left` messages gateways send
-//! on `chat_relay` as a user's first socket opens and last one closes
-//! (answered with `present`, so two gateways that join at the same moment
-//! still learn of each other). A
-//! relayed chunk is a best-effort extra (no redelivery); the durable path
-//! through the home stays as it is.
+//! gateway has one relay queue of its own on `chat_relay`; the home
+//! re-publishes every chunk there while the user also has sockets
+//! elsewhere, and the gateways that know of each other for a user bind
+//! their relay queues to the user's id. A gateway learns of the others from
+//! the reply queue's consumer count — at declaration, and once more after
+//! its own consumer is on (so two gateways setting up at the same moment
+//! cannot both miss each other: the second to consume counts two) — and
+//! from the `joined` / `left` announcements gateways that know of others
+//! send on the shared presence key. A user on one gateway costs no relay
+//! work at all. A relayed chunk is a best-effort extra (no redelivery); the
+//! durable path through the home stays as it is.
 //!
 //! A chunk is acked to RabbitMQ only once a client has acknowledged it: each
 //! [`OutboundReply`] carries a shared receipt that acks on the first client
@@ -26,12 +28,12 @@
 //! closed, cut loose, gateway stopping), so the user's next socket gets it.
 
 use axum::extract::ws::Utf8Bytes;
-use broker::lapin::Acker;
 use broker::lapin::message::Delivery;
 use broker::lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions,
 };
 use broker::lapin::types::FieldTable;
+use broker::lapin::{Acker, Channel};
 use broker::topology::{self, ReplyQueueShape};
 use broker::{Broker, BrokerError, Session};
 use futures_util::StreamExt;
@@ -308,12 +310,34 @@ struct LocalUser {
     consumer: CancellationToken,
     /// Becomes true once the user's reply queue is declared and bound.
     queue_ready: watch::Receiver<bool>,
-    /// Whether the user has sockets on other gateways, so chunks this
-    /// gateway receives as their home must be relayed.
-    relay: Arc<AtomicBool>,
+    /// What this gateway knows of the user's other gateways.
+    peers: Arc<Peers>,
     /// Messages being answered, as far as this gateway knows: accepted
     /// here, or seen streaming, and no final chunk yet. What `cancel` checks.
     answering: HashSet<MessageId>,
+}
+
+/// What one gateway knows of a user's sockets on other gateways.
+#[derive(Debug, Default)]
+struct Peers {
+    /// The user has sockets on other gateways too, so chunks this gateway
+    /// receives as their home are relayed.
+    elsewhere: AtomicBool,
+    /// This gateway's relay queue is bound to the user's id (it receives
+    /// the home's relayed copies).
+    bound: AtomicBool,
+}
+
+impl Peers {
+    fn elsewhere(&self) -> bool {
+        self.elsewhere.load(Ordering::Relaxed)
+    }
+
+    /// Whether this gateway takes part in relaying for the user, so the
+    /// other gateways must hear when it leaves.
+    fn involved(&self) -> bool {
+        self.elsewhere() || self.bound.load(Ordering::Relaxed)
+    }
 }
 
 /// A socket's registration; dropping it unregisters the socket.
@@ -391,19 +415,19 @@ impl ReplyRouter {
             Entry::Vacant(entry) => {
                 let consumer = CancellationToken::new();
                 let (ready_tx, queue_ready) = watch::channel(false);
-                let relay = Arc::new(AtomicBool::new(false));
+                let peers = Arc::new(Peers::default());
                 entry.insert(LocalUser {
                     sockets: HashMap::from([(socket, outbox)]),
                     consumer: consumer.clone(),
                     queue_ready: queue_ready.clone(),
-                    relay: relay.clone(),
+                    peers: peers.clone(),
                     answering: HashSet::new(),
                 });
                 let router = self.clone();
                 let user = user.clone();
                 self.inner
                     .tasks
-                    .spawn(async move { router.consume(user, consumer, ready_tx, relay).await });
+                    .spawn(async move { router.consume(user, consumer, ready_tx, peers).await });
                 queue_ready
             }
         };
@@ -420,9 +444,7 @@ impl ReplyRouter {
     /// (and so relays their chunks when it is the user's home).
     pub fn relays(&self, user: &UserId) -> bool {
         let users = self.inner.users.lock().expect("users lock");
-        users
-            .get(user)
-            .is_some_and(|local| local.relay.load(Ordering::Relaxed))
+        users.get(user).is_some_and(|local| local.peers.elsewhere())
     }
 
     /// Makes sure `user`'s reply queue exists (declared and bound) before a
@@ -596,12 +618,12 @@ impl ReplyRouter {
         user: UserId,
         cancel: CancellationToken,
         ready: watch::Sender<bool>,
-        relay: Arc<AtomicBool>,
+        peers: Arc<Peers>,
     ) {
         let broker = self.inner.broker.clone();
         let what = format!("replies of {user}");
         broker::consumer::run_consumer(&broker, &cancel, &what, |session| {
-            self.consume_session(&user, session, &cancel, &ready, &relay)
+            self.consume_session(&user, session, &cancel, &ready, &peers)
         })
         .await;
     }
@@ -612,7 +634,7 @@ impl ReplyRouter {
         session: Session,
         cancel: &CancellationToken,
         ready: &watch::Sender<bool>,
-        relay: &Arc<AtomicBool>,
+        peers: &Peers,
     ) -> Result<(), BrokerError> {
         let shard = self.inner.shard_hasher.hash_one(user) as usize;
         let channel = session.consumer_channel(shard, self.inner.prefetch).await?;
@@ -624,28 +646,26 @@ impl ReplyRouter {
         let setup = Box::pin(async {
             let queue =
                 topology::declare_reply_queue(&channel, names, user, self.inner.shape).await?;
-            // Consumers already there are other gateways with sockets of the
-            // user: if this one becomes the home, it relays to them.
-            relay.store(queue.consumers > 0, Ordering::Relaxed);
             // An expired queue lost its room bindings: bind them again.
             if let Some(store) = &self.inner.rooms {
                 for room in crate::rooms::rooms_to_bind(store, user).await {
                     topology::bind_room(&channel, names, user, &room, true).await?;
                 }
             }
-            // Receive relays for the user, and tell the other gateways.
-            let instance = &self.inner.instance;
-            if self.inner.relay_declared.load(Ordering::Acquire) != session.generation() {
-                // The relay consumer has not declared it on this connection yet.
-                topology::declare_relay_queue(&channel, names, instance).await?;
-            }
-            topology::bind_relay(&channel, names, instance, user, true).await?;
-            self.announce(&session, user, "joined").await;
             // The queue is durable: once declared it outlives reconnects, so
             // readiness only ever goes from false to true.
             ready.send_replace(true);
             let label = format!("gateway-{user}");
             let (tag, consumer) = broker::consumer::consume(&channel, &queue.name, &label).await?;
+            // Consumers other than this gateway's are other gateways with
+            // sockets of the user. Counted before consuming, and again after
+            // when there were none: of two gateways consuming at the same
+            // moment, the second counts the first.
+            let others =
+                queue.consumers > 0 || topology::consumer_count(&channel, &queue.name).await? > 1;
+            if others {
+                self.meet_peers(&channel, &session, user, peers).await?;
+            }
             Ok((queue.name, tag, consumer))
         });
         let (queue, tag, mut deliveries) = {
@@ -665,17 +685,21 @@ impl ReplyRouter {
                 _ = cancel.cancelled() => {
                     let stop = async {
                         broker::consumer::cancel_and_requeue(&channel, &tag, deliveries).await;
-                        let names = self.inner.broker.names();
-                        let unbind = topology::bind_relay(&channel, names, &self.inner.instance, user, false);
-                        let _ = tokio::time::timeout(setup_limit, unbind).await;
-                        self.announce(&session, user, "left").await;
+                        if peers.bound.load(Ordering::Relaxed) {
+                            let names = self.inner.broker.names();
+                            let unbind = topology::bind_relay(&channel, names, &self.inner.instance, user, false);
+                            let _ = tokio::time::timeout(setup_limit, unbind).await;
+                        }
+                        if peers.involved() {
+                            self.announce(&session, user, "left").await;
+                        }
                     };
                     Box::pin(stop).await;
                     debug!(user_id = %user, "stopped consuming replies");
                     return Ok(());
                 }
                 next = deliveries.next() => match next {
-                    Some(Ok(delivery)) => Box::pin(self.dispatch(user, &session, relay, delivery)).await?,
+                    Some(Ok(delivery)) => Box::pin(self.dispatch(user, &session, &peers.elsewhere, delivery)).await?,
                     Some(Err(e)) => return Err(e.into()),
                     None => return Err(BrokerError::ConsumerEnded),
                 }
@@ -683,15 +707,39 @@ impl ReplyRouter {
         }
     }
 
-    /// Tells the other gateways with sockets of `user` that this one
-    /// `joined` or `left` (best effort: they also check the consumer count).
+    /// This gateway found that `user` has sockets on other gateways too:
+    /// relay to them when home, receive their home's relays (bind the relay
+    /// queue to the user), and tell them, in case one of them counted none.
+    async fn meet_peers(
+        &self,
+        channel: &Channel,
+        session: &Session,
+        user: &UserId,
+        peers: &Peers,
+    ) -> Result<(), BrokerError> {
+        peers.elsewhere.store(true, Ordering::Relaxed);
+        let names = self.inner.broker.names();
+        let instance = &self.inner.instance;
+        if self.inner.relay_declared.load(Ordering::Acquire) != session.generation() {
+            // The relay consumer has not declared it on this connection yet.
+            topology::declare_relay_queue(channel, names, instance).await?;
+        }
+        topology::bind_relay(channel, names, instance, user, true).await?;
+        peers.bound.store(true, Ordering::Relaxed);
+        self.announce(session, user, "joined").await;
+        Ok(())
+    }
+
+    /// Tells every other gateway that this one holds sockets of `user`
+    /// (`joined`) or no longer does (`left`). Best effort: a gateway that
+    /// misses it still counts the queue's consumers when it sets up.
     async fn announce(&self, session: &Session, user: &UserId, word: &str) {
         let published = session
             .publisher()
             .publish_best_effort(
                 &self.inner.broker.names().relay_exchange(),
-                Names::reply_routing_key(user),
-                b"",
+                protocol::topology::RELAY_PRESENCE_KEY,
+                user.as_str().as_bytes(),
                 broker::properties::relay(&self.inner.instance, Some(word)),
             )
             .await;
@@ -723,14 +771,16 @@ impl ReplyRouter {
         self.inner
             .relay_declared
             .store(session.generation(), Ordering::Release);
-        // An exclusive queue dies with its connection: bind everyone again.
+        // An exclusive queue dies with its connection: bind again the users
+        // it was bound to.
         let users: Vec<UserId> = self
             .inner
             .users
             .lock()
             .expect("users lock")
-            .keys()
-            .cloned()
+            .iter()
+            .filter(|(_, local)| local.peers.bound.load(Ordering::Relaxed))
+            .map(|(user, _)| user.clone())
             .collect();
         for user in &users {
             topology::bind_relay(&channel, names, instance, user, true).await?;
@@ -751,7 +801,7 @@ impl ReplyRouter {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 next = deliveries.next() => match next {
-                    Some(Ok(delivery)) => self.relayed(&session, delivery).await,
+                    Some(Ok(delivery)) => self.relayed(&session, &channel, delivery).await,
                     Some(Err(e)) => return Err(e.into()),
                     None => return Err(BrokerError::ConsumerEnded),
                 }
@@ -759,33 +809,50 @@ impl ReplyRouter {
         }
     }
 
-    async fn relayed(&self, session: &Session, delivery: Delivery) {
-        let Ok(user) = UserId::parse(delivery.routing_key.as_str()) else {
-            return;
-        };
+    async fn relayed(&self, session: &Session, channel: &Channel, delivery: Delivery) {
         let (from, control) = broker::properties::relay_info(&delivery.properties);
         if from == Some(self.inner.instance.as_str()) {
-            return; // our own relay, routed back because we hold sockets too
+            return; // our own, routed back because we hold sockets too
         }
-        let relay_flag = {
+        // Announcements name the user in the body, relayed copies in the key.
+        let user = match control {
+            Some(_) => std::str::from_utf8(&delivery.data)
+                .ok()
+                .and_then(|user| UserId::parse(user).ok()),
+            None => UserId::parse(delivery.routing_key.as_str()).ok(),
+        };
+        let Some(user) = user else {
+            return;
+        };
+        let peers = {
             let users = self.inner.users.lock().expect("users lock");
             match users.get(&user) {
-                Some(local) => local.relay.clone(),
-                None => return,
+                Some(local) => local.peers.clone(),
+                None => return, // not a user of ours: nothing to do
             }
         };
+        let relay_flag = &peers.elsewhere;
+        let limit =
+            std::time::Duration::from_millis(self.inner.broker.settings().connect_timeout_ms);
         let advisory_frame = control
             .is_none()
             .then(|| advisory(&user, &delivery))
             .flatten();
         match control {
             Some("joined") => {
+                // Relay to the newcomer when home, and take the home's relays
+                // should the newcomer become it.
                 relay_flag.store(true, Ordering::Relaxed);
-                // The newcomer may have bound its relay queue after we
-                // announced ourselves: answer, so it learns of us too.
-                self.announce(session, &user, "present").await;
+                if !peers.bound.load(Ordering::Relaxed) {
+                    let names = self.inner.broker.names();
+                    let bind =
+                        topology::bind_relay(channel, names, &self.inner.instance, &user, true);
+                    match tokio::time::timeout(limit, bind).await {
+                        Ok(Ok(())) => peers.bound.store(true, Ordering::Relaxed),
+                        _ => warn!(user_id = %user, "could not bind the relay queue to a user"),
+                    }
+                }
             }
-            Some("present") => relay_flag.store(true, Ordering::Relaxed),
             Some("left") => {
                 // Still anyone else? Our own consumer counts as one.
                 let queue = self.inner.broker.names().reply_queue(&user);
@@ -795,9 +862,6 @@ impl ReplyRouter {
                     let _ = channel.close(200, "counted".into()).await;
                     count
                 };
-                let limit = std::time::Duration::from_millis(
-                    self.inner.broker.settings().connect_timeout_ms,
-                );
                 if let Ok(Ok(count)) = tokio::time::timeout(limit, count).await {
                     relay_flag.store(count > 1, Ordering::Relaxed);
                 }

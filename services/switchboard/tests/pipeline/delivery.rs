@@ -360,6 +360,11 @@ async fn a_user_with_tabs_on_two_gateways_sees_every_reply_in_both() {
         stack.gateway().online_users() == 0
     })
     .await;
+    // Its `left` tells the second that the user is on it alone now.
+    testkit::wait_until("the second gateway stops relaying", || {
+        !second.relays(&guest.user_id)
+    })
+    .await;
     let alone = tab_b.send_accepted("now alone").await.unwrap();
     let chunks = tab_b.collect_reply(alone).await.unwrap();
     let text: String = chunks.iter().map(|c| c.text.as_str()).collect();
