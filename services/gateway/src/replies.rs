@@ -665,6 +665,10 @@ impl ReplyRouter {
                 queue.consumers > 0 || topology::consumer_count(&channel, &queue.name).await? > 1;
             if others {
                 self.meet_peers(&channel, &session, user, peers).await?;
+            } else {
+                // A set-up after a lost channel starts from what the count
+                // says, not from what an earlier set-up knew.
+                peers.elsewhere.store(false, Ordering::Relaxed);
             }
             Ok((queue.name, tag, consumer))
         });
@@ -724,9 +728,22 @@ impl ReplyRouter {
             // The relay consumer has not declared it on this connection yet.
             topology::declare_relay_queue(channel, names, instance).await?;
         }
-        topology::bind_relay(channel, names, instance, user, true).await?;
-        peers.bound.store(true, Ordering::Relaxed);
+        self.bind_relay_for(channel, user, peers).await?;
         self.announce(session, user, "joined").await;
+        Ok(())
+    }
+
+    /// Binds this gateway's relay queue to `user`: it receives the copies
+    /// the user's home relays.
+    async fn bind_relay_for(
+        &self,
+        channel: &Channel,
+        user: &UserId,
+        peers: &Peers,
+    ) -> Result<(), BrokerError> {
+        let names = self.inner.broker.names();
+        topology::bind_relay(channel, names, &self.inner.instance, user, true).await?;
+        peers.bound.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -844,12 +861,9 @@ impl ReplyRouter {
                 // should the newcomer become it.
                 relay_flag.store(true, Ordering::Relaxed);
                 if !peers.bound.load(Ordering::Relaxed) {
-                    let names = self.inner.broker.names();
-                    let bind =
-                        topology::bind_relay(channel, names, &self.inner.instance, &user, true);
-                    match tokio::time::timeout(limit, bind).await {
-                        Ok(Ok(())) => peers.bound.store(true, Ordering::Relaxed),
-                        _ => warn!(user_id = %user, "could not bind the relay queue to a user"),
+                    let bind = self.bind_relay_for(channel, &user, &peers);
+                    if !matches!(tokio::time::timeout(limit, bind).await, Ok(Ok(()))) {
+                        warn!(user_id = %user, "could not bind the relay queue to a user");
                     }
                 }
             }
