@@ -68,6 +68,9 @@ pub struct WorkerSettings {
     pub prefetch: u16,
     /// How long in-flight answers may run on after shutdown begins.
     pub shutdown_grace_ms: u64,
+    /// The user is told `processing` when an answer's first chunk has not
+    /// gone out this long after the request was picked up; 0: always, first.
+    pub processing_status_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -182,11 +182,13 @@ async fn handle(worker: &Worker, session: &Session, delivery: Delivery) {
     }
     let started = tokio::time::Instant::now();
     async {
-        tell_processing(worker, session, &request, &trace).await;
+        let after = Duration::from_millis(worker.settings.worker.processing_status_after_ms);
+        let mut notice = Notice::Due(started + after);
         let answering = worker.cancellations.begin(&request.user_id, request.id);
         let mut attempt = 1;
         let outcome = loop {
-            match stream_answer(worker, session, &request, &trace, &answering.token).await {
+            let answer = stream_answer(worker, session, &request, &trace, &answering.token, &mut notice);
+            match answer.await {
                 Ok(finished) => break Ok(finished),
                 Err(e @ AnswerError::Publish(_))
                     if attempt < ANSWER_ATTEMPTS && session.is_live() =>
@@ -257,6 +259,19 @@ enum Finished {
     ModelFailed,
 }
 
+/// The `processing` status of one request: told once, and only when the
+/// answer's first chunk has not gone out by the time it is due. An answer
+/// that starts streaming sooner says as much by itself; an extra message
+/// through the broker for each would cost a quarter of the pipeline's
+/// throughput (docs/performance.md).
+#[derive(Debug, Clone, Copy)]
+enum Notice {
+    /// Not told yet; tell at this instant unless the first chunk goes first.
+    Due(tokio::time::Instant),
+    /// Told, or no longer needed (a chunk went out).
+    Settled,
+}
+
 /// Tells the user a responder is on their message (best effort: the status
 /// is advisory, the answer itself is what counts).
 async fn tell_processing(
@@ -298,6 +313,7 @@ async fn stream_answer(
     request: &ChatRequest,
     trace: &TraceParent,
     cancel: &CancellationToken,
+    notice: &mut Notice,
 ) -> Result<Finished, AnswerError> {
     let exchange = worker.broker.names().responses_exchange();
     // An answer to a room goes to every member's queue through the room's key.
@@ -313,6 +329,12 @@ async fn stream_answer(
         let next = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
+            // Before the next piece, so a notice due at once goes first.
+            () = notice_due(*notice) => {
+                tell_processing(worker, session, request, trace).await;
+                *notice = Notice::Settled;
+                continue;
+            }
             next = pieces.next() => Some(next),
         };
         let (chunk, finished) = match next {
@@ -354,6 +376,7 @@ async fn stream_answer(
             )
             .await?;
         pending.push(confirm);
+        *notice = Notice::Settled;
         seq += 1;
         if let Some(finished) = finished {
             break finished;
@@ -372,6 +395,16 @@ async fn stream_answer(
         warn!("the user's reply queue does not exist (expired?); answer dropped");
     }
     Ok(finished)
+}
+
+/// Fires when `notice` is due; never once it is settled.
+async fn notice_due(notice: Notice) {
+    match notice {
+        // A timer's first poll is pending even when its instant has passed.
+        Notice::Due(at) if at <= tokio::time::Instant::now() => {}
+        Notice::Due(at) => tokio::time::sleep_until(at).await,
+        Notice::Settled => std::future::pending().await,
+    }
 }
 
 /// How often RabbitMQ delivered this message before (quorum queues set

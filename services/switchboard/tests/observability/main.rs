@@ -64,6 +64,8 @@ async fn a_round_trip_moves_the_metrics_and_one_trace_crosses_rabbitmq() {
     let stack = TestStack::start(0, Mock::default()).await;
     let mut settings = stack.responder_settings(Mock::default());
     settings.health.listen = "127.0.0.1:0".into();
+    // A `processing` status before the answer, however fast it starts.
+    settings.worker.processing_status_after_ms = 0;
     let responder = responder::Responder::build(settings).await.unwrap();
     let responder_addr = responder.health_addr().unwrap();
     let responder = responder.spawn();

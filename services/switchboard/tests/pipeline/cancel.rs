@@ -24,8 +24,11 @@ fn long_text() -> String {
 
 #[tokio::test]
 async fn cancel_stops_a_streaming_answer_with_a_final_cancelled_chunk() {
-    let stack = TestStack::start(1, slow()).await;
-    let mut counters = stack.responders[0].counters();
+    let mut stack = TestStack::start(0, slow()).await;
+    // Told `processing` before every answer, so the whole progression shows.
+    let mut counters = stack
+        .start_responder_with(slow(), |s| s.worker.processing_status_after_ms = 0)
+        .await;
     let (_, mut client) = stack.client().await;
     let text = long_text();
     let full = expected_answer(&text).split_whitespace().count();

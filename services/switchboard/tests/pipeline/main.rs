@@ -17,3 +17,4 @@ mod rooms;
 mod round_trip;
 mod scale;
 mod security;
+mod status;
