@@ -10,8 +10,9 @@
 //! `loadgen idle --gateway URL --users 10000` measures idle capacity: a
 //! connect storm, then the sockets' cost (see `idle.rs`).
 //! `loadgen baseline <amqp url> <users> <in flight> <seconds> [queues]` runs
-//! the reference instead: the same two broker hops in plain lapin, and the
-//! time to declare, bind and consume `queues` per-user queues.
+//! the reference instead: the same two broker hops in plain lapin (skipped
+//! with 0 users), and the time to declare, bind and consume `queues`
+//! per-user queues (`docs/bench/baseline-queues-<queues>.json`).
 //!
 //! Open loop (`--rate`, messages per second over all users) or closed loop
 //! (`--in-flight`, messages each user keeps outstanding). Every run is
@@ -123,28 +124,32 @@ pub(crate) fn check_loopback(gateway: &str, allow_remote: bool) -> anyhow::Resul
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // `loadgen baseline <amqp url> <users> <in flight> <seconds> [queues]`:
-    // the plain-lapin reference, and the queue set-up time.
+    // the plain-lapin reference (none with 0 users), and the queue set-up
+    // time.
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("baseline") {
         let url = argv.get(2).context("baseline needs an AMQP URL")?;
         let number =
             |i: usize, default: usize| argv.get(i).and_then(|v| v.parse().ok()).unwrap_or(default);
-        let report = baseline::round_trips(
-            url,
-            number(3, 100),
-            number(4, 5),
-            Duration::from_secs(number(5, 15) as u64),
-        )
-        .await?;
-        report.print();
         std::fs::create_dir_all("docs/bench")?;
-        let out = format!(
-            "docs/bench/baseline-{}x{}.json",
-            number(3, 100),
-            number(4, 5)
-        );
-        std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
-        println!("results written to {out}");
+        // No users: the queue set-up time alone.
+        if number(3, 100) > 0 {
+            let report = baseline::round_trips(
+                url,
+                number(3, 100),
+                number(4, 5),
+                Duration::from_secs(number(5, 15) as u64),
+            )
+            .await?;
+            report.print();
+            let out = format!(
+                "docs/bench/baseline-{}x{}.json",
+                number(3, 100),
+                number(4, 5)
+            );
+            std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+            println!("results written to {out}");
+        }
         let queues = number(6, 0);
         if queues > 0 {
             let (seconds, per_queue) = baseline::declare_queues(url, queues).await?;
@@ -159,6 +164,15 @@ async fn main() -> anyhow::Result<()> {
                     per.queues as f64 / 1024.0
                 );
             }
+            let out = format!("docs/bench/baseline-queues-{queues}.json");
+            let report = serde_json::json!({
+                "label": format!("baseline-queues-{queues}"),
+                "queues": queues,
+                "seconds": seconds,
+                "broker_per_queue": per_queue,
+            });
+            std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+            println!("results written to {out}");
         }
         return Ok(());
     }
