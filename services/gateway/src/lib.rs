@@ -74,7 +74,7 @@ impl Gateway {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // Before anything records.
         platform::metrics::install();
-        let listener = TcpListener::bind(&settings.http.listen)
+        let listener = server::bind(&settings.http.listen, settings.http.accept_backlog)
             .await
             .with_context(|| format!("cannot listen on http.listen = {}", settings.http.listen))?;
         if settings.auth.jwt_secret == settings::DEV_JWT_SECRET {

@@ -39,6 +39,9 @@ pub struct HttpSettings {
     pub allowed_origins: Vec<String>,
     /// Time a client has to send its request headers.
     pub handshake_timeout_ms: u64,
+    /// Connections the kernel holds for the gateway to accept (capped by
+    /// `net.core.somaxconn`).
+    pub accept_backlog: u32,
 }
 
 #[derive(Clone, Deserialize)]
