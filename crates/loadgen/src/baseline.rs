@@ -221,6 +221,7 @@ pub async fn round_trips(
         first_chunk: Percentiles::of(&histogram),
         final_chunk: latency,
         final_chunk_distribution: crate::run::distribution(&histogram),
+        send_lateness: None,
     })
 }
 

@@ -86,6 +86,10 @@ pub struct Report {
     /// Send → final chunk over the whole distribution, as
     /// `[percentile, milliseconds]` pairs, for `scripts/plot-latency`.
     pub final_chunk_distribution: Vec<[f64; 2]>,
+    /// Open loop: how late the generator itself sent each message after
+    /// its intended time (counted in the latencies above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_lateness: Option<Percentiles>,
 }
 
 impl Report {
@@ -120,6 +124,12 @@ impl Report {
                 p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms
             );
         }
+        if let Some(p) = &self.send_lateness {
+            println!(
+                "{:<22}{:>9.2}{:>9.2}{:>9.2}{:>10.2}{:>10.2}",
+                "(sent late by)", p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms
+            );
+        }
     }
 }
 
@@ -147,6 +157,8 @@ pub(crate) fn histogram() -> Histogram<u64> {
 struct UserResult {
     first: Histogram<u64>,
     last: Histogram<u64>,
+    /// Open loop: how late each message left after its intended time.
+    late: Histogram<u64>,
     incomplete: u64,
 }
 
@@ -170,25 +182,44 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     });
     let t0 = Instant::now() + Duration::from_millis(200);
     let deadline = t0 + plan.duration;
+    // Open loop: one pacer thread tells each user when its next message is
+    // due (the runtime's timers fire on millisecond ticks, up to a
+    // millisecond late, and that lateness would count as latency).
+    let mut schedules: Vec<Option<mpsc::UnboundedReceiver<Instant>>> = Vec::new();
+    let mut pacer = None;
+    if let Some(rate) = plan.rate {
+        let (dues, receivers): (Vec<_>, Vec<_>) = (0..sockets.len())
+            .map(|_| mpsc::unbounded_channel())
+            .unzip();
+        schedules.extend(receivers.into_iter().map(Some));
+        pacer = Some(std::thread::spawn(move || pace(dues, rate, t0, deadline)));
+    } else {
+        schedules.resize_with(sockets.len(), || None);
+    }
     let mut users = Vec::new();
-    for (n, (url, ws)) in sockets.into_iter().enumerate() {
+    for ((url, ws), schedule) in sockets.into_iter().zip(schedules) {
         let plan = plan.clone();
         let counters = counters.clone();
         users.push(tokio::spawn(async move {
-            user(n, url, ws, &plan, &counters, t0, deadline).await
+            user(url, ws, schedule, &plan, &counters, t0, deadline).await
         }));
     }
     let progress = tokio::spawn(progress(counters.clone(), t0, deadline + DRAIN));
     let mut first = histogram();
     let mut last = histogram();
+    let mut late = histogram();
     let mut incomplete = 0;
     for user in users {
         let result = user.await?;
         first.add(&result.first)?;
         last.add(&result.last)?;
+        late.add(&result.late)?;
         incomplete += result.incomplete;
     }
     progress.abort();
+    if let Some(pacer) = pacer {
+        let _ = pacer.join();
+    }
     let seconds = plan.duration.as_secs_f64();
     let answered = counters.answered.load(Ordering::Relaxed);
     Ok(Report {
@@ -209,7 +240,27 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         first_chunk: Percentiles::of(&first),
         final_chunk: Percentiles::of(&last),
         final_chunk_distribution: distribution(&last),
+        send_lateness: plan.rate.map(|_| Percentiles::of(&late)),
     })
+}
+
+/// The open loop's clock, on a thread of its own: message `m` of the run is
+/// due at `t0 + m / rate`, from user `m mod users` (so each user sends
+/// every `users / rate` seconds). Sleeping on the OS timer wakes within
+/// tens of microseconds of the due time.
+fn pace(users: Vec<mpsc::UnboundedSender<Instant>>, rate: f64, t0: Instant, deadline: Instant) {
+    let (t0, deadline) = (t0.into_std(), deadline.into_std());
+    for m in 0u64.. {
+        let due = t0 + Duration::from_secs_f64(m as f64 / rate);
+        if due >= deadline {
+            break;
+        }
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        // A user that gave up (its socket is gone) no longer listens.
+        let _ = users[(m % users.len() as u64) as usize].send(Instant::from_std(due));
+    }
 }
 
 /// A guest identity's token from `POST /api/session`.
@@ -291,16 +342,16 @@ async fn reconnect(url: &str) -> Option<Socket> {
     matches!(ws.next().await, Some(Ok(Message::Text(_)))).then_some(ws)
 }
 
-/// One user: sends on its schedule (open loop) or keeps `in_flight`
+/// One user: sends when `schedule` says (open loop) or keeps `in_flight`
 /// outstanding (closed loop), acks every chunk, and times each message from
 /// its intended send time to its first and final chunk. A dropped socket is
 /// opened again (its unacknowledged chunks come back on the new one); a
 /// message sent into a dying socket may be lost and then counts as
 /// incomplete.
 async fn user(
-    n: usize,
     url: String,
     ws: Socket,
+    mut schedule: Option<mpsc::UnboundedReceiver<Instant>>,
     plan: &Plan,
     counters: &Counters,
     t0: Instant,
@@ -310,16 +361,9 @@ async fn user(
     let mut out = Outbound::new(sink);
     let mut first = histogram();
     let mut last = histogram();
+    let mut late = histogram();
     // Intended send time, and whether the first chunk was seen.
     let mut pending: HashMap<MessageId, (Instant, bool)> = HashMap::new();
-    // Open loop: this user's k-th message is due at t0 + (n + k·users) / rate.
-    let interval = plan
-        .rate
-        .map(|rate| Duration::from_secs_f64(plan.users as f64 / rate));
-    let mut next_due = t0
-        + plan.rate.map_or(Duration::ZERO, |rate| {
-            Duration::from_secs_f64(n as f64 / rate)
-        });
     let send = |out: &Outbound, due: Instant, pending: &mut HashMap<MessageId, (Instant, bool)>| {
         let id = MessageId::new_random();
         pending.insert(id, (due, false));
@@ -331,7 +375,7 @@ async fn user(
             room_id: None,
         })
     };
-    if interval.is_none() {
+    if schedule.is_none() {
         sleep_until(t0).await;
         for _ in 0..plan.in_flight {
             if counters.take_one() {
@@ -342,17 +386,21 @@ async fn user(
     let hard_stop = deadline + DRAIN;
     let mut reconnects = 0;
     loop {
-        let sending = interval.is_some() && next_due < deadline;
+        let sending = schedule.is_some();
         if !sending && (pending.is_empty() || Instant::now() >= hard_stop) {
             break;
         }
         tokio::select! {
-            _ = sleep_until(next_due), if sending => {
-                if counters.take_one() {
-                    send(&out, next_due, &mut pending);
+            due = async { schedule.as_mut()?.recv().await }, if sending => match due {
+                Some(due) => {
+                    if counters.take_one() {
+                        let _ = late.record((due.elapsed().as_micros() as u64).max(1));
+                        send(&out, due, &mut pending);
+                    }
                 }
-                next_due += interval.unwrap_or_default();
-            }
+                // The schedule is over.
+                None => schedule = None,
+            },
             _ = sleep_until(hard_stop) => break,
             frame = stream.next() => {
                 let text = match frame {
@@ -387,7 +435,7 @@ async fn user(
                             pending.remove(&chunk.in_reply_to);
                             let _ = last.record(waited.max(1));
                             counters.answered.fetch_add(1, Ordering::Relaxed);
-                            if interval.is_none() && Instant::now() < deadline && counters.take_one() {
+                            if plan.rate.is_none() && Instant::now() < deadline && counters.take_one() {
                                 send(&out, Instant::now(), &mut pending);
                             }
                         }
@@ -408,6 +456,7 @@ async fn user(
     UserResult {
         first,
         last,
+        late,
         incomplete: pending.len() as u64,
     }
 }
