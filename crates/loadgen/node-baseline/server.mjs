@@ -112,9 +112,13 @@ server.on("upgrade", (request, socket, head) => {
 });
 server.listen(port, "127.0.0.1", () => console.log(`node baseline on 127.0.0.1:${port}`));
 
+// A benchmark's queues are throwaway: delete them on the way out (the
+// broker clean-up after a run knows Switchboard's names, not this queue).
 const stop = async () => {
   server.close();
   for (const ws of wss.clients) ws.terminate();
+  await publisher.deleteQueue(replies).catch(() => {});
+  await publisher.deleteQueue(requests).catch(() => {});
   await connection.close().catch(() => {});
   process.exit(0);
 };
