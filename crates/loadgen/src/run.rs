@@ -460,3 +460,26 @@ async fn user(
         incomplete: pending.len() as u64,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_deals_the_schedule_round_robin_and_stops_at_the_deadline() {
+        // 1,000 msg/s over three users for 10 ms: messages 0..10, user
+        // m mod 3 sends message m, due at t0 + m ms.
+        let (senders, mut receivers): (Vec<_>, Vec<_>) =
+            (0..3).map(|_| mpsc::unbounded_channel()).unzip();
+        let t0 = Instant::now();
+        pace(senders, 1000.0, t0, t0 + Duration::from_millis(10));
+        let ms = |user: &mut mpsc::UnboundedReceiver<Instant>| {
+            std::iter::from_fn(|| user.try_recv().ok())
+                .map(|due| (due - t0).as_millis())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ms(&mut receivers[0]), vec![0, 3, 6, 9]);
+        assert_eq!(ms(&mut receivers[1]), vec![1, 4, 7]);
+        assert_eq!(ms(&mut receivers[2]), vec![2, 5, 8]);
+    }
+}

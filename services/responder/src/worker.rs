@@ -262,7 +262,7 @@ enum Finished {
 /// The `processing` status of one request: told once, and only when the
 /// answer's first chunk has not gone out by the time it is due. An answer
 /// that starts streaming sooner says as much by itself; an extra message
-/// through the broker for each would cost a quarter of the pipeline's
+/// through the broker for each cost about a fifth of the pipeline's
 /// throughput (docs/performance.md).
 #[derive(Debug, Clone, Copy)]
 enum Notice {
