@@ -83,6 +83,71 @@ impl ErrorCode {
         )
     }
 
+    /// The text a person reads with this code, when nothing more specific
+    /// is said (frame decoding errors say more). One place for the socket's
+    /// `error` frames and the HTTP error bodies.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "the frame is not valid JSON",
+            Self::InvalidFrame => "the frame is not one this server understands",
+            Self::UnknownType => "unknown frame type",
+            Self::InvalidId => "the id must be a UUID",
+            Self::EmptyText => "the message text is empty",
+            Self::TextTooLong => "the message text is too long",
+            Self::BinaryNotSupported => "binary frames are not supported; send JSON text frames",
+            Self::BrokerUnavailable => "the message broker is unreachable; send again later",
+            Self::PublishRejected => "the message broker refused the message; send again later",
+            Self::PublishTimeout => {
+                "the message broker did not confirm in time; send again with the same id"
+            }
+            Self::MissingToken => {
+                "a token is required (Authorization: Bearer, the bearer.<token> subprotocol, or ?token=)"
+            }
+            Self::InvalidToken => "the token is invalid or expired; get a new one",
+            Self::OriginNotAllowed => "this origin may not open a socket here",
+            Self::GuestSessionsDisabled => {
+                "guest sessions are turned off; sign in through the application"
+            }
+            Self::TooManySockets => "too many open sockets for this user",
+            Self::GatewayFull => "the gateway is full; try again later",
+            Self::RateLimited => "too many frames; slow down",
+            Self::RequestFailed => "the message could not be answered",
+            Self::NothingToCancel => {
+                "that message is not being answered (already answered, or unknown)"
+            }
+            Self::ModelFailed => "the model failed to answer; send the message again",
+            Self::NotAMember => "no such room, or you are not one of its members",
+            Self::InvalidRoomToken => "the invitation is invalid or expired; ask for a new one",
+            Self::RoomsUnavailable => "rooms are unavailable right now; try again later",
+            Self::Internal => "internal error",
+        }
+    }
+
+    /// The HTTP status that goes with this code on the HTTP API.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::InvalidJson
+            | Self::InvalidFrame
+            | Self::UnknownType
+            | Self::InvalidId
+            | Self::EmptyText
+            | Self::BinaryNotSupported => 400,
+            Self::MissingToken | Self::InvalidToken => 401,
+            Self::OriginNotAllowed | Self::GuestSessionsDisabled | Self::InvalidRoomToken => 403,
+            Self::NotAMember => 404,
+            Self::NothingToCancel => 409,
+            Self::TextTooLong => 413,
+            Self::TooManySockets | Self::RateLimited => 429,
+            Self::RequestFailed | Self::Internal => 500,
+            Self::ModelFailed => 502,
+            Self::BrokerUnavailable
+            | Self::PublishRejected
+            | Self::GatewayFull
+            | Self::RoomsUnavailable => 503,
+            Self::PublishTimeout => 504,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidJson => "invalid_json",
