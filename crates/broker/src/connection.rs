@@ -43,30 +43,12 @@ struct Inner {
     names: Names,
     /// The current session, `None` while disconnected.
     current: watch::Sender<Option<Session>>,
+    /// Whether there is a current session: what link watchers see.
+    up: watch::Sender<bool>,
     /// Stops the supervisor; owned here, not a child of the service's token,
     /// because the broker must outlive the draining of everything that uses it.
     stop: CancellationToken,
     supervisor: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// Watches whether the broker is connected.
-#[derive(Debug)]
-pub struct LinkChanges {
-    rx: watch::Receiver<Option<Session>>,
-}
-
-impl LinkChanges {
-    /// Waits for the next change; returns whether the broker is connected
-    /// now, or `None` once the broker is closed.
-    pub async fn changed(&mut self) -> Option<bool> {
-        self.rx.changed().await.ok()?;
-        Some(
-            self.rx
-                .borrow_and_update()
-                .as_ref()
-                .is_some_and(Session::is_live),
-        )
-    }
 }
 
 /// One live connection: its publisher and its consumer channels. A session
@@ -148,6 +130,25 @@ impl Session {
             .map_err(|_| BrokerError::Timeout(limit))??)
     }
 
+    /// Does `work` on a channel of its own, closed afterwards, all within
+    /// `limit`: for short jobs (a declaration, a binding, a count) whose
+    /// failure must not close a channel others use.
+    pub async fn with_channel<T>(
+        &self,
+        limit: Duration,
+        work: impl AsyncFnOnce(&Channel) -> Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
+        let run = async {
+            let channel = self.open_channel().await?;
+            let done = work(&channel).await;
+            let _ = channel.close(200, "done".into()).await;
+            done
+        };
+        timeout(limit, run)
+            .await
+            .map_err(|_| BrokerError::Timeout(limit))?
+    }
+
     /// Reports that this session is broken (a channel closed under a
     /// consumer, say). The supervisor reconnects; everyone re-subscribes.
     pub fn fail(&self, reason: &str) {
@@ -180,6 +181,7 @@ impl Broker {
             names: Names::new(settings.prefix.clone()),
             settings,
             current,
+            up: watch::channel(false).0,
             stop: CancellationToken::new(),
             supervisor: Mutex::new(None),
         });
@@ -210,11 +212,10 @@ impl Broker {
         self.current().is_some()
     }
 
-    /// Notifies on every change of session (connected, lost, reconnected).
-    pub fn link_changes(&self) -> LinkChanges {
-        LinkChanges {
-            rx: self.inner.current.subscribe(),
-        }
+    /// Whether the broker is connected, watched: changes when the link is
+    /// lost or made again.
+    pub fn link(&self) -> watch::Receiver<bool> {
+        self.inner.up.subscribe()
     }
 
     /// Waits for a live session whose generation differs from `after` (pass
@@ -268,6 +269,15 @@ impl Broker {
     }
 }
 
+impl Inner {
+    fn set_current(&self, session: Option<Session>) {
+        let up = session.is_some();
+        self.current.send_replace(session);
+        self.up
+            .send_if_modified(|was| std::mem::replace(was, up) != up);
+    }
+}
+
 async fn supervise(inner: Arc<Inner>, connection_name: String) {
     let settings = &inner.settings;
     let mut generation = 0;
@@ -297,18 +307,18 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
                 }
                 metrics::gauge!("switchboard_broker_connected", "connection" => connection_name.clone()).set(1.0);
                 let connected_at = tokio::time::Instant::now();
-                inner.current.send_replace(Some(session.clone()));
+                inner.set_current(Some(session.clone()));
                 let lost = wait_for_loss(&session, events);
                 tokio::select! {
                     _ = inner.stop.cancelled() => {
-                        inner.current.send_replace(None);
+                        inner.set_current(None);
                         session.close(200, "shutting down").await;
                         break;
                     }
                     reason = lost => {
                         warn!(connection = %connection_name, generation, %reason, "lost the RabbitMQ connection");
                         session.inner.failed.cancel();
-                        inner.current.send_replace(None);
+                        inner.set_current(None);
                         metrics::gauge!("switchboard_broker_connected", "connection" => connection_name.clone())
                             .set(0.0);
                         session.close(320, "reconnecting").await;
@@ -355,7 +365,7 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
             _ = tokio::time::sleep(delay) => {}
         }
     }
-    inner.current.send_replace(None);
+    inner.set_current(None);
 }
 
 /// Exponential backoff with ±25 % jitter, so replicas do not reconnect in step.

@@ -121,14 +121,37 @@ where
     let setup = start(&channel, queue, label, prefetch);
     let (tag, mut deliveries) = bounded_setup(&channel, setup_limit, setup).await?;
     debug!(queue, prefetch, "consuming");
+    deliver_until(&mut deliveries, stop, |delivery| {
+        let handled = handle(delivery, channel.clone());
+        async move {
+            handled.await;
+            Ok(())
+        }
+    })
+    .await?;
+    cancel_and_requeue(&channel, &tag, deliveries).await;
+    Ok(())
+}
+
+/// Hands every delivery of `deliveries` to `handle`, in order, until `stop`
+/// fires (`Ok`: the caller stops the consumer its own way) or the consumer
+/// fails (its stream errs or ends: the channel or connection is gone).
+/// Every consumer loop of the services is this one.
+pub async fn deliver_until<F, Fut>(
+    deliveries: &mut Consumer,
+    stop: &CancellationToken,
+    mut handle: F,
+) -> Result<(), BrokerError>
+where
+    F: FnMut(lapin::message::Delivery) -> Fut,
+    Fut: Future<Output = Result<(), BrokerError>>,
+{
     loop {
         tokio::select! {
-            _ = stop.cancelled() => {
-                cancel_and_requeue(&channel, &tag, deliveries).await;
-                return Ok(());
-            }
+            biased;
+            _ = stop.cancelled() => return Ok(()),
             next = deliveries.next() => match next {
-                Some(Ok(delivery)) => handle(delivery, channel.clone()).await,
+                Some(Ok(delivery)) => handle(delivery).await?,
                 Some(Err(e)) => return Err(e.into()),
                 None => return Err(BrokerError::ConsumerEnded),
             }

@@ -34,4 +34,21 @@ pub enum PublishError {
     /// The channel or connection failed under the publish.
     #[error("AMQP error while publishing: {0}")]
     Amqp(#[from] lapin::Error),
+    /// There is no connection to RabbitMQ right now.
+    #[error("not connected to RabbitMQ")]
+    Disconnected,
+}
+
+impl PublishError {
+    /// What a client is told when its message could not be published: all
+    /// retryable. A timeout may have queued it anyway, so the client sends
+    /// the same id again.
+    pub fn code(&self) -> protocol::ErrorCode {
+        use protocol::ErrorCode;
+        match self {
+            Self::Timeout(_) => ErrorCode::PublishTimeout,
+            Self::Nacked | Self::Unroutable { .. } => ErrorCode::PublishRejected,
+            Self::Amqp(_) | Self::Disconnected => ErrorCode::BrokerUnavailable,
+        }
+    }
 }

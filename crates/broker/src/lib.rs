@@ -20,7 +20,7 @@ mod publisher;
 mod settings;
 pub mod topology;
 
-pub use connection::{Broker, LinkChanges, Session};
+pub use connection::{Broker, Session};
 pub use error::{BrokerError, PublishError};
 pub use lapin;
 pub use publisher::{PendingConfirm, Publisher};

@@ -146,7 +146,7 @@ fn count_failure(error: &PublishError) {
         PublishError::Timeout(_) => "timeout",
         PublishError::Nacked => "nacked",
         PublishError::Unroutable { .. } => "unroutable",
-        PublishError::Amqp(_) => "connection",
+        PublishError::Amqp(_) | PublishError::Disconnected => "connection",
     };
     metrics::counter!("switchboard_amqp_publish_failures_total", "reason" => reason).increment(1);
 }

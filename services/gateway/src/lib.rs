@@ -1,37 +1,46 @@
 //! The gateway: owns browser WebSockets and the per-user reply queues.
 //!
-//! - [`http`] — `POST /api/session` (guest identity), `GET /ws` (the chat
-//!   socket), `/healthz`, `/readyz`, and the web UI.
-//! - `socket`: one connection's read/write loop.
-//! - [`ingress`] — a user's message → a confirmed publish to `chat_queue`.
-//! - [`replies`] — per-user reply-queue consumers fanning out to local sockets.
-//! - [`auth`] — HS256 tokens; the user id comes from them alone.
-//! - [`admission`] — caps on sockets per user and per gateway.
-//! - `server` — the accept loop (handshake timeout, `TCP_NODELAY`).
-//! - [`settings`] — configuration.
+//! Which folder owns what (services/gateway/README.md has the map):
+//!
+//! - [`http`] — transport: the router, the one error type, who a request
+//!   acts for, the handlers (session, REST messages, rooms, the socket's
+//!   upgrade, the web UI) and the listener.
+//! - [`socket`] — transport: one chat socket's loop (rate limit, acks, close
+//!   codes), its writer, its admission caps.
+//! - [`messages`] — sending and cancelling a message, for every way in; which
+//!   messages are being answered.
+//! - [`rooms`] — shared conversations; [`store`] — their database.
+//! - [`replies`] — per-user reply queues: consuming, routing to local
+//!   sockets, relaying between gateways, declaring.
+//! - [`auth`] — tokens; [`settings`] — configuration.
+//!
+//! Dependencies point one way: `http` → `socket`, `messages` → `rooms` →
+//! `replies` → `store`; nothing imports `http`, and no module imports its
+//! importer (`scripts/check-structure`).
 //!
 //! [`Gateway::build`] then [`Gateway::run_until_stopped`] is the whole life of
 //! the service; [`Gateway::spawn`] runs it in the background.
 
-pub mod admission;
 pub mod auth;
 pub mod http;
-pub mod ingress;
+pub mod messages;
 pub mod replies;
-pub mod rest;
 pub mod rooms;
-mod server;
 pub mod settings;
-mod socket;
+pub mod socket;
+pub mod store;
 
 pub use settings::Settings;
 
-use admission::Admission;
 use anyhow::Context;
 use auth::Tokens;
 use broker::Broker;
 use broker::topology::ReplyQueueShape;
-use replies::ReplyRouter;
+use http::{GuestSessions, HttpContext, MessageLimits, Sockets};
+use messages::{InProgress, Messages};
+use replies::{ReplyRouter, ReplySetup};
+use rooms::Rooms;
+use socket::admission::Admission;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,27 +54,25 @@ use tracing::{info, warn};
 /// How long shutdown waits for sockets and consumers to close.
 const DRAIN_BOUND: Duration = Duration::from_secs(5);
 
-/// What every request handler and socket shares.
-#[derive(Debug)]
-pub struct AppState {
-    pub settings: Settings,
-    pub broker: Broker,
-    pub replies: ReplyRouter,
-    pub tokens: Tokens,
-    /// The rooms database; `None` when rooms are off.
-    pub rooms: Option<Arc<rooms::Store>>,
-    pub admission: Arc<Admission>,
-    /// Fires when the gateway begins to stop; sockets close with 1001.
-    pub stop: CancellationToken,
-    /// Socket tasks, so shutdown can wait for them.
-    pub sockets: TaskTracker,
-}
-
 /// A built gateway: listening, connecting to RabbitMQ, not yet serving.
 #[derive(Debug)]
 pub struct Gateway {
     listener: TcpListener,
-    state: Arc<AppState>,
+    parts: Parts,
+}
+
+/// The gateway's parts, as [`Gateway::build`] wires them.
+#[derive(Debug)]
+struct Parts {
+    settings: Settings,
+    broker: Broker,
+    replies: ReplyRouter,
+    admission: Arc<Admission>,
+    http: HttpContext,
+    /// Fires when the gateway begins to stop; sockets close with 1001.
+    stop: CancellationToken,
+    /// Socket tasks, so shutdown can wait for them.
+    sockets: TaskTracker,
 }
 
 impl Gateway {
@@ -74,7 +81,7 @@ impl Gateway {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // Before anything records.
         platform::metrics::install();
-        let listener = server::bind(&settings.http.listen, settings.http.accept_backlog)
+        let listener = http::listener::bind(&settings.http.listen, settings.http.accept_backlog)
             .await
             .with_context(|| format!("cannot listen on http.listen = {}", settings.http.listen))?;
         if settings.auth.jwt_secret == settings::DEV_JWT_SECRET {
@@ -83,37 +90,79 @@ impl Gateway {
                  Set SWITCHBOARD_AUTH__JWT_SECRET to a long random value in any real deployment"
             );
         }
-        let rooms = match settings.rooms.database_url.trim() {
+        let store = match settings.rooms.database_url.trim() {
             "" => None,
             url => Some(Arc::new(
-                rooms::Store::new(url, settings.rooms.max_connections)
+                store::Store::new(url, settings.rooms.max_connections)
                     .context("invalid rooms.database_url")?,
             )),
         };
         let broker = Broker::start(settings.amqp.clone(), "switchboard-gateway");
-        let replies = ReplyRouter::new(
-            broker.clone(),
-            ReplyQueueShape {
+        let in_progress = Arc::new(InProgress::default());
+        let replies = ReplyRouter::start(ReplySetup {
+            broker: broker.clone(),
+            shape: ReplyQueueShape {
                 expires_ms: settings.reply_queue.expires_ms,
                 max_length: settings.reply_queue.max_length,
             },
-            settings.reply_queue.prefetch,
-            rooms.clone(),
-        );
-        let state = Arc::new(AppState {
-            tokens: Tokens::new(&settings.auth),
-            admission: Admission::new(
-                settings.websocket.max_sockets_per_user,
-                settings.websocket.max_sockets,
+            prefetch: settings.reply_queue.prefetch,
+            store: store.clone(),
+            watcher: in_progress.clone(),
+        });
+        let tokens = Arc::new(Tokens::new(&settings.auth));
+        let rooms = match store {
+            Some(store) => Rooms::new(
+                store,
+                broker.clone(),
+                replies.queues(),
+                tokens.clone(),
+                Duration::from_secs(settings.rooms.invite_ttl_secs),
             ),
+            None => Rooms::off(),
+        };
+        let messages = Messages::new(broker.clone(), replies.queues(), rooms.clone(), in_progress);
+        let admission = Admission::new(
+            settings.websocket.max_sockets_per_user,
+            settings.websocket.max_sockets,
+        );
+        let stop = CancellationToken::new();
+        let sockets = TaskTracker::new();
+        let http = HttpContext {
+            tokens,
+            guests: GuestSessions(settings.auth.guest_sessions),
+            message_limits: MessageLimits {
+                frames: protocol::ws::FrameLimits {
+                    max_text_chars: settings.websocket.max_text_chars,
+                },
+                max_body_bytes: settings.websocket.max_message_bytes,
+            },
+            sockets: Sockets {
+                admission: admission.clone(),
+                replies: replies.clone(),
+                messages: messages.clone(),
+                rooms: rooms.clone(),
+                link: broker.link(),
+                limits: Arc::new(socket::Limits::new(
+                    &settings.websocket,
+                    &settings.rate_limit,
+                )),
+                allowed_origins: settings.http.allowed_origins.clone().into(),
+                stop: stop.clone(),
+                tracker: sockets.clone(),
+            },
+            messages,
+            rooms,
+        };
+        let parts = Parts {
             settings,
             broker,
             replies,
-            rooms,
-            stop: CancellationToken::new(),
-            sockets: TaskTracker::new(),
-        });
-        Ok(Self { listener, state })
+            admission,
+            http,
+            stop,
+            sockets,
+        };
+        Ok(Self { listener, parts })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -134,18 +183,23 @@ impl Gateway {
     pub fn spawn(self) -> RunningGateway {
         let addr = self.local_addr();
         info!(%addr, "gateway listening: http://{addr}/ (WebSocket at /ws)");
-        let state = self.state;
-        let app = http::router(state.clone());
-        let handshake = Duration::from_millis(state.settings.http.handshake_timeout_ms);
-        let server = tokio::spawn(server::serve(
+        let parts = self.parts;
+        let broker = parts.broker.clone();
+        let app = http::router(
+            parts.http.clone(),
+            Arc::new(move || broker.is_connected()),
+            &parts.settings.http.web_dir,
+        );
+        let handshake = Duration::from_millis(parts.settings.http.handshake_timeout_ms);
+        let server = tokio::spawn(http::listener::serve(
             self.listener,
             app,
             handshake,
-            state.stop.clone(),
+            parts.stop.clone(),
         ));
         RunningGateway {
             addr,
-            state,
+            parts,
             server,
         }
     }
@@ -155,7 +209,7 @@ impl Gateway {
 #[derive(Debug)]
 pub struct RunningGateway {
     addr: SocketAddr,
-    state: Arc<AppState>,
+    parts: Parts,
     server: JoinHandle<()>,
 }
 
@@ -165,52 +219,52 @@ impl RunningGateway {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.state.broker.is_connected()
+        self.parts.broker.is_connected()
     }
 
     /// Users with at least one socket on this gateway.
     pub fn online_users(&self) -> usize {
-        self.state.replies.online_users()
+        self.parts.replies.online_users()
     }
 
     /// Whether this gateway knows `user` also has sockets on other gateways.
     pub fn relays(&self, user: &protocol::UserId) -> bool {
-        self.state.replies.relays(user)
+        self.parts.replies.relays(user)
     }
 
     /// Sockets open on this gateway.
     pub fn open_sockets(&self) -> usize {
-        self.state.admission.open_sockets()
+        self.parts.admission.open_sockets()
     }
 
     /// The gateway's RabbitMQ connection (for fault injection in tests).
     pub fn broker(&self) -> &Broker {
-        &self.state.broker
+        &self.parts.broker
     }
 
     /// Graceful stop, bounded: sockets get 1001, consumers are cancelled
     /// (their unprocessed deliveries requeued), then the connection closes.
     pub async fn stop(self) -> anyhow::Result<()> {
-        let state = self.state;
-        state.stop.cancel();
+        let parts = self.parts;
+        parts.stop.cancel();
         self.server.await.context("HTTP server task panicked")?;
-        state.sockets.close();
-        if tokio::time::timeout(DRAIN_BOUND, state.sockets.wait())
+        parts.sockets.close();
+        if tokio::time::timeout(DRAIN_BOUND, parts.sockets.wait())
             .await
             .is_err()
         {
             warn!(
-                open = state.sockets.len(),
+                open = parts.sockets.len(),
                 "sockets still open after the drain bound"
             );
         }
-        if tokio::time::timeout(DRAIN_BOUND, state.replies.drain())
+        if tokio::time::timeout(DRAIN_BOUND, parts.replies.drain())
             .await
             .is_err()
         {
             warn!("reply consumers still running after the drain bound");
         }
-        state.broker.close().await;
+        parts.broker.close().await;
         info!("gateway stopped");
         Ok(())
     }

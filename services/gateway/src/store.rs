@@ -1,4 +1,4 @@
-//! Where rooms live: PostgreSQL. Rooms, their members and their messages
+//! The gateway's database, where rooms live: PostgreSQL. Rooms, their members and their messages
 //! must outlive every process and every RabbitMQ queue (a member's reply
 //! queue expires after 30 minutes offline, and its bindings with it), and
 //! several gateways must agree on them and on one order per room — a row

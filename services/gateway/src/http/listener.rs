@@ -1,4 +1,4 @@
-//! The HTTP server: the axum router on hyper, with what `axum::serve` does
+//! The listener: the axum router on hyper, with what `axum::serve` does
 //! not offer — a bound on how long a client may take to send its request
 //! headers (slow-header attacks hold sockets open otherwise), `TCP_NODELAY`
 //! for low latency, and graceful shutdown tied to the gateway's stop token.

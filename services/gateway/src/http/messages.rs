@@ -1,30 +1,30 @@
-//! REST ingress: `POST /api/messages` sends a message through the same
-//! pipeline as a socket's `send` (same validation, same codes, same
-//! confirmed publish to `chat_queue`) and answers `202` once RabbitMQ has
-//! confirmed it; the answer streams to the user's sockets as usual, or
-//! waits in their reply queue for their next one. `POST
-//! /api/messages/{id}/cancel` is the socket's `cancel`. `GET
-//! /api/openapi.json` describes the HTTP API.
+//! REST ingress: `POST /api/messages` sends a message through the same path
+//! as a socket's `send` (same validation, same codes, same confirmed
+//! publish to `chat_queue`) and answers `202` once RabbitMQ has confirmed
+//! it; the answer streams to the user's sockets as usual, or waits in their
+//! reply queue for their next one. `POST /api/messages/{id}/cancel` is the
+//! socket's `cancel`. `GET /api/openapi.json` describes the HTTP API.
 
-use crate::AppState;
-use crate::http::{ApiError, authenticate};
-use crate::ingress;
-use axum::Json;
+use super::context::{HttpContext, MessageLimits};
+use super::error::ApiError;
+use super::extract::Authenticated;
+use crate::messages::{Messages, Outgoing};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use protocol::amqp::{MessageStatus, Turn};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use protocol::amqp::MessageStatus;
 use protocol::ws::{ClientFrame, FrameLimits};
-use protocol::{ErrorCode, MessageId, RoomId};
+use protocol::{ErrorCode, MessageId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::sync::Arc;
 use tracing::{Instrument, debug, info_span};
 
 /// The OpenAPI document of the HTTP API (`docs/openapi.json`).
-pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
 /// `202` for `POST /api/messages`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -40,54 +40,43 @@ pub struct Cancelling {
     pub status: MessageStatus,
 }
 
+pub fn router(limits: MessageLimits) -> Router<HttpContext> {
+    Router::new()
+        .route(
+            "/api/messages",
+            post(send).layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+        )
+        .route("/api/messages/{id}/cancel", post(cancel))
+        .route("/api/openapi.json", get(openapi))
+}
+
 /// `POST /api/messages` with `{"text": "…", "id": "<uuid, optional>"}`.
 /// Resending with the same `id` is safe (the answer is shown once).
-pub async fn send_message(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+async fn send(
+    State(messages): State<Messages>,
+    State(limits): State<MessageLimits>,
+    Authenticated(verified): Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
-    let verified = authenticate(&state, &headers, None)?;
     let body = body.map_err(|_| {
-        ApiError::Message(
+        ApiError::new(
             ErrorCode::TextTooLong,
             format!(
                 "the request body is larger than {} bytes",
-                state.settings.websocket.max_message_bytes
+                limits.max_body_bytes
             ),
-            None,
         )
     })?;
-    let limits = FrameLimits {
-        max_text_chars: state.settings.websocket.max_text_chars,
-    };
-    let (id, text, context, room) = decode_message(&body, &limits)?;
-    let user = verified.user;
+    let message = decode_message(&body, &limits.frames)?;
+    let (user, id) = (verified.user, message.id);
     let span = info_span!("request", trace_id = tracing::field::Empty, user_id = %user, message_id = %id, via = "rest");
     let trace = platform::telemetry::start_trace(&span);
     span.record("trace_id", tracing::field::display(trace.trace_id()));
     async {
-        let limit = state.settings.amqp.publish_timeout();
-        if !state.replies.ensure_reply_queue(&user, limit).await {
-            let code = ErrorCode::BrokerUnavailable;
-            return Err(ApiError::Message(
-                code,
-                ingress::describe(code).into(),
-                Some(id),
-            ));
-        }
-        let refused = |code| ApiError::Message(code, ingress::describe(code).into(), Some(id));
-        match room {
-            Some(room) => crate::rooms::send(&state, &user, room, id, text, &trace)
-                .await
-                .map_err(refused)?,
-            None => {
-                ingress::submit(&state.broker, &user, id, text, context, None, &trace)
-                    .await
-                    .map_err(refused)?;
-                state.replies.expect_answer(&user, id);
-            }
-        }
+        messages
+            .send(&user, message, &trace)
+            .await
+            .map_err(|code| ApiError::from(code).about(id))?;
         debug!("message queued");
         Ok((
             StatusCode::ACCEPTED,
@@ -103,66 +92,57 @@ pub async fn send_message(
 
 /// The body of `POST /api/messages`, validated exactly as a socket's `send`
 /// frame is (it is one, without `type`; a missing `id` is chosen here).
-fn decode_message(
-    body: &[u8],
-    limits: &FrameLimits,
-) -> Result<(MessageId, String, Vec<Turn>, Option<RoomId>), ApiError> {
-    let invalid = |code: ErrorCode, message: String| ApiError::Message(code, message, None);
+fn decode_message(body: &[u8], limits: &FrameLimits) -> Result<Outgoing, ApiError> {
     let mut value: Value = serde_json::from_slice(body)
-        .map_err(|e| invalid(ErrorCode::InvalidJson, format!("not valid JSON: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("not valid JSON: {e}")))?;
     let Value::Object(fields) = &mut value else {
-        return Err(invalid(
+        return Err(ApiError::new(
             ErrorCode::InvalidFrame,
-            "the body must be a JSON object".into(),
+            "the body must be a JSON object",
         ));
     };
     fields.insert("type".into(), Value::String("send".into()));
     fields
         .entry("id")
         .or_insert_with(|| Value::String(MessageId::new_random().to_string()));
-    match ClientFrame::decode(&value.to_string(), limits) {
-        Ok(ClientFrame::Send {
+    match ClientFrame::decode(&value.to_string(), limits)? {
+        ClientFrame::Send {
             id,
             text,
             context,
             room_id,
-        }) => Ok((id, text, context, room_id)),
-        Ok(_) => Err(invalid(ErrorCode::InvalidFrame, "not a message".into())),
-        Err(e) => Err(ApiError::Message(e.code, e.message, e.id)),
+        } => Ok(Outgoing {
+            id,
+            text,
+            context,
+            room: room_id,
+        }),
+        _ => Err(ApiError::new(ErrorCode::InvalidFrame, "not a message")),
     }
 }
 
 /// `POST /api/messages/{id}/cancel`: the socket's `cancel`.
-pub async fn cancel_message(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+async fn cancel(
+    State(messages): State<Messages>,
+    Authenticated(verified): Authenticated,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Cancelling>), ApiError> {
-    let verified = authenticate(&state, &headers, None)?;
     let id = MessageId::parse(&id)
-        .map_err(|_| ApiError::Message(ErrorCode::InvalidId, "`id` must be a UUID".into(), None))?;
-    match ingress::cancel(&state, &verified.user, id).await {
-        Ok(()) => Ok((
-            StatusCode::ACCEPTED,
-            Json(Cancelling {
-                id,
-                status: MessageStatus::Cancelling,
-            }),
-        )),
-        Err(code) => Err(ApiError::Message(
-            code,
-            ingress::describe(code).into(),
-            Some(id),
-        )),
-    }
+        .map_err(|_| ApiError::new(ErrorCode::InvalidId, "`id` must be a UUID"))?;
+    messages
+        .cancel(&verified.user, id)
+        .await
+        .map_err(|code| ApiError::from(code).about(id))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Cancelling {
+            id,
+            status: MessageStatus::Cancelling,
+        }),
+    ))
 }
 
 /// `GET /api/openapi.json`.
-pub async fn openapi() -> impl IntoResponse {
+async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
-}
-
-/// A message this long is never accepted: the body limit for the endpoint.
-pub fn body_limit(state: &AppState) -> usize {
-    state.settings.websocket.max_message_bytes
 }

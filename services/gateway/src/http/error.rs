@@ -1,0 +1,114 @@
+//! The HTTP API's one error type. An error is a stable code
+//! (docs/protocol.md §3) — which fixes its HTTP status
+//! ([`ErrorCode::http_status`]) and its usual text
+//! ([`ErrorCode::describe`]) — the text itself when there is more to say,
+//! and the message concerned, if any. A socket's `error` frame carries the
+//! same code and text. Internal causes are logged, never sent.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use protocol::ws::FrameError;
+use protocol::{ErrorCode, MessageId};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::fmt::Display;
+use tracing::error;
+
+/// A refused request.
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: Cow<'static, str>,
+    id: Option<MessageId>,
+}
+
+/// The body of every HTTP error: the same `code`s as the socket's `error`
+/// frames (docs/protocol.md §3).
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The message concerned, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<MessageId>,
+    /// Whether sending the same request again may succeed.
+    pub retryable: bool,
+}
+
+impl ApiError {
+    /// `code` with a text of its own.
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            id: None,
+        }
+    }
+
+    /// The error concerns message `id`.
+    pub fn about(mut self, id: MessageId) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// A fault of ours: `cause` goes to the log, the client learns nothing
+    /// more than `internal`.
+    pub fn internal(what: &str, cause: impl Display) -> Self {
+        error!(error = %cause, "{what}");
+        ErrorCode::Internal.into()
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+}
+
+impl From<ErrorCode> for ApiError {
+    fn from(code: ErrorCode) -> Self {
+        Self::new(code, code.describe())
+    }
+}
+
+impl From<FrameError> for ApiError {
+    fn from(e: FrameError) -> Self {
+        Self {
+            code: e.code,
+            message: e.message.into(),
+            id: e.id,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.code;
+        metrics::counter!("switchboard_gateway_errors_total", "code" => code.as_str()).increment(1);
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            code,
+            message: self.message.into_owned(),
+            id: self.id,
+            retryable: code.is_retryable(),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_and_text_come_from_the_code() {
+        let response = ApiError::from(ErrorCode::NothingToCancel).into_response();
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        let response = ApiError::new(ErrorCode::TooManySockets, "x").into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        for code in ErrorCode::ALL {
+            assert!(StatusCode::from_u16(code.http_status()).is_ok(), "{code}");
+            assert!(!code.describe().is_empty(), "{code}");
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The HTTP surface: sessions, the REST messages API, rooms, the chat
+//! socket's upgrade, health, metrics and the web UI, on our own listener.
+//!
+//! - `context`: [`HttpContext`], what the handlers share.
+//! - `error`: [`ApiError`], the one error type of every handler.
+//! - `extract`: [`Authenticated`], who a request acts for.
+//! - `session`, `messages`, `rooms`, `ws`, `web`: the handlers, each with
+//!   its own `router()`, merged here.
+//! - `listener`: binding and the accept loop.
+//!
+//! Handlers take the narrow handles they use (`State<Messages>`,
+//! `State<Rooms>`, …) out of one [`HttpContext`].
+
+mod context;
+mod error;
+mod extract;
+pub mod listener;
+mod messages;
+mod rooms;
+mod session;
+mod web;
+mod ws;
+
+pub use context::{GuestSessions, HttpContext, MessageLimits, Sockets};
+pub use error::{ApiError, ErrorBody};
+pub use extract::{Authenticated, TOKEN_SUBPROTOCOL_PREFIX};
+pub use ws::SUBPROTOCOL;
+
+use axum::Router;
+use platform::health::Readiness;
+
+/// Every route of the gateway. `ready` answers `/readyz`; `web_dir` is the
+/// built page.
+pub fn router(context: HttpContext, ready: Readiness, web_dir: &str) -> Router {
+    Router::new()
+        .merge(session::router())
+        .merge(messages::router(context.message_limits))
+        .merge(rooms::router())
+        .merge(ws::router())
+        .merge(platform::health::router(ready))
+        .merge(platform::metrics::router(platform::metrics::install()))
+        .fallback_service(web::router(web_dir))
+        .with_state(context)
+}

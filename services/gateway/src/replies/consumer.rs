@@ -1,0 +1,209 @@
+//! One user's consumer: for as long as the user has a socket here, their
+//! reply queue is declared, bound (to their id and their rooms) and
+//! consumed, again after every channel error and reconnect. Each delivery
+//! is decoded once ([`Inbound`]) and handed to the user's sockets.
+
+use super::context::Context;
+use super::inbound::Inbound;
+use super::local::{FirstSocket, Peers};
+use super::outbound::{OutboundReply, Receipt};
+use super::relay;
+use broker::lapin::message::Delivery;
+use broker::lapin::options::{BasicAckOptions, BasicRejectOptions};
+use broker::{BrokerError, Session, topology};
+use protocol::UserId;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::watch;
+use tracing::{debug, error, info};
+
+/// Counts users whose reply consumer is running (queue declared, bound and
+/// consumed) in `switchboard_gateway_reply_consumers`, for as long as it lives.
+struct ConsumingGauge;
+
+impl ConsumingGauge {
+    fn up() -> Self {
+        metrics::gauge!("switchboard_gateway_reply_consumers").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for ConsumingGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("switchboard_gateway_reply_consumers").decrement(1.0);
+    }
+}
+
+/// The life of one user's consumer: (re)subscribes after channel errors and
+/// on every broker session until the user's last socket here goes.
+pub async fn run(context: Arc<Context>, user: UserId, first: FirstSocket) {
+    let FirstSocket { stop, ready, peers } = first;
+    let what = format!("replies of {user}");
+    broker::consumer::run_consumer(&context.broker, &stop, &what, |session| {
+        consume_session(&context, &user, session, &stop, &ready, &peers)
+    })
+    .await;
+}
+
+async fn consume_session(
+    context: &Context,
+    user: &UserId,
+    session: Session,
+    stop: &tokio_util::sync::CancellationToken,
+    ready: &watch::Sender<bool>,
+    peers: &Peers,
+) -> Result<(), BrokerError> {
+    let shard = context.shard_hasher.hash_one(user) as usize;
+    let channel = session.consumer_channel(shard, context.prefetch).await?;
+    let names = context.broker.names();
+    // Boxed: set-up is short, the consumer lives long; the task must not
+    // carry set-up's state for as long as the user stays connected.
+    let setup = Box::pin(async {
+        let queue = topology::declare_reply_queue(&channel, names, user, context.shape).await?;
+        // An expired queue lost its room bindings: bind them again.
+        if let Some(store) = &context.store {
+            let rooms = store.rooms_of(user).await.unwrap_or_else(|e| {
+                tracing::warn!(user_id = %user, error = %e, "could not read the user's rooms; their room messages wait for the next set-up");
+                Vec::new()
+            });
+            for room in rooms {
+                topology::bind_room(&channel, names, user, &room.id, true).await?;
+            }
+        }
+        // The queue is durable: once declared it outlives reconnects, so
+        // readiness only ever goes from false to true.
+        ready.send_replace(true);
+        let label = format!("gateway-{user}");
+        let (tag, consumer) = broker::consumer::consume(&channel, &queue.name, &label).await?;
+        // Consumers other than this gateway's are other gateways with
+        // sockets of the user. Counted before consuming, and again after
+        // when there were none: of two gateways consuming at the same
+        // moment, the second counts the first.
+        let others =
+            queue.consumers > 0 || topology::consumer_count(&channel, &queue.name).await? > 1;
+        if others {
+            relay::meet_peers(context, &channel, &session, user, peers).await?;
+        } else {
+            // A set-up after a lost channel starts from what the count
+            // says, not from what an earlier set-up knew.
+            peers.elsewhere.store(false, Ordering::Relaxed);
+        }
+        Ok((queue.name, tag, consumer))
+    });
+    let (queue, tag, mut deliveries) = {
+        let _turn = context.setups.acquire().await;
+        broker::consumer::bounded_setup(&channel, context.setup_limit(), setup).await?
+    };
+    let _consuming = ConsumingGauge::up();
+    debug!(user_id = %user, queue, "consuming replies");
+    // Each delivery runs boxed: its future is large, and inline it would
+    // size every idle user's task.
+    broker::consumer::deliver_until(&mut deliveries, stop, |delivery| {
+        Box::pin(dispatch(context, user, &session, peers, delivery))
+    })
+    .await?;
+    let stopping = async {
+        broker::consumer::cancel_and_requeue(&channel, &tag, deliveries).await;
+        relay::leave(context, &channel, &session, user, peers).await;
+    };
+    Box::pin(stopping).await;
+    debug!(user_id = %user, "stopped consuming replies");
+    Ok(())
+}
+
+/// Hands one delivery to the user's sockets. A chunk or room message is
+/// settled by its receipt: acked once a client has it, requeued if none
+/// does. An advisory frame (status, receipt) is settled at once — a user
+/// with no socket right now does not need it later. Anything unreadable or
+/// misrouted is rejected at once.
+async fn dispatch(
+    context: &Context,
+    user: &UserId,
+    session: &Session,
+    peers: &Peers,
+    delivery: Delivery,
+) -> Result<(), BrokerError> {
+    let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
+    let (frame, advisory) = match Inbound::decode(user, kind, &delivery.data) {
+        Inbound::Refused(what) => {
+            error!(user_id = %user, "{what} in the user's reply queue; dropped, never delivered");
+            let reject = delivery.reject(BasicRejectOptions { requeue: false });
+            return settle_now(context, reject).await;
+        }
+        Inbound::Status(event) => (OutboundReply::status(&event), true),
+        Inbound::Receipt(receipt) => (OutboundReply::receipt(receipt), true),
+        Inbound::Chunk(chunk) => {
+            observe(context, user, &chunk, &delivery);
+            let receipt = Receipt::amqp(delivery.acker.clone());
+            (OutboundReply::chunk(chunk, Some(receipt)), false)
+        }
+        Inbound::RoomMessage(message) => {
+            let receipt = Receipt::amqp(delivery.acker.clone());
+            (OutboundReply::room_message(message, Some(receipt)), false)
+        }
+    };
+    relay::copy(context, session, user, peers, &delivery).await;
+    let delivered = context.local.deliver(user, &frame);
+    if advisory {
+        return settle_now(context, delivery.ack(BasicAckOptions::default())).await;
+    }
+    if delivered == 0 {
+        // Dropping the only copy requeues it for the user's next socket.
+        info!(user_id = %user, "no local socket for a reply; requeued");
+    }
+    Ok(())
+}
+
+/// Metrics, trace and the answer watcher for a chunk on its way out.
+fn observe(
+    context: &Context,
+    user: &UserId,
+    chunk: &protocol::amqp::ReplyChunk,
+    delivery: &Delivery,
+) {
+    metrics::counter!("switchboard_gateway_reply_chunks_consumed_total").increment(1);
+    if delivery.redelivered {
+        metrics::counter!("switchboard_gateway_redeliveries_total").increment(1);
+    } else if let Some(sent_at) = chunk.request_sent_at_ms {
+        // First sight of a chunk: how long since the user sent the message.
+        let latency = broker::properties::now_ms().saturating_sub(sent_at) as f64 / 1000.0;
+        if chunk.seq == 0 {
+            metrics::histogram!("switchboard_request_first_chunk_seconds").record(latency);
+        }
+        if chunk.r#final {
+            metrics::histogram!("switchboard_request_final_chunk_seconds").record(latency);
+        }
+    }
+    if let Some(error) = &chunk.error {
+        metrics::counter!("switchboard_gateway_errors_total", "code" => error.code.as_str())
+            .increment(1);
+    }
+    let trace = broker::properties::traceparent(&delivery.properties);
+    debug!(
+        user_id = %user,
+        message_id = %chunk.in_reply_to,
+        seq = chunk.seq,
+        trace_id = trace.map(|t| t.trace_id().to_string()).unwrap_or_default(),
+        "reply chunk for local sockets"
+    );
+    if chunk.user_id == *user {
+        context
+            .watcher
+            .chunk_seen(user, chunk.in_reply_to, chunk.r#final);
+    }
+}
+
+/// Settles a delivery from the consumer loop itself, time-boxed: an ack on
+/// a connection that died under it may never complete, and a loop stuck
+/// there would never notice the loss and never resubscribe.
+async fn settle_now(
+    context: &Context,
+    settle: impl Future<Output = Result<bool, lapin::Error>>,
+) -> Result<(), BrokerError> {
+    let limit = context.setup_limit();
+    match tokio::time::timeout(limit, settle).await {
+        Ok(settled) => settled.map(drop).map_err(BrokerError::from),
+        Err(_) => Err(BrokerError::Timeout(limit)),
+    }
+}

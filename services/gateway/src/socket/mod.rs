@@ -1,0 +1,386 @@
+//! One WebSocket connection: reads client frames, hands `send`s, `cancel`s
+//! and room receipts to the gateway ([`Chat`]), and writes everything bound
+//! for this socket — answers to its own frames and the user's reply chunks
+//! — from a single writer.
+//!
+//! The socket also enforces its limits: a token bucket over client frames
+//! (`rate_limited`, then 1008 on sustained abuse), pings and an idle timeout
+//! (4002: dead or half-open connections), the token's expiry (4001), and
+//! closes with 1007 / 1009 on invalid UTF-8 / oversized messages.
+//!
+//! The loop is generic over the socket (a `Sink` and `Stream` of messages)
+//! and over [`Chat`], so its rules are unit-tested with channels
+//! (`tests.rs`), without a network or a broker.
+
+pub mod admission;
+mod rate;
+mod step;
+mod writer;
+
+use crate::messages::Outgoing;
+use crate::replies::OutboundReply;
+use crate::settings::{RateLimitSettings, WebSocketSettings};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, Sink, Stream, StreamExt};
+use protocol::amqp::MessageStatus;
+use protocol::trace::TraceParent;
+use protocol::ws::{FrameLimits, LinkState, ServerFrame};
+use protocol::{CloseCode, ErrorCode, MessageId, RoomId, UserId};
+use rate::TokenBucket;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use step::Step;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span};
+use writer::Writer;
+
+/// What a socket asks of the rest of the gateway on its user's behalf.
+pub trait Chat: Send + Sync + 'static {
+    /// Sends `message`; `Ok` once it will be answered (RabbitMQ confirmed it).
+    fn send(
+        &self,
+        user: UserId,
+        message: Outgoing,
+        trace: TraceParent,
+    ) -> impl Future<Output = Result<(), ErrorCode>> + Send + 'static;
+
+    /// Stops the answer to message `id`.
+    fn cancel(
+        &self,
+        user: UserId,
+        id: MessageId,
+    ) -> impl Future<Output = Result<(), ErrorCode>> + Send;
+
+    /// The client has room message `seq` of `room`.
+    fn delivered(&self, user: UserId, room: RoomId, seq: u64) -> impl Future<Output = ()> + Send;
+
+    /// The client has seen `room` up to `seq`.
+    fn read(
+        &self,
+        user: UserId,
+        room: RoomId,
+        seq: u64,
+    ) -> impl Future<Output = Result<(), ErrorCode>> + Send;
+}
+
+/// A socket's limits, from the gateway's settings.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest message text.
+    pub frames: FrameLimits,
+    /// Largest WebSocket message, in bytes (1009 beyond).
+    pub max_message_bytes: usize,
+    /// Reply frames buffered for the socket before it is cut loose (4000).
+    pub outbound_buffer: usize,
+    /// Sends awaiting their confirm before reading pauses.
+    pub max_in_flight: usize,
+    /// Bound on writing one frame.
+    pub send_timeout: Duration,
+    /// How often the gateway pings…
+    pub ping_interval: Duration,
+    /// …and how long it waits for any sign of life (4002).
+    pub idle_timeout: Duration,
+    /// The token bucket over client frames.
+    pub rate: RateLimitSettings,
+}
+
+impl Limits {
+    pub fn new(websocket: &WebSocketSettings, rate: &RateLimitSettings) -> Self {
+        Self {
+            frames: FrameLimits {
+                max_text_chars: websocket.max_text_chars,
+            },
+            max_message_bytes: websocket.max_message_bytes,
+            outbound_buffer: websocket.outbound_buffer,
+            max_in_flight: websocket.max_in_flight.max(1),
+            send_timeout: Duration::from_millis(websocket.send_timeout_ms),
+            ping_interval: Duration::from_millis(websocket.ping_interval_ms),
+            idle_timeout: Duration::from_millis(websocket.idle_timeout_ms),
+            rate: rate.clone(),
+        }
+    }
+}
+
+/// Everything one socket is served with besides the socket itself.
+#[derive(Debug)]
+pub struct Connection {
+    /// Whose socket it is (from the verified token).
+    pub user: UserId,
+    /// When the token expires (4001 then).
+    pub token_expires: Instant,
+    pub limits: Limits,
+    /// Whether the gateway has its broker link: told to the client as
+    /// `status` frames.
+    pub link: watch::Receiver<bool>,
+    /// The user's reply frames for this socket; closed when the gateway cut
+    /// the socket loose for reading too slowly.
+    pub replies: mpsc::Receiver<OutboundReply>,
+    /// Fires when the gateway stops: the socket closes with 1001.
+    pub stop: CancellationToken,
+}
+
+type Answering = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+
+/// Why the loop ended, and so how the socket is closed.
+enum End {
+    /// The client closed or vanished; nothing more to send.
+    ClientGone,
+    /// Close with this code and reason.
+    Close(CloseCode, &'static str),
+}
+
+/// Serves one authenticated socket until it closes or the gateway stops.
+pub async fn serve<S, C>(socket: S, connection: Connection, chat: C)
+where
+    S: Sink<Message, Error = axum::Error>
+        + Stream<Item = Result<Message, axum::Error>>
+        + Unpin
+        + Send,
+    C: Chat,
+{
+    let Connection {
+        user,
+        token_expires,
+        limits,
+        mut link,
+        mut replies,
+        stop,
+    } = connection;
+    let mut socket = Writer::new(socket, limits.send_timeout);
+    let welcome = ServerFrame::Welcome {
+        user_id: user.clone(),
+    };
+    if socket.frame(&welcome).await.is_err() {
+        return;
+    }
+    // Tell the client when the broker link goes down and comes back, so it
+    // holds its messages instead of collecting `broker_unavailable`s.
+    let mut link_up = *link.borrow_and_update();
+    if !link_up && socket.frame(&link_status(false)).await.is_err() {
+        return;
+    }
+    // Confirms complete in publish order; FuturesOrdered keeps `accepted`
+    // frames in the order the client sent its messages regardless.
+    let mut sending: FuturesOrdered<Answering> = FuturesOrdered::new();
+    let mut bucket = TokenBucket::new(&limits.rate);
+    let mut heard_at = Instant::now();
+    let mut pings = tokio::time::interval(limits.ping_interval);
+    pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let token_expiry = tokio::time::sleep_until(token_expires);
+    tokio::pin!(token_expiry);
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => {
+                // Hand over what is already buffered; the rest is requeued.
+                while let Ok(reply) = replies.try_recv() {
+                    if socket.reply(&reply).await.is_err() {
+                        break;
+                    }
+                }
+                break End::Close(CloseCode::GoingAway, "gateway shutting down");
+            }
+            _ = &mut token_expiry => break End::Close(CloseCode::TokenExpired, "token expired"),
+            Ok(()) = link.changed() => {
+                let up = *link.borrow_and_update();
+                if up != link_up {
+                    link_up = up;
+                    if socket.frame(&link_status(up)).await.is_err() {
+                        break End::ClientGone;
+                    }
+                }
+            }
+            _ = pings.tick() => {
+                if heard_at.elapsed() >= limits.idle_timeout {
+                    info!(user_id = %user, "no sign of life from the client; closing");
+                    break End::Close(CloseCode::IdleTimeout, "idle timeout");
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break End::ClientGone;
+                }
+            }
+            Some(answer) = sending.next(), if !sending.is_empty() => {
+                if socket.frame(&answer).await.is_err() {
+                    break End::ClientGone;
+                }
+            }
+            reply = replies.recv() => match reply {
+                Some(reply) => {
+                    if socket.reply(&reply).await.is_err() {
+                        break End::ClientGone;
+                    }
+                }
+                // The router cut this socket loose: it could not keep up.
+                None => break End::Close(CloseCode::SlowConsumer, "too slow to read replies; reconnect"),
+            },
+            incoming = socket.recv(), if sending.len() < limits.max_in_flight => {
+                heard_at = Instant::now();
+                let message = match incoming {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => break read_failure(&e),
+                    None => break End::ClientGone,
+                };
+                let step = match message {
+                    Message::Text(text) if text.len() > limits.max_message_bytes => {
+                        break End::Close(CloseCode::MessageTooBig, "message too big");
+                    }
+                    Message::Binary(bytes) if bytes.len() > limits.max_message_bytes => {
+                        break End::Close(CloseCode::MessageTooBig, "message too big");
+                    }
+                    Message::Text(text) => step::step(&text, &limits.frames),
+                    Message::Binary(_) => Step::Binary,
+                    // Pings are answered by the WebSocket layer; pongs only
+                    // prove the client is alive.
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                    Message::Close(_) => break End::ClientGone,
+                };
+                metrics::counter!("switchboard_gateway_frames_received_total", "type" => step.kind())
+                    .increment(1);
+                // Acks of chunks this socket holds are bounded by the prefetch
+                // and free; everything else spends from the bucket.
+                let free = matches!(&step, Step::Acknowledge { id, seq } if socket.holds(*id, *seq));
+                if !free && !bucket.take() {
+                    metrics::counter!("switchboard_gateway_rate_limited_total").increment(1);
+                    if bucket.refused_in_a_row() >= limits.rate.abuse_threshold {
+                        info!(user_id = %user, "rate limit ignored; closing");
+                        break End::Close(CloseCode::PolicyViolation, "rate limit exceeded");
+                    }
+                    let refusal = ServerFrame::error(ErrorCode::RateLimited, ErrorCode::RateLimited.describe(), None);
+                    if socket.frame(&refusal).await.is_err() {
+                        break End::ClientGone;
+                    }
+                    continue;
+                }
+                let answer = match step {
+                    Step::Answer(answer) => {
+                        if let ServerFrame::Error { code, .. } = &answer {
+                            debug!(user_id = %user, %code, "bad frame");
+                        }
+                        Some(answer)
+                    }
+                    Step::Binary => Some(refusal(ErrorCode::BinaryNotSupported, None)),
+                    Step::Publish(message) => {
+                        sending.push_back(send(&chat, user.clone(), message));
+                        None
+                    }
+                    Step::Acknowledge { id, seq } => {
+                        if let Some((room, seq)) = socket.acknowledged(id, seq) {
+                            chat.delivered(user.clone(), room, seq).await;
+                        }
+                        None
+                    }
+                    Step::Read { room_id, seq } => chat
+                        .read(user.clone(), room_id, seq)
+                        .await
+                        .err()
+                        .map(|code| refusal(code, None)),
+                    Step::Cancel { id } => Some(match chat.cancel(user.clone(), id).await {
+                        Ok(()) => ServerFrame::MessageStatus { id, status: MessageStatus::Cancelling },
+                        Err(code) => refusal(code, Some(id)),
+                    }),
+                };
+                if let Some(answer) = answer
+                    && socket.frame(&answer).await.is_err()
+                {
+                    break End::ClientGone;
+                }
+            }
+        }
+    };
+    // Unacknowledged replies go back to the queue now, not after the close
+    // handshake, so the user's next socket gets them.
+    drop(replies);
+    socket.release_unacked();
+    let reason = match &end {
+        End::ClientGone => "client",
+        End::Close(code, _) => close_reason(*code),
+    };
+    metrics::counter!("switchboard_gateway_sockets_closed_total", "reason" => reason).increment(1);
+    if let End::Close(code, reason) = end {
+        let close = Message::Close(Some(CloseFrame {
+            code: code.code(),
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        if socket.send(close).await.is_ok() {
+            socket.finish_closing().await;
+        }
+    }
+    debug!(user_id = %user, "socket closed");
+}
+
+/// An `error` frame with the code's usual text.
+fn refusal(code: ErrorCode, id: Option<MessageId>) -> ServerFrame {
+    ServerFrame::error(code, code.describe(), id)
+}
+
+/// Sends `message` and becomes the frame that answers it: `accepted`, or an
+/// `error` with the reason.
+fn send<C: Chat>(chat: &C, user: UserId, message: Outgoing) -> Answering {
+    let id = message.id;
+    // One trace per message, from here through the responder and back.
+    let span = info_span!(
+        "request",
+        trace_id = tracing::field::Empty,
+        user_id = %user,
+        message_id = %id
+    );
+    let trace = platform::telemetry::start_trace(&span);
+    span.record("trace_id", tracing::field::display(trace.trace_id()));
+    let trace_id = trace.trace_id().to_string();
+    let sent = chat.send(user, message, trace);
+    async move {
+        match sent.await {
+            Ok(()) => {
+                debug!("message queued");
+                ServerFrame::Accepted {
+                    id,
+                    trace_id: Some(trace_id),
+                }
+            }
+            Err(code) => refusal(code, Some(id)),
+        }
+    }
+    .instrument(span)
+    .boxed()
+}
+
+fn close_reason(code: CloseCode) -> &'static str {
+    match code {
+        CloseCode::Normal => "normal",
+        CloseCode::GoingAway => "going_away",
+        CloseCode::InvalidPayload => "invalid_payload",
+        CloseCode::PolicyViolation => "rate_limit_abuse",
+        CloseCode::MessageTooBig => "message_too_big",
+        CloseCode::SlowConsumer => "slow_consumer",
+        CloseCode::TokenExpired => "token_expired",
+        CloseCode::IdleTimeout => "idle",
+    }
+}
+
+fn link_status(up: bool) -> ServerFrame {
+    ServerFrame::Status {
+        broker: if up { LinkState::Up } else { LinkState::Down },
+    }
+}
+
+/// How to end after a failed read: a too-big message gets 1009, invalid
+/// UTF-8 gets 1007; anything else means the connection is gone.
+fn read_failure(error: &axum::Error) -> End {
+    use tokio_tungstenite::tungstenite::Error;
+    let cause = std::error::Error::source(error).and_then(|e| e.downcast_ref::<Error>());
+    match cause {
+        Some(Error::Capacity(_)) => End::Close(CloseCode::MessageTooBig, "message too big"),
+        Some(Error::Utf8(_)) => {
+            End::Close(CloseCode::InvalidPayload, "text frame is not valid UTF-8")
+        }
+        _ => End::ClientGone,
+    }
+}
+
+#[cfg(test)]
+mod tests;
