@@ -117,6 +117,11 @@ impl Session {
         Ok(channel)
     }
 
+    /// Bound on each set-up step with the broker (`amqp.connect_timeout_ms`).
+    pub fn setup_timeout(&self) -> Duration {
+        self.inner.setup_timeout
+    }
+
     /// Whether the connection is up and nobody reported it broken.
     pub fn is_live(&self) -> bool {
         !self.inner.failed.is_cancelled() && self.inner.connection.status().connected()

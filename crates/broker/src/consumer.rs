@@ -9,7 +9,9 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, 
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -65,6 +67,40 @@ pub async fn run_consumer<F, Fut>(
     }
 }
 
+/// How a consumer's life on one session ended: `Ok` when asked to stop.
+pub type Served = Result<(), BrokerError>;
+
+/// A consumer that lives as long as its service: [`keep_consuming`] runs
+/// its `serve` on every broker session.
+pub trait Serve: Send + Sync + 'static {
+    /// What it consumes, for logs.
+    const WHAT: &'static str;
+
+    /// Consumes on `session` until `stop` fires (`Ok`) or the consumer
+    /// fails (a channel error, a lost connection).
+    fn serve(
+        self: Arc<Self>,
+        session: Session,
+        stop: &CancellationToken,
+    ) -> impl Future<Output = Served> + Send;
+}
+
+/// Spawns `consumer`, kept alive across channel errors and reconnects
+/// ([`run_consumer`]) until `stop` fires.
+pub fn keep_consuming<S: Serve>(
+    broker: &Broker,
+    consumer: Arc<S>,
+    stop: &CancellationToken,
+) -> JoinHandle<()> {
+    let (broker, stop) = (broker.clone(), stop.clone());
+    tokio::spawn(async move {
+        run_consumer(&broker, &stop, S::WHAT, |session| {
+            consumer.clone().serve(session, &stop)
+        })
+        .await;
+    })
+}
+
 /// Starts a manual-ack consumer on `queue` with at most `prefetch` unacked
 /// deliveries. Returns its tag (`<label>-<random>`, unique so several
 /// consumers can share a channel) and its delivery stream.
@@ -100,7 +136,7 @@ pub async fn consume(
 }
 
 /// Serves `queue` on a channel of its own until `stop` fires: starts a
-/// manual-ack consumer (setup bounded by `setup_limit`), hands every
+/// manual-ack consumer (set-up bounded by the session's set-up timeout), hands every
 /// delivery to `handle` together with the channel (keep a clone while the
 /// delivery is unsettled: dropping the last one closes the channel), and on
 /// stop cancels the consumer and requeues what was prefetched.
@@ -109,7 +145,6 @@ pub async fn serve_queue<F, Fut>(
     queue: &str,
     label: &str,
     prefetch: u16,
-    setup_limit: Duration,
     stop: &CancellationToken,
     mut handle: F,
 ) -> Result<(), BrokerError>
@@ -119,7 +154,8 @@ where
 {
     let channel = session.open_channel().await?;
     let setup = start(&channel, queue, label, prefetch);
-    let (tag, mut deliveries) = bounded_setup(&channel, setup_limit, setup).await?;
+    let limit = session.setup_timeout();
+    let (tag, mut deliveries) = bounded_setup(&channel, limit, setup).await?;
     debug!(queue, prefetch, "consuming");
     deliver_until(&mut deliveries, stop, |delivery| {
         let handled = handle(delivery, channel.clone());

@@ -145,6 +145,28 @@ fn string_header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a 
     }
 }
 
+/// Why RabbitMQ dead-lettered a message (`x-first-death-reason`:
+/// `rejected`, `delivery_limit`, …).
+pub fn first_death_reason(properties: &BasicProperties) -> Option<&str> {
+    string_header(properties, "x-first-death-reason")
+}
+
+/// How often RabbitMQ delivered this message before (quorum queues set
+/// `x-delivery-count` on redeliveries); 0 on a first delivery.
+pub fn delivery_count(properties: &BasicProperties) -> i64 {
+    let count = properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned());
+    match count {
+        Some(AMQPValue::LongLongInt(n)) => n,
+        Some(AMQPValue::LongInt(n)) => i64::from(n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(n),
+        _ => 0,
+    }
+}
+
 /// Header naming the gateway instance that relayed a message.
 pub const RELAYED_BY_HEADER: &str = "x-relayed-by";
 /// Header marking a relay control message (`joined` / `left`).

@@ -5,11 +5,10 @@
 //! so a request still waiting in `chat_queue` is answered with a cancelled
 //! final chunk at once when it is picked up, instead of being generated.
 
-use crate::worker::Worker;
+use broker::consumer::{Serve, Served};
 use broker::lapin::options::BasicConsumeOptions;
 use broker::lapin::types::FieldTable;
-use broker::{BrokerError, Session};
-use futures_util::StreamExt;
+use broker::{Broker, Session};
 use protocol::amqp::{self, CancelRequest};
 use protocol::{MessageId, UserId};
 use std::collections::{HashMap, VecDeque};
@@ -29,7 +28,7 @@ type Key = (UserId, MessageId);
 
 /// What is being answered here, and what was cancelled before it started.
 #[derive(Debug, Default)]
-pub(crate) struct Cancellations {
+pub struct Cancellations {
     running: Mutex<HashMap<Key, CancellationToken>>,
     recent: Mutex<Recent>,
 }
@@ -68,7 +67,7 @@ impl Recent {
 
 /// One answer being generated; dropping it forgets it.
 #[derive(Debug)]
-pub(crate) struct Answering<'a> {
+pub struct Answering<'a> {
     registry: &'a Cancellations,
     key: Key,
     pub token: CancellationToken,
@@ -120,56 +119,72 @@ impl Cancellations {
     }
 }
 
-/// Consumes this responder's control queue until `stop` fires.
-pub(crate) async fn consume(worker: Arc<Worker>, stop: CancellationToken) {
-    let broker = worker.broker.clone();
-    broker::consumer::run_consumer(&broker, &stop, "cancels", |session| {
-        consume_session(&worker, session, &stop)
-    })
-    .await;
+/// This responder's control queue, consumed for the process's life: every
+/// cancel is passed to the registry. Whether it is consumed right now is
+/// part of the responder's readiness (a responder deaf to cancels would
+/// answer in full what users stopped).
+#[derive(Debug)]
+pub struct CancelListener {
+    registry: Arc<Cancellations>,
+    broker: Broker,
+    /// This process, on `chat_control`.
+    instance: String,
+    /// Whether the control queue is consumed now.
+    listening: AtomicBool,
 }
 
-async fn consume_session(
-    worker: &Worker,
-    session: Session,
-    stop: &CancellationToken,
-) -> Result<(), BrokerError> {
-    let channel = session.open_channel().await?;
-    let names = worker.broker.names();
-    let limit = Duration::from_millis(worker.settings.amqp.connect_timeout_ms);
-    let setup = async {
-        let queue =
-            broker::topology::declare_control_queue(&channel, names, &worker.instance).await?;
-        let options = BasicConsumeOptions {
-            no_ack: true,
-            ..BasicConsumeOptions::default()
-        };
-        Ok(channel
-            .basic_consume(
-                queue.as_str().into(),
-                "cancels".into(),
-                options,
-                FieldTable::default(),
-            )
-            .await?)
-    };
-    let mut deliveries = broker::consumer::bounded_setup(&channel, limit, setup).await?;
-    let _listening = Listening::on(&worker.cancels_ready);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            next = deliveries.next() => match next {
-                Some(Ok(delivery)) => match amqp::decode::<CancelRequest>(&delivery.data) {
-                    Ok(cancel) => {
-                        debug!(user_id = %cancel.user_id, message_id = %cancel.message_id, "cancel");
-                        worker.cancellations.cancel(&cancel.user_id, cancel.message_id);
-                    }
-                    Err(e) => warn!(error = %e, "unreadable cancel; ignored"),
-                },
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(BrokerError::ConsumerEnded),
-            }
+impl CancelListener {
+    pub fn new(registry: Arc<Cancellations>, broker: Broker) -> Self {
+        Self {
+            registry,
+            broker,
+            instance: format!("rs-{}", &MessageId::new_random().to_string()[..8]),
+            listening: AtomicBool::new(false),
         }
+    }
+
+    /// Whether cancels reach this responder now.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+    }
+}
+
+impl Serve for CancelListener {
+    const WHAT: &'static str = "cancels";
+
+    async fn serve(self: Arc<Self>, session: Session, stop: &CancellationToken) -> Served {
+        let channel = session.open_channel().await?;
+        let names = self.broker.names();
+        let limit = session.setup_timeout();
+        let setup = async {
+            let queue =
+                broker::topology::declare_control_queue(&channel, names, &self.instance).await?;
+            let options = BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            };
+            Ok(channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "cancels".into(),
+                    options,
+                    FieldTable::default(),
+                )
+                .await?)
+        };
+        let mut deliveries = broker::consumer::bounded_setup(&channel, limit, setup).await?;
+        let _listening = Listening::on(&self.listening);
+        broker::consumer::deliver_until(&mut deliveries, stop, |delivery| {
+            match amqp::decode::<CancelRequest>(&delivery.data) {
+                Ok(cancel) => {
+                    debug!(user_id = %cancel.user_id, message_id = %cancel.message_id, "cancel");
+                    self.registry.cancel(&cancel.user_id, cancel.message_id);
+                }
+                Err(e) => warn!(error = %e, "unreadable cancel; ignored"),
+            }
+            std::future::ready(Ok(()))
+        })
+        .await
     }
 }
 

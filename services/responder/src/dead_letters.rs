@@ -4,59 +4,39 @@
 //! takes the copy in `chat_queue.dead.notify`, logs why, and sends the user a
 //! final `request_failed` reply instead of leaving them waiting.
 
-use crate::worker::{Counters, Worker};
+use crate::counters::Tally;
+use broker::consumer::{Serve, Served};
 use broker::lapin::message::Delivery;
 use broker::lapin::options::{BasicAckOptions, BasicNackOptions};
-use broker::lapin::types::AMQPValue;
-use broker::{BrokerError, PublishError, Session, properties};
+use broker::{Broker, PublishError, Session, properties};
 use protocol::amqp::{self, ChatRequest, ReplyChunk, ReplyError};
 use protocol::topology::Names;
 use protocol::trace::TraceParent;
 use protocol::{ErrorCode, MessageId, UserId};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-/// Consumes dead letters until `stop` fires.
-pub(crate) async fn consume(worker: Arc<Worker>, stop: CancellationToken) {
-    let broker = worker.broker.clone();
-    broker::consumer::run_consumer(&broker, &stop, "dead letters", |session| {
-        consume_session(&worker, session, &stop)
-    })
-    .await;
+/// The consumer of `chat_queue.dead.notify`.
+#[derive(Debug)]
+pub struct DeadLetters {
+    broker: Broker,
+    tally: Tally,
 }
 
-async fn consume_session(
-    worker: &Arc<Worker>,
-    session: Session,
-    stop: &CancellationToken,
-) -> Result<(), BrokerError> {
-    let queue = worker.broker.names().dead_letter_notify_queue();
-    let limit = Duration::from_millis(worker.settings.amqp.connect_timeout_ms);
-    let notify_each = |delivery, _channel| notify(worker, &session, delivery);
-    broker::consumer::serve_queue(
-        &session,
-        &queue,
-        "dead-letters",
-        16,
-        limit,
-        stop,
-        notify_each,
-    )
-    .await
+impl DeadLetters {
+    pub fn new(broker: Broker, tally: Tally) -> Self {
+        Self { broker, tally }
+    }
 }
 
-/// Why RabbitMQ dead-lettered the message (`x-first-death-reason`).
-fn death_reason(delivery: &Delivery) -> String {
-    let reason = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-first-death-reason").cloned());
-    match reason {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        _ => "unknown".into(),
+impl Serve for DeadLetters {
+    const WHAT: &'static str = "dead letters";
+
+    async fn serve(self: Arc<Self>, session: Session, stop: &CancellationToken) -> Served {
+        let queue = self.broker.names().dead_letter_notify_queue();
+        let notify_each = |delivery, _channel| self.notify(&session, delivery);
+        broker::consumer::serve_queue(&session, &queue, "dead-letters", 16, stop, notify_each).await
     }
 }
 
@@ -71,65 +51,67 @@ fn owner(delivery: &Delivery) -> Option<(UserId, MessageId)> {
     Some((user, id))
 }
 
-async fn notify(worker: &Worker, session: &Session, delivery: Delivery) {
-    let reason = death_reason(&delivery);
-    metrics::counter!("switchboard_responder_dead_letters_total", "reason" => reason.clone())
-        .increment(1);
-    let Some((user, id)) = owner(&delivery) else {
-        error!(%reason, "dead-lettered request with no known owner; kept in the dead-letter queue");
-        settle(worker, &delivery).await;
-        return;
-    };
-    error!(user_id = %user, message_id = %id, %reason, "request dead-lettered; telling its user");
-    let message = match reason.as_str() {
-        "delivery_limit" => "Your message could not be answered: it failed on every attempt.",
-        _ => "Your message could not be answered: it could not be processed.",
-    };
-    let chunk = ReplyChunk::failure(
-        user.clone(),
-        id,
-        ReplyError {
-            code: ErrorCode::RequestFailed,
-            message: message.into(),
-        },
-    );
-    let published = session
-        .publisher()
-        .publish(
-            &worker.broker.names().responses_exchange(),
-            Names::reply_routing_key(&user),
-            &amqp::encode(&chunk),
-            properties::reply_chunk(
-                &chunk,
-                &properties::traceparent(&delivery.properties)
-                    .unwrap_or_else(TraceParent::new_root)
-                    .child(),
-            ),
-        )
-        .await;
-    match published {
-        Ok(()) => {}
-        Err(PublishError::Unroutable { .. }) => {
-            warn!(user_id = %user, "the user's reply queue is gone; nobody to tell")
-        }
-        Err(e) => {
-            // Try again later; the copy in chat_queue.dead stays either way.
-            warn!(error = %e, "could not tell the user; retrying");
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            let _ = delivery.nack(requeue).await;
+impl DeadLetters {
+    async fn notify(&self, session: &Session, delivery: Delivery) {
+        let reason = properties::first_death_reason(&delivery.properties)
+            .unwrap_or("unknown")
+            .to_owned();
+        metrics::counter!("switchboard_responder_dead_letters_total", "reason" => reason.clone())
+            .increment(1);
+        let Some((user, id)) = owner(&delivery) else {
+            error!(%reason, "dead-lettered request with no known owner; kept in the dead-letter queue");
+            self.settle(&delivery).await;
             return;
+        };
+        error!(user_id = %user, message_id = %id, %reason, "request dead-lettered; telling its user");
+        let message = match reason.as_str() {
+            "delivery_limit" => "Your message could not be answered: it failed on every attempt.",
+            _ => "Your message could not be answered: it could not be processed.",
+        };
+        let chunk = ReplyChunk::failure(
+            user.clone(),
+            id,
+            ReplyError {
+                code: ErrorCode::RequestFailed,
+                message: message.into(),
+            },
+        );
+        let published = session
+            .publisher()
+            .publish(
+                &self.broker.names().responses_exchange(),
+                Names::reply_routing_key(&user),
+                &amqp::encode(&chunk),
+                properties::reply_chunk(
+                    &chunk,
+                    &properties::traceparent(&delivery.properties)
+                        .unwrap_or_else(TraceParent::new_root)
+                        .child(),
+                ),
+            )
+            .await;
+        match published {
+            Ok(()) => {}
+            Err(PublishError::Unroutable { .. }) => {
+                warn!(user_id = %user, "the user's reply queue is gone; nobody to tell")
+            }
+            Err(e) => {
+                // Try again later; the copy in chat_queue.dead stays either way.
+                warn!(error = %e, "could not tell the user; retrying");
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                let _ = delivery.nack(requeue).await;
+                return;
+            }
         }
+        self.settle(&delivery).await;
     }
-    settle(worker, &delivery).await;
-}
 
-async fn settle(worker: &Worker, delivery: &Delivery) {
-    if let Ok(true) = delivery.ack(BasicAckOptions::default()).await {
-        worker
-            .counters
-            .send_modify(|c: &mut Counters| c.dead_letters_notified += 1);
+    async fn settle(&self, delivery: &Delivery) {
+        if let Ok(true) = delivery.ack(BasicAckOptions::default()).await {
+            self.tally.add(|c| c.dead_letters_notified += 1);
+        }
     }
 }

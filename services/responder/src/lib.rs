@@ -1,32 +1,37 @@
 //! The responder: a stand-in for a model worker. It consumes `chat_queue` and
-//! streams a mocked answer to each requester's reply queue. Any number of
+//! streams each answer to its requester's reply queue. Any number of
 //! replicas can run side by side; RabbitMQ spreads requests over them.
 //!
 //! - [`settings`] — configuration.
-//! - [`engine`] — the pluggable reply engine: [`mock`] (the mocked answer
-//!   and its chunking) or [`openai`] (an OpenAI-compatible streaming
-//!   chat-completions server).
-//! - `worker`: the consumer and the per-request handler (ack after the final
-//!   chunk is confirmed).
+//! - [`engine`] — who writes the answers: the mock, or an OpenAI-compatible
+//!   streaming chat-completions server, behind one contract.
+//! - `requests`: the `chat_queue` consumer; a request is acked only after
+//!   its final chunk is confirmed. `answer`: one answer, piece by piece.
 //! - `cancellations`: stop generating — cancels broadcast on `chat_control`.
 //! - `dead_letters`: tells users whose requests were dead-lettered.
+//! - `counters`: what the responder has done.
 //!
 //! [`Responder::build`] then [`Responder::run_until_stopped`] is the whole
 //! life of the service; [`Responder::spawn`] runs it in the background.
 
+mod answer;
 mod cancellations;
+mod counters;
 mod dead_letters;
 pub mod engine;
-pub mod mock;
-pub mod openai;
+mod requests;
 pub mod settings;
-mod worker;
 
+pub use counters::Counters;
 pub use settings::Settings;
-pub use worker::Counters;
 
 use anyhow::Context;
 use broker::Broker;
+use broker::consumer::keep_consuming;
+use cancellations::{CancelListener, Cancellations};
+use counters::Tally;
+use dead_letters::DeadLetters;
+use requests::Requests;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,15 +40,32 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
-use worker::Worker;
 
 /// A built responder, not yet running.
 #[derive(Debug)]
 pub struct Responder {
-    worker: Arc<Worker>,
+    parts: Parts,
     health: Option<TcpListener>,
+}
+
+/// The responder's parts, as [`Responder::build`] wires them.
+#[derive(Debug)]
+struct Parts {
+    broker: Broker,
+    requests: Arc<Requests>,
+    dead_letters: Arc<DeadLetters>,
+    cancels: Arc<CancelListener>,
+    tally: Tally,
+    /// How long answers in flight may finish after a stop.
+    grace: Duration,
+}
+
+impl Parts {
+    /// Connected to RabbitMQ and listening for cancels.
+    fn is_ready(&self) -> bool {
+        self.broker.is_connected() && self.cancels.is_listening()
+    }
 }
 
 impl Responder {
@@ -63,18 +85,24 @@ impl Responder {
         let engine = engine::Engine::from_settings(&settings).context("invalid engine settings")?;
         info!(engine = engine.name(), "reply engine");
         let broker = Broker::start(settings.amqp.clone(), "switchboard-responder");
-        let worker = Arc::new(Worker {
-            settings,
+        let tally = Tally::default();
+        let cancellations = Arc::new(Cancellations::default());
+        let worker = &settings.worker;
+        let parts = Parts {
+            requests: Arc::new(Requests::new(
+                broker.clone(),
+                engine,
+                cancellations.clone(),
+                tally.clone(),
+                worker,
+            )),
+            dead_letters: Arc::new(DeadLetters::new(broker.clone(), tally.clone())),
+            cancels: Arc::new(CancelListener::new(cancellations, broker.clone())),
+            grace: Duration::from_millis(worker.shutdown_grace_ms),
             broker,
-            counters: watch::channel(Counters::default()).0,
-            tasks: TaskTracker::new(),
-            abandon: CancellationToken::new(),
-            instance: format!("rs-{}", &protocol::MessageId::new_random().to_string()[..8]),
-            cancellations: Default::default(),
-            cancels_ready: Default::default(),
-            engine,
-        });
-        Ok(Self { worker, health })
+            tally,
+        };
+        Ok(Self { parts, health })
     }
 
     /// Where `/healthz` and `/readyz` answer, if enabled.
@@ -93,13 +121,14 @@ impl Responder {
 
     /// Starts the responder in the background.
     pub fn spawn(self) -> RunningResponder {
-        let Self { worker, health } = self;
+        let Self { parts, health } = self;
+        let parts = Arc::new(parts);
         let stop = CancellationToken::new();
         let health_task = health.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, "responder health endpoints: /healthz, /readyz");
             }
-            let ready = worker.clone();
+            let ready = parts.clone();
             let app = platform::health::router(Arc::new(move || ready.is_ready()))
                 .merge(platform::metrics::router(platform::metrics::install()));
             let stop = stop.clone();
@@ -111,15 +140,15 @@ impl Responder {
                 }
             })
         });
-        let consumer = tokio::spawn(worker::consume(worker.clone(), stop.clone()));
-        let dead_letters = tokio::spawn(dead_letters::consume(worker.clone(), stop.clone()));
-        let cancels = tokio::spawn(cancellations::consume(worker.clone(), stop.clone()));
+        let consumers = vec![
+            keep_consuming(&parts.broker, parts.requests.clone(), &stop),
+            keep_consuming(&parts.broker, parts.dead_letters.clone(), &stop),
+            keep_consuming(&parts.broker, parts.cancels.clone(), &stop),
+        ];
         RunningResponder {
-            worker,
+            parts,
             stop,
-            consumer,
-            dead_letters,
-            cancels,
+            consumers,
             health: health_task,
         }
     }
@@ -128,49 +157,37 @@ impl Responder {
 /// A responder running in the background.
 #[derive(Debug)]
 pub struct RunningResponder {
-    worker: Arc<Worker>,
+    parts: Arc<Parts>,
     stop: CancellationToken,
-    consumer: JoinHandle<()>,
-    dead_letters: JoinHandle<()>,
-    cancels: JoinHandle<()>,
+    consumers: Vec<JoinHandle<()>>,
     health: Option<JoinHandle<()>>,
 }
 
 impl RunningResponder {
     /// A live view of what this responder has done.
     pub fn counters(&self) -> watch::Receiver<Counters> {
-        self.worker.counters.subscribe()
+        self.parts.tally.watch()
     }
 
     /// Connected to RabbitMQ and listening for cancels.
     pub fn is_ready(&self) -> bool {
-        self.worker.is_ready()
+        self.parts.is_ready()
     }
 
     /// The responder's RabbitMQ connection (for fault injection in tests).
     pub fn broker(&self) -> &Broker {
-        &self.worker.broker
+        &self.parts.broker
     }
 
     /// Graceful stop: no new requests; in-flight answers get the grace period
     /// to finish; whatever is left unacked returns to `chat_queue`.
     pub async fn stop(self) {
         self.stop.cancel();
-        let _ = self.consumer.await;
-        let _ = self.dead_letters.await;
-        let _ = self.cancels.await;
-        let tasks = &self.worker.tasks;
-        tasks.close();
-        let grace = Duration::from_millis(self.worker.settings.worker.shutdown_grace_ms);
-        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            warn!(
-                in_flight = tasks.len(),
-                "grace period over; abandoning answers in flight (they will be redelivered)"
-            );
-            self.worker.abandon.cancel();
-            tasks.wait().await;
+        for consumer in self.consumers {
+            let _ = consumer.await;
         }
-        self.worker.broker.close().await;
+        self.parts.requests.finish(self.parts.grace).await;
+        self.parts.broker.close().await;
         if let Some(health) = self.health {
             let _ = health.await;
         }
@@ -180,14 +197,12 @@ impl RunningResponder {
     /// Stops at once, as a crash would: answers in flight are abandoned
     /// unacked and the connection is closed, so RabbitMQ redelivers them.
     pub async fn kill(self) {
-        self.worker.abandon.cancel();
         self.stop.cancel();
-        self.worker.tasks.close();
-        self.worker.tasks.wait().await;
-        let _ = self.consumer.await;
-        let _ = self.dead_letters.await;
-        let _ = self.cancels.await;
-        self.worker.broker.close().await;
+        self.parts.requests.abandon().await;
+        for consumer in self.consumers {
+            let _ = consumer.await;
+        }
+        self.parts.broker.close().await;
         if let Some(health) = self.health {
             let _ = health.await;
         }

@@ -10,7 +10,8 @@
 //! or a stream that ends without `[DONE]` (cut off). The API key is sent,
 //! never logged.
 
-use crate::engine::{EngineError, Piece, Pieces};
+use super::pieces::{EngineError, Piece, Pieces};
+use super::sse::{self, Event};
 use crate::settings::OpenAiSettings;
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
@@ -67,7 +68,7 @@ impl OpenAi {
     }
 
     /// The request body for `request`.
-    pub fn body(&self, request: &ChatRequest) -> Value {
+    fn body(&self, request: &ChatRequest) -> Value {
         let mut messages = Vec::with_capacity(request.context.len() + 2);
         if !self.system_prompt.is_empty() {
             messages.push(json!({"role": "system", "content": self.system_prompt}));
@@ -161,7 +162,7 @@ impl OpenAi {
                     continue;
                 }
                 let event = std::mem::take(&mut line);
-                match parse_line(&event)? {
+                match sse::parse_line(&event)? {
                     Event::Done => return Ok(()),
                     Event::Text(text) => {
                         first = false;
@@ -176,45 +177,6 @@ impl OpenAi {
             }
         }
     }
-}
-
-/// What one line of the event stream says.
-#[derive(Debug, PartialEq, Eq)]
-enum Event {
-    Text(String),
-    Done,
-    /// A comment, an empty line, a field other than `data`, a chunk without
-    /// text (role announcements, finish reasons).
-    Nothing,
-}
-
-fn parse_line(line: &[u8]) -> Result<Event, EngineError> {
-    let line = String::from_utf8_lossy(line);
-    let line = line.trim_end_matches('\r');
-    let Some(data) = line.strip_prefix("data:") else {
-        return Ok(Event::Nothing);
-    };
-    let data = data.trim_start();
-    if data == "[DONE]" {
-        return Ok(Event::Done);
-    }
-    let value: Value = serde_json::from_str(data)
-        .map_err(|_| EngineError::Failed("the model server sent an unreadable event".into()))?;
-    if let Some(error) = value.get("error") {
-        let message = error
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown error");
-        return Err(EngineError::Failed(format!("the model failed: {message}")));
-    }
-    let text = value["choices"][0]["delta"]["content"]
-        .as_str()
-        .unwrap_or_default();
-    Ok(if text.is_empty() {
-        Event::Nothing
-    } else {
-        Event::Text(text.to_owned())
-    })
 }
 
 /// An HTTP error without the URL (which could carry credentials).
@@ -389,34 +351,5 @@ mod tests {
         let mut no_model = settings("http://127.0.0.1:1/v1".into());
         no_model.model.clear();
         assert!(OpenAi::new(&no_model).is_err());
-    }
-
-    #[test]
-    fn reads_the_event_stream_lines() {
-        let text = |s: &str| parse_line(s.as_bytes()).unwrap();
-        assert_eq!(
-            text(r#"data: {"choices":[{"delta":{"content":"Hel"}}]}"#),
-            Event::Text("Hel".into())
-        );
-        assert_eq!(
-            text("data:{\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\r"),
-            Event::Text("lo".into())
-        );
-        assert_eq!(text("data: [DONE]"), Event::Done);
-        assert_eq!(
-            text(r#"data: {"choices":[{"delta":{"role":"assistant"}}]}"#),
-            Event::Nothing
-        );
-        assert_eq!(text(": keep-alive"), Event::Nothing);
-        assert_eq!(text(""), Event::Nothing);
-        assert_eq!(text("event: message"), Event::Nothing);
-        assert!(matches!(
-            parse_line(b"data: {not json"),
-            Err(EngineError::Failed(_))
-        ));
-        assert_eq!(
-            parse_line(br#"data: {"error":{"message":"overloaded"}}"#),
-            Err(EngineError::Failed("the model failed: overloaded".into()))
-        );
     }
 }

@@ -1,0 +1,206 @@
+//! Writing one answer: every piece the engine writes becomes a reply chunk,
+//! published as it comes (persistent, confirmed, `mandatory`) to the user's
+//! queue — or, for a room, the room's key — with the confirms kept in
+//! flight and all waited for at the end. It also tells the user
+//! `processing` when the first chunk is late.
+
+use crate::engine::{Engine, EngineError};
+use broker::{PublishError, Session, properties};
+use futures_util::StreamExt;
+use protocol::ErrorCode;
+use protocol::amqp::{self, ChatRequest, MessageStatus, ReplyChunk, ReplyError, StatusEvent};
+use protocol::topology::Names;
+use protocol::trace::TraceParent;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Why an answer could not be given.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    /// Publishing failed; usually passing (broker busy, connection hiccup).
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The model can never answer this request.
+    #[error(transparent)]
+    Unanswerable(EngineError),
+}
+
+/// How an answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    Answered,
+    /// Stopped by a `cancel`: its last chunk is a final one marked so.
+    Cancelled,
+    /// The model failed or was cut off: its last chunk is a final one with
+    /// `model_failed`.
+    ModelFailed,
+}
+
+impl Finished {
+    /// For metrics and logs.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::Cancelled => "cancelled",
+            Self::ModelFailed => "model_failed",
+        }
+    }
+}
+
+/// The `processing` status of one request: told once, and only when the
+/// answer's first chunk has not gone out by the time it is due. An answer
+/// that starts streaming sooner says as much by itself; an extra message
+/// through the broker for each cost about a fifth of the pipeline's
+/// throughput (docs/performance.md).
+#[derive(Debug, Clone, Copy)]
+pub enum Notice {
+    /// Not told yet; tell at this instant unless the first chunk goes first.
+    Due(tokio::time::Instant),
+    /// Told, or no longer needed (a chunk went out).
+    Settled,
+}
+
+/// One answer being written.
+#[derive(Debug)]
+pub struct Answer<'a> {
+    pub session: &'a Session,
+    pub names: &'a Names,
+    pub engine: &'a Engine,
+    pub request: &'a ChatRequest,
+    pub trace: &'a TraceParent,
+}
+
+impl Answer<'_> {
+    /// Publishes every piece the engine writes as a chunk as it comes,
+    /// keeping their confirms in flight, then waits for all of them. When
+    /// `cancel` fires, the chunk due next becomes a final one marked
+    /// cancelled and the engine's stream is dropped (which stops it). When
+    /// the model fails, the user gets a final chunk with `model_failed`; a
+    /// request the model can never answer goes back to the queue
+    /// ([`AnswerError::Unanswerable`]). A reply with no queue to go to (the
+    /// user's queue expired) is dropped with a warning: there is nobody left
+    /// to read it.
+    pub async fn stream(
+        &self,
+        cancel: &CancellationToken,
+        notice: &mut Notice,
+    ) -> Result<Finished, AnswerError> {
+        let request = self.request;
+        let exchange = self.names.responses_exchange();
+        // An answer to a room goes to every member's queue through the room's key.
+        let routing_key = match &request.room_id {
+            Some(room) => Names::room_routing_key(room),
+            None => Names::reply_routing_key(&request.user_id).to_owned(),
+        };
+        let mut pieces = self.engine.answer(request);
+        let mut pending = Vec::new();
+        let mut seq: u32 = 0;
+        let finished = loop {
+            let next = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => None,
+                // Before the next piece, so a notice due at once goes first.
+                () = notice_due(*notice) => {
+                    self.tell_processing().await;
+                    *notice = Notice::Settled;
+                    continue;
+                }
+                next = pieces.next() => Some(next),
+            };
+            let (chunk, finished) = match next {
+                None => (
+                    ReplyChunk::cancelled(request, seq),
+                    Some(Finished::Cancelled),
+                ),
+                Some(Some(Ok(piece))) => {
+                    let last = piece.last;
+                    let chunk = ReplyChunk::answering(request, seq, piece.text, last);
+                    (chunk, last.then_some(Finished::Answered))
+                }
+                // The stream ended without a piece marked last.
+                Some(None) => (
+                    ReplyChunk::answering(request, seq, String::new(), true),
+                    Some(Finished::Answered),
+                ),
+                Some(Some(Err(e @ EngineError::Unanswerable(_)))) => {
+                    return Err(AnswerError::Unanswerable(e));
+                }
+                Some(Some(Err(EngineError::Failed(why)))) => {
+                    warn!(engine = self.engine.name(), reason = %why, "the model failed; telling the user");
+                    let error = ReplyError {
+                        code: ErrorCode::ModelFailed,
+                        message: why,
+                    };
+                    let chunk = ReplyChunk {
+                        request_sent_at_ms: Some(request.sent_at_ms),
+                        ..ReplyChunk::failure(request.user_id.clone(), request.id, error)
+                    };
+                    (chunk, Some(Finished::ModelFailed))
+                }
+            };
+            let confirm = self
+                .session
+                .publisher()
+                .start(
+                    &exchange,
+                    &routing_key,
+                    &amqp::encode(&chunk),
+                    properties::reply_chunk(&chunk, self.trace),
+                )
+                .await?;
+            pending.push(confirm);
+            *notice = Notice::Settled;
+            seq += 1;
+            if let Some(finished) = finished {
+                break finished;
+            }
+        };
+        drop(pieces);
+        let mut unroutable = false;
+        for confirm in pending {
+            match confirm.wait().await {
+                Ok(()) => {}
+                Err(PublishError::Unroutable { .. }) => unroutable = true,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if unroutable {
+            warn!("the user's reply queue does not exist (expired?); answer dropped");
+        }
+        Ok(finished)
+    }
+
+    /// Tells the user a responder is on their message (best effort: the
+    /// status is advisory, the answer itself is what counts).
+    async fn tell_processing(&self) {
+        let request = self.request;
+        let event = StatusEvent::new(
+            request.user_id.clone(),
+            request.id,
+            MessageStatus::Processing,
+        );
+        let published = self
+            .session
+            .publisher()
+            .publish_best_effort(
+                &self.names.responses_exchange(),
+                Names::reply_routing_key(&request.user_id),
+                &amqp::encode(&event),
+                properties::status_event(&event, self.trace),
+            )
+            .await;
+        if let Err(e) = published {
+            debug!(error = %e, "could not tell the user their message is being processed");
+        }
+    }
+}
+
+/// Fires when `notice` is due; never once it is settled.
+async fn notice_due(notice: Notice) {
+    match notice {
+        // A timer's first poll is pending even when its instant has passed.
+        Notice::Due(at) if at <= tokio::time::Instant::now() => {}
+        Notice::Due(at) => tokio::time::sleep_until(at).await,
+        Notice::Settled => std::future::pending().await,
+    }
+}

@@ -1,0 +1,32 @@
+//! What every engine gives: the pieces of an answer, in order, or why it
+//! could not answer.
+
+use futures_util::stream::Stream;
+use std::pin::Pin;
+
+/// One piece of an answer, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub text: String,
+    /// Whether this is known to be the last piece (the mock knows; a
+    /// streaming model only learns it when its stream ends, and then the
+    /// answer ends with an empty final chunk).
+    pub last: bool,
+}
+
+/// Why an engine could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// This request can never be answered (the mock's fail marker): it goes
+    /// back to `chat_queue`, counts towards its delivery limit and is
+    /// dead-lettered in the end.
+    #[error("the model cannot answer this message: {0}")]
+    Unanswerable(&'static str),
+    /// The model failed or was cut off: the user gets a final chunk with
+    /// `model_failed` and the reason, and the request is done (not retried).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The pieces of one answer.
+pub type Pieces = Pin<Box<dyn Stream<Item = Result<Piece, EngineError>> + Send>>;
