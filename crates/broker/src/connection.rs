@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// A session must stay up this long before reconnect backoff starts over;
 /// a connection that keeps dying right after it is made backs off further.
@@ -67,6 +67,10 @@ struct SessionInner {
     /// Channels consumers are spread over, opened on first use and reopened
     /// when a channel-level error closed them.
     consumer_channels: Vec<tokio::sync::Mutex<Option<Channel>>>,
+    /// Channels consumers' set-ups declare and bind on, spread the same way:
+    /// a refused declaration closes one of these, never a channel consumers
+    /// receive on.
+    setup_channels: Vec<tokio::sync::Mutex<Option<Channel>>>,
     /// Cancelled when a user of the session saw it fail (e.g. a consumer
     /// stream ended), so the supervisor rebuilds the connection.
     failed: CancellationToken,
@@ -93,8 +97,25 @@ impl Session {
         shard: usize,
         prefetch: u16,
     ) -> Result<Channel, BrokerError> {
-        let slot = &self.inner.consumer_channels[shard % self.inner.consumer_channels.len()];
-        let mut slot = slot.lock().await;
+        self.pooled(&self.inner.consumer_channels, shard, Some(prefetch))
+            .await
+    }
+
+    /// The channel for `shard`'s set-ups (declarations, bindings, counts):
+    /// kept apart from the consumer channels, so a declaration RabbitMQ
+    /// refuses (a queue of another kind, one that is gone) closes no
+    /// consumer's channel.
+    pub async fn setup_channel(&self, shard: usize) -> Result<Channel, BrokerError> {
+        self.pooled(&self.inner.setup_channels, shard, None).await
+    }
+
+    async fn pooled(
+        &self,
+        slots: &[tokio::sync::Mutex<Option<Channel>>],
+        shard: usize,
+        prefetch: Option<u16>,
+    ) -> Result<Channel, BrokerError> {
+        let mut slot = slots[shard % slots.len()].lock().await;
         if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
             return Ok(channel.clone());
         }
@@ -102,13 +123,15 @@ impl Session {
             let channel = self.inner.connection.create_channel().await?;
             // Per consumer (global = false): applies to every consumer started
             // on this channel from now on, so it is set once, not per consumer.
-            channel
-                .basic_qos(prefetch, lapin::options::BasicQosOptions::default())
-                .await?;
+            if let Some(prefetch) = prefetch {
+                channel
+                    .basic_qos(prefetch, lapin::options::BasicQosOptions::default())
+                    .await?;
+            }
             Ok::<_, BrokerError>(channel)
         };
-        // Held under the slot's lock: a hang here would hold every consumer
-        // of the shard, so it is time-boxed like every other wait.
+        // Held under the slot's lock: a hang here would hold every user of
+        // the shard, so it is time-boxed like every other wait.
         let limit = self.inner.setup_timeout;
         let channel = timeout(limit, open)
             .await
@@ -283,85 +306,101 @@ impl Inner {
     }
 }
 
+/// How often the supervisor says again that RabbitMQ is still unreachable.
+const UNREACHABLE_REMINDER: Duration = Duration::from_secs(60);
+
 async fn supervise(inner: Arc<Inner>, connection_name: String) {
     let settings = &inner.settings;
+    let endpoints = settings.endpoints();
     let mut generation = 0;
     let mut failures: u32 = 0;
+    // The node tried next; after a loss, the next one in the list.
+    let mut cursor = 0;
+    // Nodes tried since the last session: a whole round failed means wait.
+    let mut tried = 0;
+    let mut unreachable = Unreachable::default();
     loop {
-        if inner.stop.is_cancelled() {
+        if inner.stop.is_cancelled() || endpoints.is_empty() {
+            if endpoints.is_empty() {
+                error!(connection = %connection_name, "amqp.url names no broker");
+            }
             break;
         }
-        let connect = connect(settings, &inner.names, &connection_name, generation + 1);
+        let url = &endpoints[cursor % endpoints.len()];
+        let node = crate::settings::node_of(url);
+        let connect = connect(
+            settings,
+            url,
+            &inner.names,
+            &connection_name,
+            generation + 1,
+        );
         let outcome = tokio::select! {
             _ = inner.stop.cancelled() => break,
             outcome = connect => outcome,
         };
-        match outcome {
-            Ok((session, events)) => {
-                generation = session.generation();
-                UNREACHABLE_EXPLAINED.store(false, Ordering::Relaxed);
-                let url = settings.redacted_url();
-                if generation > 1 || failures > 0 {
-                    info!(connection = %connection_name, generation, %url, "reconnected to RabbitMQ");
-                } else {
-                    info!(connection = %connection_name, %url, "connected to RabbitMQ");
-                }
-                if generation > 1 {
-                    metrics::counter!("switchboard_broker_reconnects_total", "connection" => connection_name.clone())
-                        .increment(1);
-                }
-                metrics::gauge!("switchboard_broker_connected", "connection" => connection_name.clone()).set(1.0);
-                let connected_at = tokio::time::Instant::now();
-                inner.set_current(Some(session.clone()));
-                let lost = wait_for_loss(&session, events);
-                tokio::select! {
-                    _ = inner.stop.cancelled() => {
-                        inner.set_current(None);
-                        session.close(200, "shutting down").await;
-                        break;
-                    }
-                    reason = lost => {
-                        warn!(connection = %connection_name, generation, %reason, "lost the RabbitMQ connection");
-                        session.inner.failed.cancel();
-                        inner.set_current(None);
-                        metrics::gauge!("switchboard_broker_connected", "connection" => connection_name.clone())
-                            .set(0.0);
-                        session.close(320, "reconnecting").await;
-                    }
-                }
-                failures = if connected_at.elapsed() >= STABLE_SESSION {
-                    0
-                } else {
-                    failures.saturating_add(1)
-                };
-            }
+        let (session, events) = match outcome {
+            Ok(connected) => connected,
             Err(e) => {
+                cursor += 1;
+                tried += 1;
+                if tried < endpoints.len() {
+                    info!(connection = %connection_name, %node, error = %e, "a RabbitMQ node did not answer; trying the next");
+                    continue;
+                }
+                tried = 0;
                 failures = failures.saturating_add(1);
                 let delay = backoff(settings, failures);
-                if failures == 1 && !UNREACHABLE_EXPLAINED.swap(true, Ordering::Relaxed) {
-                    error!(
-                        url = %settings.redacted_url(),
-                        error = %e,
-                        "RabbitMQ is not reachable; start one (`rabbitmq-server -detached`, or \
-                         `docker compose up rabbitmq`) or set AMQP_URL. Retrying with backoff up to {:?}",
-                        Duration::from_millis(settings.reconnect_max_ms),
-                    );
-                } else {
-                    warn!(
-                        connection = %connection_name,
-                        attempt = failures,
-                        error = %e,
-                        retry_in = ?delay,
-                        "still cannot reach RabbitMQ"
-                    );
-                }
+                unreachable.report(settings, &connection_name, &e, failures);
                 tokio::select! {
                     _ = inner.stop.cancelled() => break,
                     _ = tokio::time::sleep(delay) => {}
                 }
                 continue;
             }
+        };
+        generation = session.generation();
+        tried = 0;
+        unreachable.ended(&connection_name);
+        if generation > 1 || failures > 0 {
+            info!(connection = %connection_name, generation, %node, "reconnected to RabbitMQ");
+        } else {
+            info!(connection = %connection_name, %node, "connected to RabbitMQ");
         }
+        if generation > 1 {
+            metrics::counter!("switchboard_broker_reconnects_total", "connection" => connection_name.clone())
+                .increment(1);
+        }
+        metrics::gauge!("switchboard_broker_connected", "connection" => connection_name.clone())
+            .set(1.0);
+        metrics::gauge!("switchboard_broker_node", "connection" => connection_name.clone(), "node" => node.clone()).set(1.0);
+        let connected_at = tokio::time::Instant::now();
+        inner.set_current(Some(session.clone()));
+        let lost = wait_for_loss(&session, events);
+        tokio::select! {
+            _ = inner.stop.cancelled() => {
+                inner.set_current(None);
+                session.close(200, "shutting down").await;
+                break;
+            }
+            reason = lost => {
+                warn!(connection = %connection_name, generation, %node, %reason, "lost the RabbitMQ connection");
+                session.inner.failed.cancel();
+                inner.set_current(None);
+                metrics::gauge!("switchboard_broker_connected", "connection" => connection_name.clone())
+                    .set(0.0);
+                metrics::gauge!("switchboard_broker_node", "connection" => connection_name.clone(), "node" => node)
+                    .set(0.0);
+                session.close(320, "reconnecting").await;
+            }
+        }
+        failures = if connected_at.elapsed() >= STABLE_SESSION {
+            0
+        } else {
+            failures.saturating_add(1)
+        };
+        // The node may be gone: a cluster's next node first.
+        cursor += 1;
         // After a loss, give the broker a moment (jittered, so replicas do not
         // return in step); longer if sessions keep dying.
         let delay = backoff(settings, failures.max(1));
@@ -371,6 +410,66 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
         }
     }
     inner.set_current(None);
+}
+
+/// What has been said about RabbitMQ being unreachable: one line when it
+/// starts, a reminder a minute, one line when it ends — not a line per try.
+#[derive(Debug, Default)]
+struct Unreachable {
+    /// When the first round of tries failed, and when it was last said.
+    since: Option<(tokio::time::Instant, tokio::time::Instant)>,
+}
+
+impl Unreachable {
+    fn report(
+        &mut self,
+        settings: &AmqpSettings,
+        connection: &str,
+        error: &BrokerError,
+        attempts: u32,
+    ) {
+        let now = tokio::time::Instant::now();
+        match self.since {
+            None => {
+                self.since = Some((now, now));
+                // Two services in one process: the hint once.
+                let hint = if UNREACHABLE_EXPLAINED.swap(true, Ordering::Relaxed) {
+                    ""
+                } else {
+                    " Start one (`rabbitmq-server -detached`, or `docker compose up rabbitmq`) or set AMQP_URL."
+                };
+                warn!(
+                    connection,
+                    url = %settings.redacted_url(),
+                    error = %error,
+                    "RabbitMQ is not reachable; retrying every {:?} at most, and saying so once a minute.{hint}",
+                    Duration::from_millis(settings.reconnect_max_ms),
+                );
+            }
+            Some((first, said)) if now.duration_since(said) >= UNREACHABLE_REMINDER => {
+                self.since = Some((first, now));
+                warn!(
+                    connection,
+                    attempts,
+                    for_secs = now.duration_since(first).as_secs(),
+                    error = %error,
+                    "RabbitMQ is still not reachable"
+                );
+            }
+            Some(_) => debug!(connection, attempts, error = %error, "RabbitMQ still not reachable"),
+        }
+    }
+
+    fn ended(&mut self, connection: &str) {
+        if let Some((first, _)) = self.since.take() {
+            UNREACHABLE_EXPLAINED.store(false, Ordering::Relaxed);
+            info!(
+                connection,
+                after_secs = first.elapsed().as_secs(),
+                "RabbitMQ is reachable again"
+            );
+        }
+    }
 }
 
 /// Exponential backoff with ±25 % jitter, so replicas do not reconnect in step.
@@ -387,11 +486,12 @@ pub(crate) fn backoff(settings: &AmqpSettings, failures: u32) -> Duration {
 
 async fn connect(
     settings: &AmqpSettings,
+    url: &str,
     names: &Names,
     connection_name: &str,
     generation: u64,
 ) -> Result<(Session, Events), BrokerError> {
-    let mut uri: AMQPUri = settings.url.parse().map_err(BrokerError::Url)?;
+    let mut uri: AMQPUri = url.parse().map_err(BrokerError::Url)?;
     // Heartbeats are how a silently dead connection is noticed: never off.
     if uri.query.heartbeat.unwrap_or(0) == 0 {
         uri.query.heartbeat = Some(settings.heartbeat_secs.max(1));
@@ -426,6 +526,9 @@ async fn connect(
             generation,
             publisher: Publisher::new(publish_channel, settings.publish_timeout()),
             consumer_channels: (0..settings.consumer_channels.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            setup_channels: (0..settings.consumer_channels.max(1))
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             connection,

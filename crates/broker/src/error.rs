@@ -15,6 +15,22 @@ pub enum BrokerError {
     ConsumerEnded,
 }
 
+impl BrokerError {
+    /// The code and text RabbitMQ closed a channel or connection with (404
+    /// NOT_FOUND, 406 PRECONDITION_FAILED, …), if this is such a refusal.
+    pub fn refusal(&self) -> Option<(u16, &str)> {
+        match self {
+            Self::Amqp(e) => match e.kind() {
+                lapin::ErrorKind::ProtocolError(amqp) => {
+                    Some((amqp.get_id(), amqp.get_message().as_str()))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 /// Why a publish did not end with a positive confirm.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

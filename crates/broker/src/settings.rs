@@ -5,9 +5,15 @@ use std::time::Duration;
 /// service; the `[amqp]` section of each service's settings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AmqpSettings {
-    /// `amqp://user:password@host:port/vhost`. `AMQP_URL` overrides it. Never
-    /// logged with its password.
+    /// `amqp://user:password@host:port/vhost`, or several separated by
+    /// commas (the nodes of a cluster). `AMQP_URL` overrides it. Never logged
+    /// with its password.
     pub url: String,
+    /// The nodes of a cluster, one URL each; when set, they are used instead
+    /// of `url`. A service connects to the first that answers and fails over
+    /// to the others, in order.
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// Prefix for every exchange and queue name (empty in production; unique
     /// per test so test runs can share a broker).
     pub prefix: String,
@@ -41,6 +47,7 @@ impl AmqpSettings {
     pub fn with_url(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            urls: Vec::new(),
             prefix: String::new(),
             heartbeat_secs: 10,
             connect_timeout_ms: 5_000,
@@ -56,10 +63,39 @@ impl AmqpSettings {
         Duration::from_millis(self.publish_timeout_ms)
     }
 
-    /// The URL with any password replaced by `***`, for logs.
-    pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+    /// Every broker address, in the order they are tried: `urls` when set,
+    /// else the comma-separated `url`.
+    pub fn endpoints(&self) -> Vec<String> {
+        let listed = if self.urls.is_empty() {
+            self.url.split(',').map(str::to_owned).collect()
+        } else {
+            self.urls.clone()
+        };
+        listed
+            .into_iter()
+            .map(|url| url.trim().to_owned())
+            .filter(|url| !url.is_empty())
+            .collect()
     }
+
+    /// Every address with any password replaced by `***`, for logs.
+    pub fn redacted_url(&self) -> String {
+        self.endpoints()
+            .iter()
+            .map(|url| redact(url))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// `host:port` of a broker URL, to say which node a service is on.
+pub fn node_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    host.to_owned()
 }
 
 fn redact(url: &str) -> String {
@@ -79,6 +115,23 @@ fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::redact;
+
+    #[test]
+    fn several_urls_are_tried_in_order_and_urls_wins_over_url() {
+        let mut settings = super::AmqpSettings::with_url("amqp://a:1/%2f, amqp://u:p@b:2/%2f,");
+        assert_eq!(
+            settings.endpoints(),
+            ["amqp://a:1/%2f", "amqp://u:p@b:2/%2f"]
+        );
+        assert_eq!(
+            settings.redacted_url(),
+            "amqp://a:1/%2f,amqp://u:***@b:2/%2f"
+        );
+        settings.urls = vec!["amqp://c:3".into()];
+        assert_eq!(settings.endpoints(), ["amqp://c:3"]);
+        assert_eq!(super::node_of("amqp://u:p@b:2/%2f"), "b:2");
+        assert_eq!(super::node_of("amqp://c:3"), "c:3");
+    }
 
     #[test]
     fn redaction_hides_only_the_password() {

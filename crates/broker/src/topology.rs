@@ -93,9 +93,51 @@ pub async fn declare_shared(
     Ok(())
 }
 
+/// Which kind of queue a user's reply queue is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// One copy, on the node that declared it: unreachable while that node
+    /// is down.
+    Classic,
+    /// Replicated over the cluster (Raft); a majority of nodes keeps it.
+    Quorum,
+}
+
+impl QueueKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
+}
+
+impl QueueKind {
+    /// The kind of the queue RabbitMQ refused to redeclare as another kind
+    /// (406 PRECONDITION_FAILED on `x-queue-type`: the setting changed since
+    /// it was declared), if that is what `error` is.
+    pub fn of_existing(error: &BrokerError) -> Option<Self> {
+        let (406, text) = error.refusal()? else {
+            return None;
+        };
+        let current = text.split("but current is").nth(1)?;
+        if !text.contains("'x-queue-type'") {
+            None
+        } else if current.contains("'quorum'") {
+            Some(Self::Quorum)
+        } else {
+            // 'classic', or none given: a classic queue.
+            Some(Self::Classic)
+        }
+    }
+}
+
 /// How a user's reply queue is shaped.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplyQueueShape {
+    /// Classic or quorum.
+    pub kind: QueueKind,
     /// `x-expires`: the queue is deleted after this long without consumers.
     pub expires_ms: u64,
     /// `x-max-length`: chunks the queue holds at most. Beyond that RabbitMQ
@@ -120,7 +162,10 @@ pub async fn declare_reply_queue(
             queue.as_str().into(),
             durable_queue(),
             table([
-                ("x-queue-type", AMQPValue::LongString("classic".into())),
+                (
+                    "x-queue-type",
+                    AMQPValue::LongString(shape.kind.as_str().into()),
+                ),
                 (
                     "x-expires",
                     AMQPValue::LongLongInt(i64::try_from(shape.expires_ms).unwrap_or(i64::MAX)),

@@ -99,9 +99,12 @@ impl Gateway {
         };
         let broker = Broker::start(settings.amqp.clone(), "switchboard-gateway");
         let in_progress = Arc::new(InProgress::default());
+        let kind = settings.reply_queue.kind.resolve(&settings.amqp);
+        info!(?kind, "reply queues");
         let replies = ReplyRouter::start(ReplySetup {
             broker: broker.clone(),
             shape: ReplyQueueShape {
+                kind,
                 expires_ms: settings.reply_queue.expires_ms,
                 max_length: settings.reply_queue.max_length,
             },
@@ -184,10 +187,10 @@ impl Gateway {
         let addr = self.local_addr();
         info!(%addr, "gateway listening: http://{addr}/ (WebSocket at /ws)");
         let parts = self.parts;
-        let broker = parts.broker.clone();
+        let (broker, replies) = (parts.broker.clone(), parts.replies.clone());
         let app = http::router(
             parts.http.clone(),
-            Arc::new(move || broker.is_connected()),
+            Arc::new(move || broker.is_connected() && replies.all_consuming()),
             &parts.settings.http.web_dir,
         );
         let handshake = Duration::from_millis(parts.settings.http.handshake_timeout_ms);
@@ -218,8 +221,9 @@ impl RunningGateway {
         self.addr
     }
 
+    /// Connected to RabbitMQ, and every local user's replies flow.
     pub fn is_ready(&self) -> bool {
-        self.parts.broker.is_connected()
+        self.parts.broker.is_connected() && self.parts.replies.all_consuming()
     }
 
     /// Users with at least one socket on this gateway.

@@ -1,4 +1,5 @@
 use broker::AmqpSettings;
+use broker::topology::QueueKind;
 use platform::telemetry::LogSettings;
 use serde::Deserialize;
 
@@ -24,7 +25,7 @@ pub struct Settings {
 impl Settings {
     /// Defaults, then `SWITCHBOARD_CONFIG`, `AMQP_URL` and `SWITCHBOARD_*`.
     pub fn load() -> Result<Self, platform::settings::ConfigError> {
-        platform::settings::load(DEFAULTS, &["http.allowed_origins"])
+        platform::settings::load(DEFAULTS, &["http.allowed_origins", "amqp.urls"])
     }
 }
 
@@ -105,12 +106,38 @@ pub struct RateLimitSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ReplyQueueSettings {
+    /// `auto` (quorum when `amqp.url` names several nodes, else classic),
+    /// `classic` or `quorum` (replicated over a cluster).
+    pub kind: ReplyQueueKind,
     /// `x-expires` of reply queues.
     pub expires_ms: u64,
     /// Prefetch of each per-user consumer.
     pub prefetch: u16,
     /// Most chunks a reply queue holds (`x-max-length`, overflow refused).
     pub max_length: u32,
+}
+
+/// Which kind of queue users' reply queues are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyQueueKind {
+    /// Quorum when the broker is given as several nodes (a cluster), else
+    /// classic.
+    Auto,
+    Classic,
+    Quorum,
+}
+
+impl ReplyQueueKind {
+    /// The kind to declare, given the broker's addresses.
+    pub fn resolve(self, amqp: &AmqpSettings) -> QueueKind {
+        match self {
+            Self::Classic => QueueKind::Classic,
+            Self::Quorum => QueueKind::Quorum,
+            Self::Auto if amqp.endpoints().len() > 1 => QueueKind::Quorum,
+            Self::Auto => QueueKind::Classic,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -156,18 +156,43 @@ impl Answer<'_> {
             }
         };
         drop(pieces);
-        let mut unroutable = false;
+        let mut unroutable = None;
         for confirm in pending {
             match confirm.wait().await {
                 Ok(()) => {}
-                Err(PublishError::Unroutable { .. }) => unroutable = true,
+                Err(e @ PublishError::Unroutable { .. }) => unroutable = Some(e),
                 Err(e) => return Err(e.into()),
             }
         }
-        if unroutable {
-            warn!("the user's reply queue does not exist (expired?); answer dropped");
+        match unroutable {
+            None => {}
+            // Nobody is in the room right now: the room's history has it.
+            Some(_) if request.room_id.is_some() => {}
+            Some(_) if self.reply_queue_gone().await => {
+                warn!("the user's reply queue is gone (expired); answer dropped");
+            }
+            // The queue exists but could not take it (its node is down, say):
+            // that can heal, so the answer is tried again.
+            Some(e) => return Err(e.into()),
         }
         Ok(finished)
+    }
+
+    /// Whether the user's reply queue no longer exists — it expired after
+    /// 30 minutes without a socket, and nobody is left to read an answer —
+    /// as opposed to existing but being out of reach for now. Asked with a
+    /// passive declare; anything but "no queue" counts as not gone.
+    async fn reply_queue_gone(&self) -> bool {
+        let queue = self.names.reply_queue(&self.request.user_id);
+        let count = async |channel: &_| broker::topology::consumer_count(channel, &queue).await;
+        match self
+            .session
+            .with_channel(self.session.setup_timeout(), count)
+            .await
+        {
+            Err(e) => matches!(e.refusal(), Some((404, text)) if text.contains("no queue")),
+            Ok(_) => false,
+        }
     }
 
     /// Tells the user a responder is on their message (best effort: the

@@ -21,9 +21,11 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 /// Attempts at streaming one answer before the request is handed back to the
 /// queue. Retrying here, rather than requeueing at once, keeps a passing
-/// broker hiccup from using up the request's delivery limit; repeating an
-/// answer is harmless because its chunks are identical (derived ids).
-const ANSWER_ATTEMPTS: u32 = 3;
+/// broker hiccup (a node restarting, a quorum queue electing its leader)
+/// from using up the request's delivery limit; repeating an answer is
+/// harmless because its chunks are identical (derived ids). The waits
+/// between them double from 200 ms: 6.2 s in all.
+const ANSWER_ATTEMPTS: u32 = 6;
 
 /// Answers requests.
 #[derive(Debug)]
@@ -157,8 +159,12 @@ impl Requests {
                     Err(e @ AnswerError::Publish(_))
                         if attempt < ANSWER_ATTEMPTS && session.is_live() =>
                     {
-                        let delay = Duration::from_millis(200 * u64::from(attempt));
-                        warn!(error = %e, attempt, retry_in = ?delay, "answer failed; retrying");
+                        let delay = Duration::from_millis(200 << (attempt - 1));
+                        if attempt == 1 {
+                            warn!(error = %e, retry_in = ?delay, "answer failed; retrying");
+                        } else {
+                            debug!(error = %e, attempt, retry_in = ?delay, "answer failed again; retrying");
+                        }
                         tokio::time::sleep(delay).await;
                         attempt += 1;
                     }

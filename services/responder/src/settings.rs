@@ -51,7 +51,7 @@ pub struct OpenAiSettings {
 impl Settings {
     /// Defaults, then `SWITCHBOARD_CONFIG`, `AMQP_URL` and `SWITCHBOARD_*`.
     pub fn load() -> Result<Self, platform::settings::ConfigError> {
-        platform::settings::load(DEFAULTS, &[])
+        platform::settings::load(DEFAULTS, &["amqp.urls"])
     }
 }
 

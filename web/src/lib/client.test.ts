@@ -40,6 +40,8 @@ type Harness = {
   storageListeners: (() => void)[];
   /** Calls to the rooms API. */
   roomCalls: string[];
+  /** The page's clock, in milliseconds. */
+  clock: number;
 };
 
 function jwt(exp: number): string {
@@ -55,6 +57,7 @@ function harness(): Harness {
     store: new Map(),
     storageListeners: [],
     roomCalls: [],
+    clock: 1_000,
     env: undefined as never,
   };
   let ids = 0;
@@ -89,7 +92,7 @@ function harness(): Harness {
     clearTimeout: (handle) => {
       (handle as Timer).cleared = true;
     },
-    now: () => 1_000,
+    now: () => h.clock,
     newId: () => `m${++ids}`,
     backoff: { baseMs: 100, maxMs: 1_000, random: () => 0 },
     watchStorage: (_key, fn) => void h.storageListeners.push(fn),
@@ -373,12 +376,18 @@ describe("history trimming", () => {
 });
 
 describe("the broker link", () => {
-  it("holds messages while the gateway's broker is away and sends them when it is back", async () => {
+  /** A client connected and welcomed. */
+  async function welcomed(): Promise<[Harness, ChatClient]> {
     const h = harness();
     const client = new ChatClient(h.env);
     client.start();
     await settle();
     welcome(h);
+    return [h, client];
+  }
+
+  it("holds messages while the gateway's broker is away and sends them when it is back", async () => {
+    const [h, client] = await welcomed();
     last(h).frame({ type: "status", broker: "down" });
     expect(client.getSnapshot().brokerUp).toBe(false);
     expect(client.getSnapshot().notice).toContain("reconnecting to its message broker");
@@ -389,12 +398,31 @@ describe("the broker link", () => {
     expect(client.getSnapshot().notice).toBeNull();
   });
 
+  it("sends many held messages at a pace the gateway's rate limit allows", async () => {
+    const [h, client] = await welcomed();
+    last(h).frame({ type: "status", broker: "down" });
+    for (let n = 0; n < 45; n++) client.send(`held ${n}`);
+    last(h).frame({ type: "status", broker: "up" });
+    // A burst of 20, then 10 a second: never the gateway's 40 at once.
+    expect(sends(last(h))).toHaveLength(20);
+    h.clock += 100;
+    fire(h, 100);
+    expect(sends(last(h))).toHaveLength(21);
+    // The bucket never holds more than the burst, however long the wait.
+    h.clock += 2_400;
+    fire(h, 100);
+    expect(sends(last(h))).toHaveLength(41);
+    h.clock += 400;
+    fire(h, 100);
+    expect(sends(last(h))).toHaveLength(45);
+    // In order, each once.
+    expect(sends(last(h)).map((f) => (f as { text: string }).text)).toEqual(
+      Array.from({ length: 45 }, (_, n) => `held ${n}`),
+    );
+  });
+
   it("shows a request the service gave up on as failed, with what was streamed", async () => {
-    const h = harness();
-    const client = new ChatClient(h.env);
-    client.start();
-    await settle();
-    welcome(h);
+    const [h, client] = await welcomed();
     client.send("poison");
     last(h).frame({ type: "accepted", id: "m1" });
     last(h).frame({ type: "reply", id: "r", in_reply_to: "m1", seq: 0, text: "par", final: false });

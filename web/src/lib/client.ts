@@ -5,6 +5,7 @@
 
 import { backoffDelay, defaultBackoff, type BackoffOptions } from "./backoff";
 import * as conv from "./conversation";
+import { Pacer } from "./pacer";
 import * as rooms from "./rooms";
 import {
   CLOSE_TOKEN_EXPIRED,
@@ -96,6 +97,10 @@ export class ChatClient {
   private socket: SocketLike | null = null;
   /** Ids sent on the current connection; a new connection resends the rest. */
   private sentHere = new Set<string>();
+  /** Keeps the sends of one connection under the gateway's rate limit. */
+  private pacer = new Pacer();
+  /** Whether a paced flush is already scheduled. */
+  private flushLater = false;
   private attempt = 0;
   private reconnectTimer: unknown = null;
   /** Timers that belong to the current connection; cleared when it ends. */
@@ -298,6 +303,8 @@ export class ChatClient {
     for (const handle of this.connectionTimers) this.env.clearTimeout(handle);
     this.connectionTimers.clear();
     this.sentHere.clear();
+    this.pacer = new Pacer();
+    this.flushLater = false;
     const socket = this.socket;
     this.socket = null;
     socket?.close(1000, "page closed");
@@ -498,12 +505,24 @@ export class ChatClient {
     }, RESEND_DELAY_MS);
   }
 
-  /** Sends every pending message not yet sent on this connection. */
+  /** Sends every pending message not yet sent on this connection, paced:
+   * beyond a burst, the rest follow as the gateway's rate limit allows. */
   private flush(): void {
     const socket = this.socket;
     if (!socket || this.snapshot.connection !== "connected" || !this.snapshot.brokerUp) return;
     for (const m of conv.pending(this.snapshot.conversation)) {
       if (this.sentHere.has(m.id) || m.text === null) continue;
+      const now = this.env.now();
+      if (!this.pacer.take(now)) {
+        if (!this.flushLater) {
+          this.flushLater = true;
+          this.later(() => {
+            this.flushLater = false;
+            this.flush();
+          }, this.pacer.wait(now));
+        }
+        return;
+      }
       this.sentHere.add(m.id);
       socket.send(sendFrame(m.id, m.text, conv.contextFor(this.snapshot.conversation, m.id)));
     }

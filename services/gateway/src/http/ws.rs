@@ -108,6 +108,7 @@ async fn upgrade(
                     user: verified.user,
                     limits: Limits::clone(&sockets.limits),
                     link: sockets.link.clone(),
+                    health: subscription.health.clone(),
                     replies,
                     stop: sockets.stop.clone(),
                 };

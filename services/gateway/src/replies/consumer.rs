@@ -5,18 +5,20 @@
 
 use super::context::Context;
 use super::inbound::Inbound;
-use super::local::{FirstSocket, Peers};
+use super::local::{FirstSocket, Peers, ReplyHealth};
 use super::outbound::{OutboundReply, Receipt};
 use super::relay;
+use broker::lapin::Channel;
 use broker::lapin::message::Delivery;
 use broker::lapin::options::{BasicAckOptions, BasicRejectOptions};
+use broker::topology::QueueKind;
 use broker::{BrokerError, Session, topology};
 use protocol::UserId;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::watch;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 /// Counts users whose reply consumer is running (queue declared, bound and
 /// consumed) in `switchboard_gateway_reply_consumers`, for as long as it lives.
@@ -35,13 +37,64 @@ impl Drop for ConsumingGauge {
     }
 }
 
+/// Tells the user's sockets how their consumer is doing, and counts the
+/// consumers failing now (the gateway is not ready while any is).
+struct HealthReport<'a> {
+    tell: watch::Sender<ReplyHealth>,
+    failing: &'a AtomicUsize,
+}
+
+impl HealthReport<'_> {
+    fn set(&self, health: ReplyHealth) {
+        let was = self.tell.send_replace(health);
+        match (was == ReplyHealth::Failing, health == ReplyHealth::Failing) {
+            (false, true) => {
+                self.failing.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.failing.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// After a failure: failing while the connection is up (the queue
+    /// itself is the trouble), else waiting for the next connection.
+    fn failed(&self, session: &Session) {
+        self.set(if session.is_live() {
+            ReplyHealth::Failing
+        } else {
+            ReplyHealth::SettingUp
+        });
+    }
+}
+
+impl Drop for HealthReport<'_> {
+    fn drop(&mut self) {
+        self.set(ReplyHealth::SettingUp);
+    }
+}
+
 /// The life of one user's consumer: (re)subscribes after channel errors and
 /// on every broker session until the user's last socket here goes.
 pub async fn run(context: Arc<Context>, user: UserId, first: FirstSocket) {
-    let FirstSocket { stop, ready, peers } = first;
+    let FirstSocket {
+        stop,
+        health,
+        peers,
+    } = first;
+    let health = HealthReport {
+        tell: health,
+        failing: &context.failing,
+    };
     let what = format!("replies of {user}");
-    broker::consumer::run_consumer(&context.broker, &stop, &what, |session| {
-        consume_session(&context, &user, session, &stop, &ready, &peers)
+    let (context, user, stop, health, peers) = (&context, &user, &stop, &health, &peers);
+    broker::consumer::run_consumer(&context.broker, stop, &what, |session| async move {
+        let served = consume_session(context, user, &session, stop, health, peers).await;
+        if served.is_err() {
+            health.failed(&session);
+        }
+        served
     })
     .await;
 }
@@ -49,9 +102,9 @@ pub async fn run(context: Arc<Context>, user: UserId, first: FirstSocket) {
 async fn consume_session(
     context: &Context,
     user: &UserId,
-    session: Session,
+    session: &Session,
     stop: &tokio_util::sync::CancellationToken,
-    ready: &watch::Sender<bool>,
+    health: &HealthReport<'_>,
     peers: &Peers,
 ) -> Result<(), BrokerError> {
     let shard = context.shard_hasher.hash_one(user) as usize;
@@ -60,20 +113,19 @@ async fn consume_session(
     // Boxed: set-up is short, the consumer lives long; the task must not
     // carry set-up's state for as long as the user stays connected.
     let setup = Box::pin(async {
-        let queue = topology::declare_reply_queue(&channel, names, user, context.shape).await?;
+        // Declarations and bindings on a set-up channel: one RabbitMQ
+        // refuses closes no consumer's channel.
+        let (queue, setup) = declare(context, session, shard, user).await?;
         // An expired queue lost its room bindings: bind them again.
         if let Some(store) = &context.store {
             let rooms = store.rooms_of(user).await.unwrap_or_else(|e| {
-                tracing::warn!(user_id = %user, error = %e, "could not read the user's rooms; their room messages wait for the next set-up");
+                warn!(user_id = %user, error = %e, "could not read the user's rooms; their room messages wait for the next set-up");
                 Vec::new()
             });
             for room in rooms {
-                topology::bind_room(&channel, names, user, &room.id, true).await?;
+                topology::bind_room(&setup, names, user, &room.id, true).await?;
             }
         }
-        // The queue is durable: once declared it outlives reconnects, so
-        // readiness only ever goes from false to true.
-        ready.send_replace(true);
         let label = format!("gateway-{user}");
         let (tag, consumer) = broker::consumer::consume(&channel, &queue.name, &label).await?;
         // Consumers other than this gateway's are other gateways with
@@ -81,9 +133,9 @@ async fn consume_session(
         // when there were none: of two gateways consuming at the same
         // moment, the second counts the first.
         let others =
-            queue.consumers > 0 || topology::consumer_count(&channel, &queue.name).await? > 1;
+            queue.consumers > 0 || topology::consumer_count(&setup, &queue.name).await? > 1;
         if others {
-            relay::meet_peers(context, &channel, &session, user, peers).await?;
+            relay::meet_peers(context, &setup, session, user, peers).await?;
         } else {
             // A set-up after a lost channel starts from what the count
             // says, not from what an earlier set-up knew.
@@ -95,17 +147,18 @@ async fn consume_session(
         let _turn = context.setups.acquire().await;
         broker::consumer::bounded_setup(&channel, context.setup_limit(), setup).await?
     };
+    health.set(ReplyHealth::Consuming);
     let _consuming = ConsumingGauge::up();
     debug!(user_id = %user, queue, "consuming replies");
     // Each delivery runs boxed: its future is large, and inline it would
     // size every idle user's task.
     broker::consumer::deliver_until(&mut deliveries, stop, |delivery| {
-        Box::pin(dispatch(context, user, &session, peers, delivery))
+        Box::pin(dispatch(context, user, session, peers, delivery))
     })
     .await?;
     let stopping = async {
         broker::consumer::cancel_and_requeue(&channel, &tag, deliveries).await;
-        relay::leave(context, &channel, &session, user, peers).await;
+        relay::leave(context, &channel, session, user, peers).await;
     };
     Box::pin(stopping).await;
     debug!(user_id = %user, "stopped consuming replies");
@@ -153,6 +206,39 @@ async fn dispatch(
         info!(user_id = %user, "no local socket for a reply; requeued");
     }
     Ok(())
+}
+
+/// Declares `user`'s reply queue (and binds it to the user's key) on the
+/// shard's set-up channel. A queue of the other kind that is there already
+/// (the setting changed since it was declared) is kept as it is, until it
+/// expires: RabbitMQ cannot change a queue's kind.
+async fn declare(
+    context: &Context,
+    session: &Session,
+    shard: usize,
+    user: &UserId,
+) -> Result<(topology::ReplyQueue, Channel), BrokerError> {
+    let names = context.broker.names();
+    let mut shape = context.shape;
+    loop {
+        let channel = session.setup_channel(shard).await?;
+        match topology::declare_reply_queue(&channel, names, user, shape).await {
+            Ok(queue) => return Ok((queue, channel)),
+            Err(e) => match QueueKind::of_existing(&e) {
+                Some(kind) if kind != shape.kind => {
+                    if !context.other_kind_seen.swap(true, Ordering::Relaxed) {
+                        info!(
+                            configured = ?context.shape.kind,
+                            found = ?kind,
+                            "reply queues of the other kind exist (reply_queue.kind changed); each is used as it is until it expires"
+                        );
+                    }
+                    shape.kind = kind;
+                }
+                _ => return Err(e),
+            },
+        }
+    }
 }
 
 /// Metrics, trace and the answer watcher for a chunk on its way out.

@@ -9,7 +9,7 @@ use broker::topology::ReplyQueueShape;
 use protocol::{MessageId, UserId};
 use std::hash::RandomState;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +55,10 @@ pub struct Context {
     pub tasks: TaskTracker,
     /// Stops the relay consumer at shutdown.
     pub relay_stop: CancellationToken,
+    /// Users whose consumer is failing now while the connection is up.
+    pub failing: AtomicUsize,
+    /// Whether a reply queue of the other kind was met (said once).
+    pub other_kind_seen: AtomicBool,
 }
 
 /// What reply routing is started with.
@@ -93,6 +97,8 @@ impl Context {
             shard_hasher: RandomState::new(),
             tasks: TaskTracker::new(),
             relay_stop: CancellationToken::new(),
+            failing: AtomicUsize::new(0),
+            other_kind_seen: AtomicBool::new(false),
         }
     }
 

@@ -26,10 +26,23 @@ struct LocalUser {
     sockets: HashMap<u64, Outbox>,
     /// Cancels this user's consumer.
     consumer: CancellationToken,
-    /// Becomes true once the user's reply queue is declared and bound.
-    queue_ready: watch::Receiver<bool>,
+    /// How the user's reply consumer is doing.
+    health: watch::Receiver<ReplyHealth>,
     /// What this gateway knows of the user's other gateways.
     peers: Arc<Peers>,
+}
+
+/// How a user's reply consumer is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyHealth {
+    /// Being set up: the first time, or after the connection came back.
+    SettingUp,
+    /// Declared, bound and consumed: replies flow; messages may be sent.
+    Consuming,
+    /// Its set-up or its consumer failed while the broker connection is up
+    /// (the queue's node is down, say): replies cannot flow, and messages
+    /// are refused until it heals.
+    Failing,
 }
 
 /// What one gateway knows of a user's sockets on other gateways.
@@ -64,6 +77,8 @@ impl Peers {
 pub struct Registered {
     /// Its number among the user's sockets.
     pub socket: u64,
+    /// How the user's reply consumer is doing.
+    pub health: watch::Receiver<ReplyHealth>,
     /// Set when this is the user's first socket here: their consumer must
     /// be started with these.
     pub first: Option<FirstSocket>,
@@ -74,8 +89,8 @@ pub struct Registered {
 pub struct FirstSocket {
     /// Fires when the user's last socket here goes.
     pub stop: CancellationToken,
-    /// Tell the sockets the queue is ready.
-    pub ready: watch::Sender<bool>,
+    /// How the consumer is doing, told to the user's sockets.
+    pub health: watch::Sender<ReplyHealth>,
     pub peers: Arc<Peers>,
 }
 
@@ -90,22 +105,28 @@ impl LocalUsers {
                 local.sockets.insert(socket, outbox);
                 Registered {
                     socket,
+                    health: local.health.clone(),
                     first: None,
                 }
             }
             Entry::Vacant(entry) => {
                 let stop = CancellationToken::new();
-                let (ready, queue_ready) = watch::channel(false);
+                let (tell, health) = watch::channel(ReplyHealth::SettingUp);
                 let peers = Arc::new(Peers::default());
                 entry.insert(LocalUser {
                     sockets: HashMap::from([(socket, outbox)]),
                     consumer: stop.clone(),
-                    queue_ready,
+                    health: health.clone(),
                     peers: peers.clone(),
                 });
                 Registered {
                     socket,
-                    first: Some(FirstSocket { stop, ready, peers }),
+                    health,
+                    first: Some(FirstSocket {
+                        stop,
+                        health: tell,
+                        peers,
+                    }),
                 }
             }
         };
@@ -162,10 +183,10 @@ impl LocalUsers {
         users.get(user).map(|local| local.peers.clone())
     }
 
-    /// Whether `user`'s reply queue is ready, if `user` is here.
-    pub fn queue_ready(&self, user: &UserId) -> Option<watch::Receiver<bool>> {
+    /// How `user`'s reply consumer is doing, if `user` is here.
+    pub fn health(&self, user: &UserId) -> Option<watch::Receiver<ReplyHealth>> {
         let users = self.users.lock().expect("users lock");
-        users.get(user).map(|local| local.queue_ready.clone())
+        users.get(user).map(|local| local.health.clone())
     }
 
     /// Whether `user` has a socket here.

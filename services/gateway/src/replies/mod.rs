@@ -25,6 +25,7 @@ mod relay;
 mod router;
 
 pub use context::{AnswerWatcher, ReplySetup};
+pub use local::ReplyHealth;
 pub use outbound::{OutboundReply, Outbox, Receipt, Settlement};
 pub use queues::ReplyQueues;
 pub use router::{ReplyRouter, Subscription};

@@ -3,6 +3,7 @@
 //! and whether anyone consumes it.
 
 use super::context::Context;
+use super::local::ReplyHealth;
 use broker::topology;
 use protocol::{ErrorCode, RoomId, UserId};
 use std::collections::HashMap;
@@ -46,10 +47,13 @@ impl ReplyQueues {
     pub async fn ensure(&self, user: &UserId) -> bool {
         let context = &self.inner.context;
         let limit = context.broker.settings().publish_timeout();
-        if let Some(mut ready) = context.local.queue_ready(user) {
+        if let Some(mut health) = context.local.health(user) {
+            // Failing: refused at once, so the client holds its message
+            // until the consumer heals (its sockets hear `status: down`).
+            let settled = health.wait_for(|h| *h != ReplyHealth::SettingUp);
             return matches!(
-                tokio::time::timeout(limit, ready.wait_for(|r| *r)).await,
-                Ok(Ok(_))
+                tokio::time::timeout(limit, settled).await,
+                Ok(Ok(health)) if *health == ReplyHealth::Consuming
             );
         }
         let fresh = std::time::Duration::from_millis(context.shape.expires_ms / 2);

@@ -3,11 +3,13 @@
 
 use super::consumer;
 use super::context::{Context, ReplySetup};
+use super::local::ReplyHealth;
 use super::outbound::Outbox;
 use super::queues::ReplyQueues;
 use super::relay;
 use protocol::UserId;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// Routes reply frames from per-user queues to local sockets. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ pub struct Subscription {
     context: Arc<Context>,
     user: UserId,
     socket: u64,
+    /// How the user's reply consumer is doing.
+    pub health: watch::Receiver<ReplyHealth>,
 }
 
 impl Drop for Subscription {
@@ -51,6 +55,7 @@ impl ReplyRouter {
             context: self.context.clone(),
             user: user.clone(),
             socket: registered.socket,
+            health: registered.health,
         }
     }
 
@@ -71,6 +76,15 @@ impl ReplyRouter {
             .local
             .peers(user)
             .is_some_and(|peers| peers.elsewhere())
+    }
+
+    /// Whether every user's consumer here works (none is failing while the
+    /// broker connection is up).
+    pub fn all_consuming(&self) -> bool {
+        self.context
+            .failing
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
     }
 
     /// Waits for every consumer to finish after the last sockets are gone.

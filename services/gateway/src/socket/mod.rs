@@ -13,30 +13,31 @@
 //! (`tests.rs`), without a network or a broker.
 
 pub mod admission;
+mod limits;
 mod rate;
 mod step;
 mod writer;
 
 use crate::messages::Outgoing;
-use crate::replies::OutboundReply;
-use crate::settings::{RateLimitSettings, WebSocketSettings};
+use crate::replies::{OutboundReply, ReplyHealth};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use protocol::amqp::MessageStatus;
 use protocol::trace::TraceParent;
-use protocol::ws::{FrameLimits, LinkState, ServerFrame};
+use protocol::ws::{LinkState, ServerFrame};
 use protocol::{CloseCode, ErrorCode, MessageId, RoomId, UserId};
 use rate::TokenBucket;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 use step::Step;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span};
 use writer::Writer;
+
+pub use limits::Limits;
 
 /// What a socket asks of the rest of the gateway on its user's behalf.
 pub trait Chat: Send + Sync + 'static {
@@ -67,44 +68,6 @@ pub trait Chat: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ErrorCode>> + Send;
 }
 
-/// A socket's limits, from the gateway's settings.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Longest message text.
-    pub frames: FrameLimits,
-    /// Largest WebSocket message, in bytes (1009 beyond).
-    pub max_message_bytes: usize,
-    /// Reply frames buffered for the socket before it is cut loose (4000).
-    pub outbound_buffer: usize,
-    /// Sends awaiting their confirm before reading pauses.
-    pub max_in_flight: usize,
-    /// Bound on writing one frame.
-    pub send_timeout: Duration,
-    /// How often the gateway pings…
-    pub ping_interval: Duration,
-    /// …and how long it waits for any sign of life (4002).
-    pub idle_timeout: Duration,
-    /// The token bucket over client frames.
-    pub rate: RateLimitSettings,
-}
-
-impl Limits {
-    pub fn new(websocket: &WebSocketSettings, rate: &RateLimitSettings) -> Self {
-        Self {
-            frames: FrameLimits {
-                max_text_chars: websocket.max_text_chars,
-            },
-            max_message_bytes: websocket.max_message_bytes,
-            outbound_buffer: websocket.outbound_buffer,
-            max_in_flight: websocket.max_in_flight.max(1),
-            send_timeout: Duration::from_millis(websocket.send_timeout_ms),
-            ping_interval: Duration::from_millis(websocket.ping_interval_ms),
-            idle_timeout: Duration::from_millis(websocket.idle_timeout_ms),
-            rate: rate.clone(),
-        }
-    }
-}
-
 /// Everything one socket is served with besides the socket itself.
 #[derive(Debug)]
 pub struct Connection {
@@ -113,9 +76,11 @@ pub struct Connection {
     /// When the token expires (4001 then).
     pub token_expires: Instant,
     pub limits: Limits,
-    /// Whether the gateway has its broker link: told to the client as
-    /// `status` frames.
+    /// Whether the gateway has its broker link…
     pub link: watch::Receiver<bool>,
+    /// …and whether the user's reply queue is being consumed: both are
+    /// told to the client as one `status` (down while either fails).
+    pub health: watch::Receiver<ReplyHealth>,
     /// The user's reply frames for this socket; closed when the gateway cut
     /// the socket loose for reading too slowly.
     pub replies: mpsc::Receiver<OutboundReply>,
@@ -147,6 +112,7 @@ where
         token_expires,
         limits,
         mut link,
+        mut health,
         mut replies,
         stop,
     } = connection;
@@ -157,9 +123,13 @@ where
     if socket.frame(&welcome).await.is_err() {
         return;
     }
-    // Tell the client when the broker link goes down and comes back, so it
-    // holds its messages instead of collecting `broker_unavailable`s.
-    let mut link_up = *link.borrow_and_update();
+    // Tell the client when the broker link (or the user's reply queue) goes
+    // down and comes back, so it holds its messages instead of collecting
+    // `broker_unavailable`s.
+    let up = |link: &mut watch::Receiver<bool>, health: &mut watch::Receiver<ReplyHealth>| {
+        *link.borrow_and_update() && *health.borrow_and_update() != ReplyHealth::Failing
+    };
+    let mut link_up = up(&mut link, &mut health);
     if !link_up && socket.frame(&link_status(false)).await.is_err() {
         return;
     }
@@ -187,7 +157,16 @@ where
             }
             _ = &mut token_expiry => break End::Close(CloseCode::TokenExpired, "token expired"),
             Ok(()) = link.changed() => {
-                let up = *link.borrow_and_update();
+                let up = up(&mut link, &mut health);
+                if up != link_up {
+                    link_up = up;
+                    if socket.frame(&link_status(up)).await.is_err() {
+                        break End::ClientGone;
+                    }
+                }
+            }
+            Ok(()) = health.changed() => {
+                let up = up(&mut link, &mut health);
                 if up != link_up {
                     link_up = up;
                     if socket.frame(&link_status(up)).await.is_err() {

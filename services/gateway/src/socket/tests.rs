@@ -4,10 +4,13 @@
 
 use super::*;
 use crate::replies::{Receipt, Settlement};
+use crate::settings::RateLimitSettings;
 use futures_util::task::{Context, Poll};
 use protocol::amqp::{ChatRequest, ReplyChunk};
 use protocol::ws::ClientFrame;
+use protocol::ws::FrameLimits;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// The gateway's side of a socket: what the client sent, and where the
@@ -109,6 +112,7 @@ struct Harness {
     from_gateway: mpsc::UnboundedReceiver<Message>,
     replies: mpsc::Sender<OutboundReply>,
     link: watch::Sender<bool>,
+    health: watch::Sender<ReplyHealth>,
     stop: CancellationToken,
     chat: FakeChat,
     served: tokio::task::JoinHandle<()>,
@@ -142,6 +146,7 @@ fn start_with(limits: Limits, token_life: Duration, stalled: bool) -> Harness {
     let (outgoing, from_gateway) = mpsc::unbounded_channel();
     let (replies, replies_rx) = mpsc::channel(limits.outbound_buffer);
     let (link, link_rx) = watch::channel(true);
+    let (health, health_rx) = watch::channel(ReplyHealth::SettingUp);
     let stop = CancellationToken::new();
     let chat = FakeChat::default();
     let connection = Connection {
@@ -149,6 +154,7 @@ fn start_with(limits: Limits, token_life: Duration, stalled: bool) -> Harness {
         token_expires: Instant::now() + token_life,
         limits,
         link: link_rx,
+        health: health_rx,
         replies: replies_rx,
         stop: stop.clone(),
     };
@@ -163,6 +169,7 @@ fn start_with(limits: Limits, token_life: Duration, stalled: bool) -> Harness {
         from_gateway,
         replies,
         link,
+        health,
         stop,
         chat,
         served,
@@ -435,6 +442,22 @@ async fn the_client_hears_when_the_broker_link_goes_and_comes_back() {
     assert_eq!(h.frame().await, link_status(false));
     h.link.send_replace(true);
     assert_eq!(h.frame().await, link_status(true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_client_hears_when_its_reply_queue_cannot_be_consumed() {
+    let mut h = start().welcomed().await;
+    h.health.send_replace(ReplyHealth::Consuming);
+    h.health.send_replace(ReplyHealth::Failing);
+    assert_eq!(h.frame().await, link_status(false));
+    // The broker link going too changes nothing the client sees…
+    h.link.send_replace(false);
+    h.health.send_replace(ReplyHealth::SettingUp);
+    h.link.send_replace(true);
+    // …and up is said once both are well again.
+    assert_eq!(h.frame().await, link_status(true));
+    h.send(&ClientFrame::Ping);
+    assert_eq!(h.frame().await, ServerFrame::Pong);
 }
 
 #[tokio::test(start_paused = true)]

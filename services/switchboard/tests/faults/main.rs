@@ -8,10 +8,13 @@
 //!
 //! Scenarios run one at a time (they share the broker, and one restarts it).
 //! The broker restart needs `FAULTS_BROKER_CONTROL=rabbitmqctl` (set by
-//! `.ci/run`) and a local RabbitMQ that `rabbitmqctl` controls.
+//! `.ci/run`) and a local RabbitMQ that `rabbitmqctl` controls. The cluster
+//! scenarios (`cluster`) need `FAULTS_CLUSTER=1` and RabbitMQ installed:
+//! they start three nodes of their own.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod cluster;
 mod model;
 mod processes;
 mod scenarios;

@@ -38,6 +38,9 @@ struct Seen {
     failed: bool,
     /// Last time it was sent, to re-send after a retryable refusal.
     sent_at: Option<Instant>,
+    /// When the user first sent it, and when its answer was complete.
+    released_at: Option<Instant>,
+    resolved_at: Option<Instant>,
 }
 
 impl Seen {
@@ -50,7 +53,7 @@ impl Seen {
 }
 
 /// Counts over a scenario, in Jepsen's spirit.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tally {
     pub requests: usize,
     pub accepted: usize,
@@ -65,6 +68,9 @@ pub struct Tally {
     /// Chunks that arrived after a later chunk of the same answer.
     pub out_of_order: usize,
     pub reconnects: usize,
+    /// Every answered message: when its answer was complete, and how long
+    /// after it was first sent.
+    pub completions: Vec<(Instant, Duration)>,
 }
 
 impl Tally {
@@ -81,6 +87,37 @@ impl Tally {
         self.wrong_answers += other.wrong_answers;
         self.out_of_order += other.out_of_order;
         self.reconnects += other.reconnects;
+        self.completions.extend(other.completions);
+    }
+
+    /// The longest time after `from` during which no answer completed: how
+    /// long the service took to recover from a fault struck then.
+    pub fn longest_stall_after(&self, from: Instant) -> Duration {
+        let mut done: Vec<Instant> = self.completions.iter().map(|(at, _)| *at).collect();
+        done.sort();
+        let mut last = from;
+        let mut longest = Duration::ZERO;
+        for at in done.into_iter().filter(|at| *at >= from) {
+            longest = longest.max(at - last);
+            last = at;
+        }
+        longest
+    }
+
+    /// The `q`-quantile (0..1) of send → complete answer, over answers
+    /// completed at or after `from`.
+    pub fn latency_quantile(&self, from: Instant, q: f64) -> Duration {
+        let mut latencies: Vec<Duration> = self
+            .completions
+            .iter()
+            .filter(|(at, _)| *at >= from)
+            .map(|(_, latency)| *latency)
+            .collect();
+        latencies.sort();
+        let Some(last) = latencies.len().checked_sub(1) else {
+            return Duration::ZERO;
+        };
+        latencies[((last as f64) * q).round() as usize]
     }
 
     pub fn print(&self, scenario: &str) {
@@ -200,7 +237,8 @@ async fn run_user(
                         };
                         let id = MessageId::new_random();
                         messages.push((id, text.clone()));
-                        seen.insert(id, Seen { sent_at: Some(Instant::now()), ..Seen::default() });
+                        let now = Some(Instant::now());
+                        seen.insert(id, Seen { sent_at: now, released_at: now, ..Seen::default() });
                         if client.send_text(&send(id, &text)).await.is_err() {
                             continue 'connection;
                         }
@@ -247,6 +285,7 @@ async fn run_user(
                                 }
                             }
                             if s.resolved() && resolved.insert(chunk.in_reply_to) {
+                                s.resolved_at = Some(Instant::now());
                                 resolved_total.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -281,6 +320,9 @@ async fn run_user(
             tally.failed_and_told += 1;
         } else if s.resolved() {
             tally.answered += 1;
+            if let (Some(released), Some(resolved)) = (s.released_at, s.resolved_at) {
+                tally.completions.push((resolved, resolved - released));
+            }
             let shown: String = s.shown.values().map(String::as_str).collect();
             if shown != TEMPLATE.replace("{text}", text) {
                 tally.wrong_answers += 1;

@@ -77,7 +77,11 @@ impl Drop for Service {
 /// reconnect to a restarted one) and any number of responders.
 pub struct Stack {
     pub name: String,
+    /// The broker, as the gateways are given it.
     pub url: String,
+    /// The broker, as the responders are given it (the same unless a
+    /// scenario puts them on other nodes of a cluster).
+    pub responder_url: String,
     pub prefix: String,
     /// One address per gateway.
     pub addrs: Vec<SocketAddr>,
@@ -97,6 +101,7 @@ impl Stack {
         Self {
             name: name.into(),
             url: url.into(),
+            responder_url: url.into(),
             prefix: prefix.into(),
             addrs: listeners.iter().map(|l| l.local_addr().unwrap()).collect(),
             words_per_chunk: 2,
@@ -104,9 +109,9 @@ impl Stack {
         }
     }
 
-    fn common(&self) -> Vec<(&'static str, String)> {
+    fn common(&self, url: &str) -> Vec<(&'static str, String)> {
         vec![
-            ("AMQP_URL", self.url.clone()),
+            ("AMQP_URL", url.to_owned()),
             ("SWITCHBOARD_AMQP__PREFIX", self.prefix.clone()),
             ("SWITCHBOARD_AMQP__RECONNECT_INITIAL_MS", "100".into()),
             ("SWITCHBOARD_AMQP__RECONNECT_MAX_MS", "1000".into()),
@@ -116,7 +121,7 @@ impl Stack {
 
     /// Starts gateway number `n` on its port.
     pub fn gateway(&self, n: usize) -> Service {
-        let mut env = self.common();
+        let mut env = self.common(&self.url);
         env.push(("SWITCHBOARD_HTTP__LISTEN", self.addrs[n].to_string()));
         env.push(("SWITCHBOARD_HTTP__WEB_DIR", "does-not-exist".into()));
         env.push(("SWITCHBOARD_RATE_LIMIT__BURST", "10000".into()));
@@ -125,7 +130,7 @@ impl Stack {
     }
 
     pub fn responder(&self) -> Service {
-        let mut env = self.common();
+        let mut env = self.common(&self.responder_url);
         env.push(("SWITCHBOARD_HEALTH__LISTEN", String::new()));
         env.push(("SWITCHBOARD_WORKER__PREFETCH", "8".into()));
         env.push(("SWITCHBOARD_MOCK__TEMPLATE", TEMPLATE.into()));

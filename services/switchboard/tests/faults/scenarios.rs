@@ -10,13 +10,13 @@ use testkit::Cleanup;
 use tokio::sync::Mutex;
 
 /// Scenarios share the broker (and one restarts it): one at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+pub static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 const USERS: usize = 4;
 const MESSAGES: usize = 60;
 const DEADLINE: Duration = Duration::from_secs(120);
 
-fn behaviour() -> Behaviour {
+pub fn behaviour() -> Behaviour {
     Behaviour {
         messages: MESSAGES,
         // ~3 s of traffic: long enough for a fault to land mid-run.
@@ -26,8 +26,8 @@ fn behaviour() -> Behaviour {
     }
 }
 
-struct Scenario {
-    stack: Stack,
+pub struct Scenario {
+    pub stack: Stack,
     gateways: Vec<Option<Service>>,
     responders: Vec<Service>,
     resolved: Arc<AtomicUsize>,
@@ -44,7 +44,12 @@ impl Scenario {
         platform::telemetry::init_for_tests();
         let url = testkit::amqp_url().await;
         let prefix = testkit::unique_prefix();
-        let stack = Stack::new(name, &url, &prefix, gateways);
+        Self::on(Stack::new(name, &url, &prefix, gateways), responders).await
+    }
+
+    /// Starts `stack`'s gateways and `responders` responders.
+    pub async fn on(stack: Stack, responders: usize) -> Self {
+        let (gateways, url, prefix) = (stack.addrs.len(), stack.url.clone(), stack.prefix.clone());
         let mut started = Vec::new();
         for n in 0..gateways {
             started.push(Some(stack.gateway(n)));
@@ -63,6 +68,19 @@ impl Scenario {
     /// Runs the users in the background; `strike` runs once a third of the
     /// messages are resolved.
     async fn run(&mut self, behaviour: Behaviour, strike: impl AsyncFnOnce(&mut Self)) -> Tally {
+        self.run_healing(behaviour, strike, async |_: &mut Self| {})
+            .await
+            .0
+    }
+
+    /// [`Scenario::run`], then `heal` right after the strike while the users
+    /// go on; also returns when the fault struck.
+    pub async fn run_healing(
+        &mut self,
+        behaviour: Behaviour,
+        strike: impl AsyncFnOnce(&mut Self),
+        heal: impl AsyncFnOnce(&mut Self),
+    ) -> (Tally, tokio::time::Instant) {
         let mut guests = Vec::new();
         for _ in 0..USERS {
             let guest = testkit::guest_session(self.stack.addrs[0]).await.unwrap();
@@ -85,6 +103,7 @@ impl Scenario {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let struck = tokio::time::Instant::now();
         strike(self).await;
         // A fault that lands after the traffic is over proves nothing.
         let after = self.resolved.load(Ordering::Relaxed);
@@ -93,13 +112,14 @@ impl Scenario {
             "the fault struck after the run was over ({after} of {} resolved)",
             USERS * MESSAGES
         );
-        users.await.unwrap()
+        heal(self).await;
+        (users.await.unwrap(), struck)
     }
 }
 
 /// The promise: every request accepted and accounted for, nothing lost,
 /// nothing missing, nothing shown twice, every answer right.
-fn assert_kept(scenario: &str, tally: &Tally, poisoned: usize) {
+pub fn assert_kept(scenario: &str, tally: &Tally, poisoned: usize) {
     tally.print(scenario);
     assert_eq!(
         tally.requests,

@@ -1,6 +1,6 @@
 use crate::stack::{Mock, TestStack};
 use protocol::ErrorCode;
-use protocol::ws::ServerFrame;
+use protocol::ws::{LinkState, ServerFrame};
 use testkit::{ChatClient, Closed};
 
 fn error_code(frame: &ServerFrame) -> (ErrorCode, bool) {
@@ -42,7 +42,7 @@ async fn sending_while_the_broker_is_down_gets_a_clear_retryable_error() {
     assert_eq!(
         client.next_frame().await.unwrap(),
         ServerFrame::Status {
-            broker: protocol::ws::LinkState::Down
+            broker: LinkState::Down
         }
     );
     // …and a send regardless is refused as retryable.
@@ -164,7 +164,66 @@ async fn a_consumer_cancelled_by_the_broker_comes_back_without_a_reconnect() {
     assert_eq!(consumers, 1, "the reply queue is consumed again");
     let now = stack.gateway().broker().current().unwrap().generation();
     assert_eq!(now, generation, "no reconnect for a consumer-level failure");
+    // The socket heard that its replies were out of reach, and back.
+    let down = ServerFrame::Status {
+        broker: LinkState::Down,
+    };
+    let up = ServerFrame::Status {
+        broker: LinkState::Up,
+    };
+    assert_eq!(client.next_frame().await.unwrap(), down);
+    assert_eq!(client.next_frame().await.unwrap(), up);
 
     client.ask("still there?").await.unwrap();
+    let _ = admin.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn a_gateway_given_several_nodes_uses_the_one_that_answers() {
+    // A cluster's first node is down: the gateway takes the next, says
+    // which, and works as usual.
+    let stack = TestStack::start_with(1, Mock::default(), |settings| {
+        settings.amqp.url = format!("amqp://guest:guest@127.0.0.1:1/%2f,{}", settings.amqp.url);
+        // Several nodes make quorum reply queues the default; here the one
+        // node is a single broker, where they work too.
+    })
+    .await;
+    let (_, mut client) = stack.client().await;
+    client.ask("anyone there?").await.unwrap();
+}
+
+#[tokio::test]
+async fn an_answer_for_a_reply_queue_that_expired_is_dropped_and_the_request_done() {
+    use broker::lapin::options::BasicPublishOptions;
+    let stack = TestStack::start(1, Mock::default()).await;
+    let mut counters = stack.responders[0].counters();
+    // A request of a user whose queue is gone (it expired after 30 minutes
+    // without a socket; this one never had one).
+    let request = protocol::amqp::ChatRequest::new(
+        protocol::MessageId::new_random(),
+        protocol::UserId::new_guest(),
+        "hello?".into(),
+        0,
+    );
+    let names = protocol::topology::Names::new(&stack.prefix);
+    let admin = broker::lapin::Connection::connect(&stack.url, Default::default())
+        .await
+        .unwrap();
+    let channel = admin.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            names.chat_queue().as_str().into(),
+            BasicPublishOptions::default(),
+            &protocol::amqp::encode(&request),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Nobody is left to read it: answered once, not retried, not failed.
+    crate::stack::wait_counters(&mut counters, "the request is done", |c| c.answered == 1).await;
+    assert_eq!(counters.borrow().failed, 0, "never handed back");
     let _ = admin.close(200, "done".into()).await;
 }
