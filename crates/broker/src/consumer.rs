@@ -135,6 +135,49 @@ pub async fn consume(
     Ok((tag, consumer))
 }
 
+/// [`consume`] on a channel other consumers share, within `limit`. A
+/// consume RabbitMQ answers after the limit is not left dangling (its
+/// deliveries would wait for a reader that never comes): a background task
+/// waits for it and cancels it, requeueing what it prefetched. Unlike
+/// [`bounded_setup`], it never closes the shared channel.
+pub async fn consume_bounded(
+    channel: &Channel,
+    queue: &str,
+    label: &str,
+    limit: Duration,
+) -> Result<(String, Consumer), BrokerError> {
+    let tag = format!("{label}-{}", protocol::MessageId::new_random());
+    let consume = {
+        let (channel, queue, tag) = (channel.clone(), queue.to_owned(), tag.clone());
+        async move {
+            channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        }
+    };
+    let mut consume = Box::pin(consume);
+    match timeout(limit, &mut consume).await {
+        Ok(consumer) => Ok((tag, consumer?)),
+        Err(_) => {
+            let channel = channel.clone();
+            let late_tag = tag.clone();
+            tokio::spawn(async move {
+                // Bounded by the connection: a dead one fails it.
+                if let Ok(consumer) = consume.await {
+                    debug!(tag = late_tag, "a consume answered too late; cancelling it");
+                    cancel_and_requeue(&channel, &late_tag, consumer).await;
+                }
+            });
+            Err(BrokerError::Timeout(limit))
+        }
+    }
+}
+
 /// Serves `queue` on a channel of its own until `stop` fires: starts a
 /// manual-ack consumer (set-up bounded by the session's set-up timeout), hands every
 /// delivery to `handle` together with the channel (keep a clone while the

@@ -13,7 +13,11 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Memory of the local RabbitMQ node, in bytes.
+/// Memory of RabbitMQ, in bytes: the local node, or the sum over the
+/// nodes named in `LOADGEN_BROKER_NODES` (a cluster), asked through the
+/// commands in `LOADGEN_BROKER_CTL` / `LOADGEN_BROKER_DIAGNOSTICS` (default
+/// `rabbitmqctl` / `rabbitmq-diagnostics`; the cluster script offers
+/// `scripts/rabbitmq-cluster ctl` and `… diagnostics`).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct BrokerMemory {
     /// Everything the Erlang VM has allocated (`erlang:memory(total)`).
@@ -25,32 +29,63 @@ pub struct BrokerMemory {
 }
 
 impl BrokerMemory {
-    /// Reads it with `rabbitmqctl` / `rabbitmq-diagnostics` (after a garbage
-    /// collection, so the figures are what is held, not what is garbage).
+    /// Reads it (after a garbage collection, so the figures are what is
+    /// held, not what is garbage).
     pub fn read() -> Option<Self> {
-        let _ = Command::new("rabbitmqctl")
-            .args([
-                "-q",
-                "eval",
-                "[erlang:garbage_collect(P) || P <- erlang:processes()], ok.",
-            ])
-            .output();
-        let total = Command::new("rabbitmqctl")
-            .args(["-q", "eval", "erlang:memory(total)."])
-            .output()
-            .ok()?;
+        let nodes: Vec<String> = std::env::var("LOADGEN_BROKER_NODES")
+            .unwrap_or_default()
+            .split(',')
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if nodes.is_empty() {
+            return Self::read_node(None);
+        }
+        let mut sum = Self {
+            total: 0,
+            queues: 0,
+            connections: 0,
+        };
+        for node in &nodes {
+            let one = Self::read_node(Some(node))?;
+            sum.total += one.total;
+            sum.queues += one.queues;
+            sum.connections += one.connections;
+        }
+        Some(sum)
+    }
+
+    fn read_node(node: Option<&str>) -> Option<Self> {
+        let tool = |var: &str, default: &str, args: &[&str]| {
+            let command = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+            let mut words = command.split_whitespace();
+            let mut run = Command::new(words.next()?);
+            run.args(words);
+            if let Some(node) = node {
+                run.args(["-n", node]);
+            }
+            run.args(args).output().ok()
+        };
+        let ctl = |args: &[&str]| tool("LOADGEN_BROKER_CTL", "rabbitmqctl", args);
+        let _ = ctl(&[
+            "-q",
+            "eval",
+            "[erlang:garbage_collect(P) || P <- erlang:processes()], ok.",
+        ]);
+        let total = ctl(&["-q", "eval", "erlang:memory(total)."])?;
         let total: u64 = String::from_utf8_lossy(&total.stdout).trim().parse().ok()?;
-        let breakdown = Command::new("rabbitmq-diagnostics")
-            .args([
+        let breakdown = tool(
+            "LOADGEN_BROKER_DIAGNOSTICS",
+            "rabbitmq-diagnostics",
+            &[
                 "-q",
                 "memory_breakdown",
                 "--unit",
                 "bytes",
                 "--formatter",
                 "json",
-            ])
-            .output()
-            .ok()?;
+            ],
+        )?;
         let breakdown: serde_json::Value = serde_json::from_slice(&breakdown.stdout).ok()?;
         let bytes = |keys: &[&str]| -> u64 {
             keys.iter()

@@ -113,8 +113,10 @@ async fn consume_session(
     // Boxed: set-up is short, the consumer lives long; the task must not
     // carry set-up's state for as long as the user stays connected.
     let setup = Box::pin(async {
+        let _turn = context.setups.acquire().await;
+        let limit = context.setup_limit();
         // Declarations and bindings on a set-up channel: one RabbitMQ
-        // refuses closes no consumer's channel.
+        // refuses, or one that times out, closes no consumer's channel.
         let (queue, setup) = declare(context, session, shard, user).await?;
         // An expired queue lost its room bindings: bind them again.
         if let Some(store) = &context.store {
@@ -122,31 +124,41 @@ async fn consume_session(
                 warn!(user_id = %user, error = %e, "could not read the user's rooms; their room messages wait for the next set-up");
                 Vec::new()
             });
-            for room in rooms {
-                topology::bind_room(&setup, names, user, &room.id, true).await?;
-            }
+            let bind = async {
+                for room in rooms {
+                    topology::bind_room(&setup, names, user, &room.id, true).await?;
+                }
+                Ok(())
+            };
+            broker::consumer::bounded_setup(&setup, limit, bind).await?;
         }
         let label = format!("gateway-{user}");
-        let (tag, consumer) = broker::consumer::consume(&channel, &queue.name, &label).await?;
+        let (tag, consumer) =
+            broker::consumer::consume_bounded(&channel, &queue.name, &label, limit).await?;
         // Consumers other than this gateway's are other gateways with
         // sockets of the user. Counted before consuming, and again after
         // when there were none: of two gateways consuming at the same
         // moment, the second counts the first.
-        let others =
-            queue.consumers > 0 || topology::consumer_count(&setup, &queue.name).await? > 1;
-        if others {
-            relay::meet_peers(context, &setup, session, user, peers).await?;
-        } else {
-            // A set-up after a lost channel starts from what the count
-            // says, not from what an earlier set-up knew.
-            peers.elsewhere.store(false, Ordering::Relaxed);
+        let meet = async {
+            let others =
+                queue.consumers > 0 || topology::consumer_count(&setup, &queue.name).await? > 1;
+            if others {
+                relay::meet_peers(context, &setup, session, user, peers).await
+            } else {
+                // A set-up after a lost channel starts from what the count
+                // says, not from what an earlier set-up knew.
+                peers.elsewhere.store(false, Ordering::Relaxed);
+                Ok(())
+            }
+        };
+        if let Err(e) = broker::consumer::bounded_setup(&setup, limit, meet).await {
+            // Not left consuming with nobody reading: its deliveries go back.
+            broker::consumer::cancel_and_requeue(&channel, &tag, consumer).await;
+            return Err(e);
         }
-        Ok((queue.name, tag, consumer))
+        Ok::<_, BrokerError>((queue.name, tag, consumer))
     });
-    let (queue, tag, mut deliveries) = {
-        let _turn = context.setups.acquire().await;
-        broker::consumer::bounded_setup(&channel, context.setup_limit(), setup).await?
-    };
+    let (queue, tag, mut deliveries) = setup.await?;
     health.set(ReplyHealth::Consuming);
     let _consuming = ConsumingGauge::up();
     debug!(user_id = %user, queue, "consuming replies");
@@ -222,7 +234,8 @@ async fn declare(
     let mut shape = context.shape;
     loop {
         let channel = session.setup_channel(shard).await?;
-        match topology::declare_reply_queue(&channel, names, user, shape).await {
+        let declared = topology::declare_reply_queue(&channel, names, user, shape);
+        match broker::consumer::bounded_setup(&channel, context.setup_limit(), declared).await {
             Ok(queue) => return Ok((queue, channel)),
             Err(e) => match QueueKind::of_existing(&e) {
                 Some(kind) if kind != shape.kind => {
