@@ -91,6 +91,8 @@ export class Stack {
   async startGateway() {
     this.gateway = this.spawn("gateway", {
       SWITCHBOARD_HTTP__LISTEN: `127.0.0.1:${this.port}`,
+      // Every page comes from 127.0.0.1.
+      SWITCHBOARD_RATE_LIMIT__GUEST_BURST: "1000",
       SWITCHBOARD_HTTP__WEB_DIR: path.join(repo, "web", "dist"),
       SWITCHBOARD_ROOMS__DATABASE_URL: process.env.DATABASE_URL || "postgres://postgres@127.0.0.1:5432/test",
     });

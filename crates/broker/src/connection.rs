@@ -508,9 +508,7 @@ async fn connect(
     let events: Events = Box::pin(connection.events_listener());
 
     let setup = async {
-        let declare = connection.create_channel().await?;
-        topology::declare_shared(&declare, names, settings).await?;
-        let _ = declare.close(200, "declared".into()).await;
+        topology::declare_shared(&connection, names, settings).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

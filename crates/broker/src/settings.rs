@@ -31,6 +31,14 @@ pub struct AmqpSettings {
     /// (quorum-queue `x-delivery-limit`). Part of the queue's identity:
     /// changing it needs the queue to be re-created.
     pub delivery_limit: u32,
+    /// Requests `chat_queue` holds at most; beyond, publishes are refused
+    /// (`publish_rejected`, retryable). Part of the queue's identity.
+    #[serde(default = "default_chat_queue_max_length")]
+    pub chat_queue_max_length: u32,
+    /// Dead-lettered requests kept for operators in `chat_queue.dead` (the
+    /// oldest dropped beyond it). Part of the queue's identity.
+    #[serde(default = "default_dead_letter_max_length")]
+    pub dead_letter_max_length: u32,
     /// Channels the gateway spreads its per-user consumers over (a channel
     /// error ends only the consumers on it, and RabbitMQ caps channels per
     /// connection). The responder's consumer has a channel of its own.
@@ -40,6 +48,14 @@ pub struct AmqpSettings {
 
 fn default_consumer_channels() -> usize {
     8
+}
+
+fn default_chat_queue_max_length() -> u32 {
+    100_000
+}
+
+fn default_dead_letter_max_length() -> u32 {
+    10_000
 }
 
 impl AmqpSettings {
@@ -55,6 +71,8 @@ impl AmqpSettings {
             reconnect_initial_ms: 200,
             reconnect_max_ms: 5_000,
             delivery_limit: 5,
+            chat_queue_max_length: default_chat_queue_max_length(),
+            dead_letter_max_length: default_dead_letter_max_length(),
             consumer_channels: 8,
         }
     }

@@ -4,9 +4,10 @@
 use crate::{AmqpSettings, BrokerError};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 use protocol::topology::Names;
 use protocol::{RoomId, UserId};
+use tracing::warn;
 
 fn durable_queue() -> QueueDeclareOptions {
     QueueDeclareOptions {
@@ -30,13 +31,18 @@ fn table(entries: impl IntoIterator<Item = (&'static str, AMQPValue)>) -> FieldT
     table
 }
 
-/// The shared objects: the responses exchange, the request queue and its
-/// dead-letter exchange and queue.
+/// The shared objects: the exchanges, the request queue and its
+/// dead-letter queues. A queue that exists with other arguments (declared
+/// by an earlier version, before its bounds) is used as it is, with a
+/// warning: RabbitMQ refuses to change a queue's arguments, and a service
+/// that would not start is worse than one that runs unbounded until an
+/// operator deletes the queue while it is empty.
 pub async fn declare_shared(
-    channel: &Channel,
+    connection: &Connection,
     names: &Names,
     settings: &AmqpSettings,
 ) -> Result<(), BrokerError> {
+    let channel = connection.create_channel().await?;
     let exchanges = [
         (names.responses_exchange(), ExchangeKind::Direct),
         (names.relay_exchange(), ExchangeKind::Direct),
@@ -53,16 +59,20 @@ pub async fn declare_shared(
             )
             .await?;
     }
-    // Every dead-lettered request is kept for operators, and a copy goes to
-    // the responders to tell its user.
+    let _ = channel.close(200, "declared".into()).await;
+    // Every dead-lettered request is kept for operators (the oldest go
+    // first beyond the bound), and a copy goes to the responders to tell
+    // its user.
     for queue in [names.dead_letter_queue(), names.dead_letter_notify_queue()] {
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                durable_queue(),
-                table([("x-queue-type", AMQPValue::LongString("quorum".into()))]),
-            )
-            .await?;
+        let arguments = table([
+            ("x-queue-type", AMQPValue::LongString("quorum".into())),
+            (
+                "x-max-length",
+                AMQPValue::LongLongInt(i64::from(settings.dead_letter_max_length)),
+            ),
+        ]);
+        declare_bounded(connection, &queue, arguments).await?;
+        let channel = connection.create_channel().await?;
         channel
             .queue_bind(
                 queue.as_str().into(),
@@ -72,25 +82,65 @@ pub async fn declare_shared(
                 FieldTable::default(),
             )
             .await?;
+        let _ = channel.close(200, "bound".into()).await;
     }
-    channel
-        .queue_declare(
-            names.chat_queue().into(),
-            durable_queue(),
-            table([
-                ("x-queue-type", AMQPValue::LongString("quorum".into())),
-                (
-                    "x-dead-letter-exchange",
-                    AMQPValue::LongString(names.dead_letter_exchange().into()),
-                ),
-                (
-                    "x-delivery-limit",
-                    AMQPValue::LongLongInt(i64::from(settings.delivery_limit)),
-                ),
-            ]),
-        )
-        .await?;
-    Ok(())
+    // Beyond its bound, chat_queue refuses new requests (the gateway says
+    // `publish_rejected`, retryable) rather than drop old ones.
+    let arguments = table([
+        ("x-queue-type", AMQPValue::LongString("quorum".into())),
+        (
+            "x-dead-letter-exchange",
+            AMQPValue::LongString(names.dead_letter_exchange().into()),
+        ),
+        (
+            "x-delivery-limit",
+            AMQPValue::LongLongInt(i64::from(settings.delivery_limit)),
+        ),
+        (
+            "x-max-length",
+            AMQPValue::LongLongInt(i64::from(settings.chat_queue_max_length)),
+        ),
+        ("x-overflow", AMQPValue::LongString("reject-publish".into())),
+    ]);
+    declare_bounded(connection, &names.chat_queue(), arguments).await
+}
+
+/// Declares durable `queue` with `arguments`; when it exists with others,
+/// keeps it as it is (passively declared) and says so.
+async fn declare_bounded(
+    connection: &Connection,
+    queue: &str,
+    arguments: FieldTable,
+) -> Result<(), BrokerError> {
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .queue_declare(queue.into(), durable_queue(), arguments)
+        .await;
+    match declared.map_err(BrokerError::from) {
+        Ok(_) => {
+            let _ = channel.close(200, "declared".into()).await;
+            Ok(())
+        }
+        Err(e) if matches!(e.refusal(), Some((406, _))) => {
+            warn!(
+                queue,
+                refusal = e.refusal().map(|(_, text)| text.to_owned()),
+                "the queue exists with other arguments (an earlier version's): used as it is; \
+                 delete it while it is empty to get the current ones (docs/protocol.md §6)"
+            );
+            let channel = connection.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(queue.into(), passive, FieldTable::default())
+                .await?;
+            let _ = channel.close(200, "declared".into()).await;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Which kind of queue a user's reply queue is.

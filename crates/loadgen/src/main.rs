@@ -9,6 +9,8 @@
 //! ```
 //! `loadgen idle --gateway URL --users 10000` measures idle capacity: a
 //! connect storm, then the sockets' cost (see `idle.rs`).
+//! `loadgen flood --gateway URL` measures how much one user flooding with
+//! everything the limits allow delays another (see `flood.rs`).
 //! `loadgen baseline <amqp url> <users> <in flight> <seconds> [queues]` runs
 //! the reference instead: the same two broker hops in plain lapin (skipped
 //! with 0 users), and the time to declare, bind and consume `queues`
@@ -20,6 +22,7 @@
 //! addresses unless `--allow-remote` says otherwise.
 
 mod baseline;
+mod flood;
 mod idle;
 mod machine;
 mod run;
@@ -176,21 +179,28 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if argv.get(1).map(String::as_str) == Some("flood") {
+        let plan = flood::FloodPlan::parse(std::env::args().skip(2))?;
+        let report = flood::run(&plan).await?;
+        report.print();
+        return write(&report, plan.out.as_deref());
+    }
     if argv.get(1).map(String::as_str) == Some("idle") {
         let plan = idle::IdlePlan::parse(std::env::args().skip(2))?;
         let report = idle::run(&plan).await?;
         report.print();
-        if let Some(out) = &plan.out {
-            std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
-            println!("results written to {out}");
-        }
-        return Ok(());
+        return write(&report, plan.out.as_deref());
     }
     let plan = parse()?;
     let report = run::run(&plan).await?;
     report.print();
-    if let Some(out) = &plan.out {
-        std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
+    write(&report, plan.out.as_deref())
+}
+
+/// Writes `report` as JSON to `out`, if given.
+fn write(report: &impl serde::Serialize, out: Option<&str>) -> anyhow::Result<()> {
+    if let Some(out) = out {
+        std::fs::write(out, serde_json::to_string_pretty(report)?)?;
         println!("results written to {out}");
     }
     Ok(())

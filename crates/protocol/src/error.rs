@@ -63,6 +63,24 @@ pub enum ErrorCode {
     /// Rooms are turned off here, or their database is unreachable right
     /// now; try again later.
     RoomsUnavailable,
+    /// A text (a message, a room name) holds a character that is never
+    /// allowed (NUL, or another control character than tab and newlines).
+    InvalidText,
+    /// The user has as many messages waiting to be answered as a user may;
+    /// send again when one is answered.
+    TooManyPending,
+    /// A query parameter is missing, malformed or out of range.
+    InvalidQuery,
+    /// A room message id that another member already used.
+    IdTaken,
+    /// No such endpoint.
+    NotFound,
+    /// The endpoint does not take this HTTP method.
+    MethodNotAllowed,
+    /// The request (its headers or its body) did not arrive in time.
+    RequestTimeout,
+    /// `GET /ws` without a WebSocket upgrade (or with a broken one).
+    NotAWebsocket,
     /// An unexpected server fault; details are in the server log only.
     Internal,
 }
@@ -80,6 +98,8 @@ impl ErrorCode {
                 | Self::RateLimited
                 | Self::ModelFailed
                 | Self::RoomsUnavailable
+                | Self::TooManyPending
+                | Self::RequestTimeout
         )
     }
 
@@ -119,6 +139,18 @@ impl ErrorCode {
             Self::NotAMember => "no such room, or you are not one of its members",
             Self::InvalidRoomToken => "the invitation is invalid or expired; ask for a new one",
             Self::RoomsUnavailable => "rooms are unavailable right now; try again later",
+            Self::InvalidText => {
+                "the text holds a character that is not allowed (NUL or a control character)"
+            }
+            Self::TooManyPending => {
+                "too many of your messages are waiting to be answered; send again when one is"
+            }
+            Self::InvalidQuery => "a query parameter is missing, malformed or out of range",
+            Self::IdTaken => "another member already used this message id; choose a new one",
+            Self::NotFound => "no such endpoint",
+            Self::MethodNotAllowed => "this endpoint does not take that method",
+            Self::RequestTimeout => "the request did not arrive in time",
+            Self::NotAWebsocket => "this endpoint takes a WebSocket upgrade (version 13)",
             Self::Internal => "internal error",
         }
     }
@@ -131,13 +163,18 @@ impl ErrorCode {
             | Self::UnknownType
             | Self::InvalidId
             | Self::EmptyText
-            | Self::BinaryNotSupported => 400,
+            | Self::BinaryNotSupported
+            | Self::InvalidText
+            | Self::InvalidQuery => 400,
             Self::MissingToken | Self::InvalidToken => 401,
             Self::OriginNotAllowed | Self::GuestSessionsDisabled | Self::InvalidRoomToken => 403,
-            Self::NotAMember => 404,
-            Self::NothingToCancel => 409,
+            Self::NotAMember | Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::RequestTimeout => 408,
+            Self::NotAWebsocket => 426,
+            Self::NothingToCancel | Self::IdTaken => 409,
             Self::TextTooLong => 413,
-            Self::TooManySockets | Self::RateLimited => 429,
+            Self::TooManySockets | Self::RateLimited | Self::TooManyPending => 429,
             Self::RequestFailed | Self::Internal => 500,
             Self::ModelFailed => 502,
             Self::BrokerUnavailable
@@ -173,12 +210,20 @@ impl ErrorCode {
             Self::NotAMember => "not_a_member",
             Self::InvalidRoomToken => "invalid_room_token",
             Self::RoomsUnavailable => "rooms_unavailable",
+            Self::InvalidText => "invalid_text",
+            Self::TooManyPending => "too_many_pending",
+            Self::InvalidQuery => "invalid_query",
+            Self::IdTaken => "id_taken",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
+            Self::NotAWebsocket => "not_a_websocket",
             Self::Internal => "internal",
         }
     }
 
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 32] = [
         Self::InvalidJson,
         Self::InvalidFrame,
         Self::UnknownType,
@@ -202,6 +247,14 @@ impl ErrorCode {
         Self::NotAMember,
         Self::InvalidRoomToken,
         Self::RoomsUnavailable,
+        Self::InvalidText,
+        Self::TooManyPending,
+        Self::InvalidQuery,
+        Self::IdTaken,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::RequestTimeout,
+        Self::NotAWebsocket,
         Self::Internal,
     ];
 }
@@ -220,6 +273,10 @@ pub enum CloseCode {
     Normal = 1000,
     /// 1001: the gateway is shutting down; reconnect (to any gateway).
     GoingAway = 1001,
+    /// 1002: the client broke the WebSocket protocol (an unmasked frame,
+    /// reserved bits or opcodes, a bad close code, an oversized control
+    /// frame).
+    ProtocolError = 1002,
     /// 1007: a text frame that is not valid UTF-8.
     InvalidPayload = 1007,
     /// 1008: the client kept sending after being rate limited.

@@ -24,6 +24,15 @@ impl Default for FrameLimits {
     }
 }
 
+/// Whether `text` (a message, a room name) holds only characters a person
+/// types: no NUL, no control character but tab and line breaks. (Databases
+/// refuse NUL; control characters hide text from people.)
+pub fn text_allowed(text: &str) -> bool {
+    !text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+}
+
 /// A frame the client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -178,6 +187,13 @@ fn decode_send(
     };
     if text.trim().is_empty() {
         return Err(FrameError::new(ErrorCode::EmptyText, "`text` is empty").with_id(id));
+    }
+    if !text_allowed(text) {
+        return Err(FrameError::new(
+            ErrorCode::InvalidText,
+            "`text` holds NUL or a control character",
+        )
+        .with_id(id));
     }
     // Count lazily: stop as soon as the limit is passed.
     if text.chars().nth(limits.max_text_chars).is_some() {
@@ -518,6 +534,9 @@ mod tests {
         let send = |text: &str| format!(r#"{{"type":"send","id":"{ID}","text":{text}}}"#);
         assert_eq!(code(&send("3")), ErrorCode::InvalidFrame);
         assert_eq!(code(&send(r#""  ""#)), ErrorCode::EmptyText);
+        assert_eq!(code(&send(r#""a\u0000b""#)), ErrorCode::InvalidText);
+        assert_eq!(code(&send(r#""bell\u0007""#)), ErrorCode::InvalidText);
+        assert!(ClientFrame::decode(&send(r#""tab\tand\nline""#), &FrameLimits::default()).is_ok());
         assert_eq!(code(&send(r#""0123456789a""#)), ErrorCode::TextTooLong);
         assert_eq!(
             code(&format!(r#"{{"type":"send","id":"{ID}"}}"#)),

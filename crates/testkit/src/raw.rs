@@ -53,6 +53,13 @@ impl MuteSocket {
         Ok(())
     }
 
+    /// Writes `bytes` as they are: a frame the client library would never
+    /// send (unmasked, reserved bits set, a bad opcode).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.tcp.write_all(bytes).await?;
+        Ok(())
+    }
+
     /// Reads server frames (unmasked) until a close frame; returns its code.
     pub async fn close_code(&mut self) -> anyhow::Result<u16> {
         // One deadline: the server's pings keep coming until it closes.

@@ -53,6 +53,27 @@ pub enum TokenError {
     InvalidUser(#[from] protocol::IdError),
     #[error("not a room invitation")]
     NotAnInvite,
+    /// The token's header names extensions (`crit`) the verifier must
+    /// understand; it understands none (RFC 7515 §4.1.11).
+    #[error("the token asks for extensions this gateway does not understand (crit)")]
+    CriticalExtension,
+}
+
+/// Refuses a token whose header carries `crit`: its issuer requires the
+/// verifier to understand extensions, and this one understands none.
+fn refuse_critical(token: &str) -> Result<(), TokenError> {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap_or_default();
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return Ok(()); // not ours to judge: the signature check refuses it
+    };
+    let critical = serde_json::from_slice::<serde_json::Value>(&json)
+        .ok()
+        .is_some_and(|header| header.get("crit").is_some());
+    if critical {
+        return Err(TokenError::CriticalExtension);
+    }
+    Ok(())
 }
 
 /// Issues and verifies tokens with one secret.
@@ -101,6 +122,8 @@ impl Tokens {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
+        // A token not yet valid is refused like an expired one.
+        validation.validate_nbf = true;
         // Clocks of token issuers and gateways differ a little.
         validation.leeway = 30;
         Self {
@@ -158,9 +181,11 @@ impl Tokens {
 
     /// The room an invitation is for, if it is genuine and current.
     pub fn verify_room_invite(&self, token: &str) -> Result<RoomId, TokenError> {
+        refuse_critical(token)?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp"]);
         validation.validate_aud = false;
+        validation.validate_nbf = true;
         validation.leeway = 30;
         let data = jsonwebtoken::decode::<InviteClaims>(token, &self.decoding, &validation)?;
         if data.claims.purpose != INVITE_PURPOSE {
@@ -171,6 +196,7 @@ impl Tokens {
 
     /// The user a token was issued to, if it is genuine and current.
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        refuse_critical(token)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?;
         Ok(Verified {
             user: UserId::parse(data.claims.sub)?,
@@ -316,6 +342,34 @@ mod tests {
         assert!(tokens.verify_room_invite(&user_token).is_err());
         let other = Tokens::new(&settings("other"));
         assert!(other.verify_room_invite(&invite).is_err(), "forged");
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_or_with_critical_extensions_is_refused() {
+        let tokens = Tokens::new(&settings("s1"));
+        let header = Header::new(Algorithm::HS256);
+        let mut claims = serde_json::to_value(claims("a", Some("switchboard"), None)).unwrap();
+        claims["nbf"] = serde_json::json!(now_secs() + 3600);
+        let early = jsonwebtoken::encode(&header, &claims, &tokens.encoding).unwrap();
+        assert!(tokens.verify(&early).is_err(), "nbf an hour ahead");
+        claims["nbf"] = serde_json::json!(now_secs() - 10);
+        let ready = jsonwebtoken::encode(&header, &claims, &tokens.encoding).unwrap();
+        assert!(tokens.verify(&ready).is_ok());
+
+        // The same claims, signed, with a header asking for an extension.
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let head = engine.encode(r#"{"alg":"HS256","typ":"JWT","crit":["exp-ext"],"exp-ext":1}"#);
+        let body = engine.encode(serde_json::to_vec(&claims).unwrap());
+        let signed = format!("{head}.{body}");
+        let signature =
+            jsonwebtoken::crypto::sign(signed.as_bytes(), &tokens.encoding, Algorithm::HS256)
+                .unwrap();
+        let critical = format!("{signed}.{signature}");
+        assert!(matches!(
+            tokens.verify(&critical),
+            Err(TokenError::CriticalExtension)
+        ));
     }
 
     #[test]

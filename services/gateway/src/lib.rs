@@ -24,6 +24,7 @@
 pub mod auth;
 pub mod http;
 pub mod messages;
+pub mod rate;
 pub mod replies;
 pub mod rooms;
 pub mod settings;
@@ -36,8 +37,11 @@ use anyhow::Context;
 use auth::Tokens;
 use broker::Broker;
 use broker::topology::ReplyQueueShape;
-use http::{GuestSessions, HttpContext, MessageLimits, Sockets};
+use http::{
+    ApiRates, GuestRates, GuestSessions, HttpContext, MessageLimits, Sockets, TrustForwarded,
+};
 use messages::{InProgress, Messages};
+use rate::{KeyedRates, Rate};
 use replies::{ReplyRouter, ReplySetup};
 use rooms::Rooms;
 use socket::admission::Admission;
@@ -123,7 +127,17 @@ impl Gateway {
             ),
             None => Rooms::off(),
         };
-        let messages = Messages::new(broker.clone(), replies.queues(), rooms.clone(), in_progress);
+        let fairness = messages::Fairness {
+            max_pending_per_user: settings.messages.max_pending_per_user,
+            pending_window: Duration::from_millis(settings.messages.pending_window_ms),
+        };
+        let messages = Messages::new(
+            broker.clone(),
+            replies.queues(),
+            rooms.clone(),
+            in_progress,
+            fairness,
+        );
         let admission = Admission::new(
             settings.websocket.max_sockets_per_user,
             settings.websocket.max_sockets,
@@ -150,11 +164,21 @@ impl Gateway {
                     &settings.rate_limit,
                 )),
                 allowed_origins: settings.http.allowed_origins.clone().into(),
+                trust_forwarded: settings.http.trust_forwarded_headers,
                 stop: stop.clone(),
                 tracker: sockets.clone(),
             },
             messages,
             rooms,
+            api_rates: ApiRates(Arc::new(KeyedRates::new(Rate {
+                burst: settings.rate_limit.api_burst,
+                per_second: f64::from(settings.rate_limit.api_per_second),
+            }))),
+            guest_rates: GuestRates(Arc::new(KeyedRates::new(Rate {
+                burst: settings.rate_limit.guest_burst,
+                per_second: f64::from(settings.rate_limit.guest_per_minute) / 60.0,
+            }))),
+            trust_forwarded: TrustForwarded(settings.http.trust_forwarded_headers),
         };
         let parts = Parts {
             settings,
@@ -193,11 +217,17 @@ impl Gateway {
             Arc::new(move || broker.is_connected() && replies.all_consuming()),
             &parts.settings.http.web_dir,
         );
-        let handshake = Duration::from_millis(parts.settings.http.handshake_timeout_ms);
+        let http = &parts.settings.http;
+        let limits = http::listener::ConnectionLimits {
+            handshake: Duration::from_millis(http.handshake_timeout_ms),
+            request_body: Duration::from_millis(http.request_timeout_ms),
+            max_connections: http::listener::fit_connections(http.max_connections),
+        };
+        limits.announce();
         let server = tokio::spawn(http::listener::serve(
             self.listener,
             app,
-            handshake,
+            limits,
             parts.stop.clone(),
         ));
         RunningGateway {

@@ -55,6 +55,16 @@ struct Inner {
     rooms: Rooms,
     /// What is being answered.
     in_progress: Arc<InProgress>,
+    /// How many of one user's messages may wait to be answered at once, and
+    /// for how long one counts without a sign of life.
+    fairness: Fairness,
+}
+
+/// The cap that keeps one user's backlog from delaying everyone else's.
+#[derive(Debug, Clone, Copy)]
+pub struct Fairness {
+    pub max_pending_per_user: usize,
+    pub pending_window: Duration,
 }
 
 impl Messages {
@@ -63,6 +73,7 @@ impl Messages {
         queues: ReplyQueues,
         rooms: Rooms,
         in_progress: Arc<InProgress>,
+        fairness: Fairness,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -70,6 +81,7 @@ impl Messages {
                 queues,
                 rooms,
                 in_progress,
+                fairness,
             }),
         }
     }
@@ -103,7 +115,8 @@ impl Messages {
     }
 
     /// Publishes the request persistently to `chat_queue` and waits for
-    /// RabbitMQ's confirm.
+    /// RabbitMQ's confirm — unless the user has as many messages waiting as
+    /// a user may (`too_many_pending`).
     async fn submit(
         &self,
         user: &UserId,
@@ -115,6 +128,12 @@ impl Messages {
     ) -> Result<(), ErrorCode> {
         let broker = &self.inner.broker;
         let session = broker.current().ok_or(ErrorCode::BrokerUnavailable)?;
+        let fairness = self.inner.fairness;
+        let admitted = self.inner.in_progress.admit(user, id, fairness);
+        if admitted == Admitted::Refused {
+            metrics::counter!("switchboard_gateway_pending_refused_total").increment(1);
+            return Err(ErrorCode::TooManyPending);
+        }
         let request =
             ChatRequest::new(id, user.clone(), text, properties::now_ms()).with_context(context);
         let request = match room {
@@ -132,10 +151,12 @@ impl Messages {
             .await
             .map_err(|e| {
                 warn!(user_id = %user, message_id = %id, error = %e, "publish failed");
+                if admitted == Admitted::New {
+                    self.inner.in_progress.finish(user, id);
+                }
                 e.code()
             })?;
         metrics::counter!("switchboard_gateway_messages_published_total").increment(1);
-        self.inner.in_progress.begin(user, id);
         Ok(())
     }
 
@@ -185,7 +206,40 @@ struct Record {
     since_sweep: u64,
 }
 
+/// Whether a message may go to the responders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admitted {
+    /// Recorded as waiting from now on.
+    New,
+    /// Waiting already (sent again with the same id).
+    Again,
+    /// Its user has as many waiting as a user may.
+    Refused,
+}
+
 impl InProgress {
+    /// Records message `id` of `user` as waiting, if the user has fewer than
+    /// the cap waiting (counting those with a sign of life within the
+    /// window).
+    fn admit(&self, user: &UserId, id: MessageId, fairness: Fairness) -> Admitted {
+        let mut record = self.users.lock().expect("in-progress lock");
+        let messages = record.messages.entry(user.clone()).or_default();
+        if let Some(at) = messages.get_mut(&id) {
+            *at = Instant::now();
+            return Admitted::Again;
+        }
+        let waiting = messages
+            .values()
+            .filter(|at| at.elapsed() < fairness.pending_window)
+            .count();
+        if waiting >= fairness.max_pending_per_user {
+            return Admitted::Refused;
+        }
+        drop(record);
+        self.begin(user, id);
+        Admitted::New
+    }
+
     fn begin(&self, user: &UserId, id: MessageId) {
         let mut record = self.users.lock().expect("in-progress lock");
         record.since_sweep += 1;
@@ -251,6 +305,49 @@ mod tests {
         record.chunk_seen(&alice(), sent, true);
         assert!(!record.contains(&alice(), sent));
         assert!(record.contains(&alice(), seen));
+    }
+
+    #[test]
+    fn one_user_may_have_only_so_many_messages_waiting() {
+        let record = InProgress::default();
+        let fairness = Fairness {
+            max_pending_per_user: 2,
+            pending_window: Duration::from_secs(60),
+        };
+        let (a, b, c) = (
+            MessageId::new_random(),
+            MessageId::new_random(),
+            MessageId::new_random(),
+        );
+        assert_eq!(record.admit(&alice(), a, fairness), Admitted::New);
+        assert_eq!(record.admit(&alice(), b, fairness), Admitted::New);
+        assert_eq!(record.admit(&alice(), c, fairness), Admitted::Refused);
+        assert_eq!(
+            record.admit(&alice(), a, fairness),
+            Admitted::Again,
+            "a resend"
+        );
+        let bob = UserId::parse("bob").unwrap();
+        assert_eq!(
+            record.admit(&bob, c, fairness),
+            Admitted::New,
+            "others go on"
+        );
+        record.chunk_seen(&alice(), a, true);
+        assert_eq!(
+            record.admit(&alice(), c, fairness),
+            Admitted::New,
+            "a was answered"
+        );
+        // Messages without a sign of life for the window stop counting.
+        let short = Fairness {
+            pending_window: Duration::ZERO,
+            ..fairness
+        };
+        assert_eq!(
+            record.admit(&alice(), MessageId::new_random(), short),
+            Admitted::New
+        );
     }
 
     #[test]

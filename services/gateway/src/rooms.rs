@@ -95,11 +95,24 @@ struct Inner {
     invite_ttl: Duration,
 }
 
+/// How often a failing rooms database is said in the log (a flood of
+/// requests must not become a flood of log lines).
+const STORE_WARN_EVERY: Duration = Duration::from_secs(10);
+
 fn store_error(error: StoreError) -> ErrorCode {
     match error {
         StoreError::NoSuchRoom => ErrorCode::NotAMember,
+        StoreError::IdTaken => ErrorCode::IdTaken,
         other => {
-            warn!(error = %other, "rooms database failed");
+            static SAID: std::sync::Mutex<Option<(std::time::Instant, u64)>> =
+                std::sync::Mutex::new(None);
+            let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+            let since = said.get_or_insert((std::time::Instant::now() - STORE_WARN_EVERY, 0));
+            since.1 += 1;
+            if since.0.elapsed() >= STORE_WARN_EVERY {
+                warn!(error = %other, failures = since.1, "rooms database failed");
+                *since = (std::time::Instant::now(), 0);
+            }
             ErrorCode::RoomsUnavailable
         }
     }
@@ -229,18 +242,19 @@ impl Rooms {
         let rooms = self.on()?;
         rooms.member(user, room).await?;
         let sent_at_ms = properties::now_ms();
-        let seq = rooms
+        let stored = rooms
             .store
             .append(room, id, user, text, sent_at_ms)
             .await
             .map_err(store_error)?;
+        let seq = stored.seq;
         let message = RoomMessage {
             v: amqp::SCHEMA_VERSION,
             room_id: room,
             seq,
             id,
             user_id: user.clone(),
-            text: text.to_owned(),
+            text: stored.text,
             sent_at_ms,
         };
         let properties = properties::room_message(&message, trace);
@@ -248,8 +262,11 @@ impl Rooms {
             .to_room(room, &amqp::encode(&message), properties, true)
             .await
         {
-            // No member has a queue right now: it is stored; they read it later.
-            Ok(()) | Err(PublishError::Unroutable { .. }) => {}
+            // No member has a queue right now: it is stored; they read it
+            // later. Refused (nack): some member's queue is full — the
+            // others have it, and that member reads it from the history;
+            // one member must not break the room for everyone.
+            Ok(()) | Err(PublishError::Unroutable { .. } | PublishError::Nacked) => {}
             Err(e) => {
                 warn!(room_id = %room, error = %e, "room message not published");
                 return Err(e.code());
@@ -257,7 +274,7 @@ impl Rooms {
         }
         metrics::counter!("switchboard_gateway_room_messages_total").increment(1);
         debug!(room_id = %room, seq, "room message sent");
-        if !text.trim_start().starts_with(ASSISTANT_MENTION) {
+        if !message.text.trim_start().starts_with(ASSISTANT_MENTION) {
             return Ok(Posted::ToMembers);
         }
         let earlier = rooms

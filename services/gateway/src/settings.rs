@@ -19,7 +19,19 @@ pub struct Settings {
     pub websocket: WebSocketSettings,
     pub reply_queue: ReplyQueueSettings,
     pub rate_limit: RateLimitSettings,
+    pub messages: MessagesSettings,
     pub rooms: RoomsSettings,
+}
+
+/// Fairness between users.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessagesSettings {
+    /// Messages of one user waiting to be answered through this gateway;
+    /// one more gets `too_many_pending`.
+    pub max_pending_per_user: usize,
+    /// A message stops counting as waiting this long after its last sign
+    /// of life (its answer may stream through another gateway).
+    pub pending_window_ms: u64,
 }
 
 impl Settings {
@@ -38,8 +50,17 @@ pub struct HttpSettings {
     /// Extra origins whose pages may open the WebSocket (the gateway's own
     /// origin always may).
     pub allowed_origins: Vec<String>,
-    /// Time a client has to send its request headers.
+    /// Time a client has to send its first byte, and its request headers.
     pub handshake_timeout_ms: u64,
+    /// Time a request body has to arrive whole, from its headers.
+    pub request_timeout_ms: u64,
+    /// Connections open at once (sockets and HTTP), kept below the
+    /// process's open-file limit.
+    pub max_connections: usize,
+    /// Whether a proxy in front sets `X-Forwarded-For` and
+    /// `X-Forwarded-Proto` (and strips what clients send): only then are
+    /// they believed, for the client's address and the page's scheme.
+    pub trust_forwarded_headers: bool,
     /// Connections the kernel holds for the gateway to accept (capped by
     /// `net.core.somaxconn`).
     pub accept_backlog: u32,
@@ -102,6 +123,15 @@ pub struct RateLimitSettings {
     pub per_second: u32,
     /// Refused frames in a row before the socket is closed.
     pub abuse_threshold: u32,
+    /// HTTP API requests of one user (every authenticated call), at once…
+    pub api_burst: u32,
+    /// …and per second after that.
+    pub api_per_second: u32,
+    /// Guest sessions (`POST /api/session`) from one client address, at
+    /// once…
+    pub guest_burst: u32,
+    /// …and per minute after that.
+    pub guest_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

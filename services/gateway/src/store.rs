@@ -21,6 +21,9 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("no such room")]
     NoSuchRoom,
+    /// Another member already sent a message with this id in this room.
+    #[error("the message id belongs to another member's message")]
+    IdTaken,
     #[error("a stored id is invalid: {0}")]
     Corrupt(#[from] protocol::IdError),
 }
@@ -62,6 +65,14 @@ COMMIT;
 pub struct RoomSummary {
     pub id: RoomId,
     pub name: String,
+}
+
+/// A message as stored: its number, and its text (the first one sent with
+/// its id, should it come again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    pub text: String,
 }
 
 /// A stored room message.
@@ -239,7 +250,7 @@ impl Store {
         user: &UserId,
         text: &str,
         sent_at_ms: u64,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Appended, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // The row lock orders concurrent senders of one room.
@@ -253,13 +264,21 @@ impl Store {
             .get(0);
         if let Some(existing) = tx
             .query_opt(
-                "SELECT seq FROM switchboard_room_messages WHERE room_id = $1 AND id = $2",
+                "SELECT seq, user_id, text FROM switchboard_room_messages WHERE room_id = $1 AND id = $2",
                 &[&room.as_uuid(), &id.as_uuid()],
             )
             .await?
         {
             tx.rollback().await?;
-            return Ok(existing.get::<_, i64>(0) as u64);
+            // A resend keeps its number and its first text; an id is its
+            // sender's, and nobody else's.
+            if existing.get::<_, &str>(1) != user.as_str() {
+                return Err(StoreError::IdTaken);
+            }
+            return Ok(Appended {
+                seq: existing.get::<_, i64>(0) as u64,
+                text: existing.get(2),
+            });
         }
         tx.execute(
             "INSERT INTO switchboard_room_messages (room_id, seq, id, user_id, text, sent_at_ms) \
@@ -275,7 +294,10 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(seq as u64)
+        Ok(Appended {
+            seq: seq as u64,
+            text: text.to_owned(),
+        })
     }
 
     /// Messages after `after`, oldest first, at most `limit`.

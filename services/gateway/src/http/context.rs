@@ -3,12 +3,15 @@
 
 use crate::auth::Tokens;
 use crate::messages::Messages;
+use crate::rate::KeyedRates;
 use crate::replies::ReplyRouter;
 use crate::rooms::Rooms;
 use crate::socket::Limits;
 use crate::socket::admission::Admission;
 use axum::extract::FromRef;
+use protocol::UserId;
 use protocol::ws::FrameLimits;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +32,26 @@ pub struct HttpContext {
     pub rooms: Rooms,
     /// What serving a chat socket takes.
     pub sockets: Sockets,
+    /// Every user's HTTP API requests, rate-limited.
+    pub api_rates: ApiRates,
+    /// Guest sessions per client address, rate-limited.
+    pub guest_rates: GuestRates,
+    /// Whether `X-Forwarded-For` / `-Proto` are believed (a proxy in front
+    /// sets them).
+    pub trust_forwarded: TrustForwarded,
 }
+
+/// A token bucket per user over HTTP API requests.
+#[derive(Debug, Clone)]
+pub struct ApiRates(pub Arc<KeyedRates<UserId>>);
+
+/// A token bucket per client address over new guest sessions.
+#[derive(Debug, Clone)]
+pub struct GuestRates(pub Arc<KeyedRates<IpAddr>>);
+
+/// Whether a proxy in front sets `X-Forwarded-*` (and strips clients').
+#[derive(Debug, Clone, Copy)]
+pub struct TrustForwarded(pub bool);
 
 /// Whether `POST /api/session` hands out guest identities.
 #[derive(Debug, Clone, Copy)]
@@ -61,44 +83,35 @@ pub struct Sockets {
     pub limits: Arc<Limits>,
     /// Origins besides the gateway's own whose pages may open a socket.
     pub allowed_origins: Arc<[String]>,
+    /// Whether `X-Forwarded-Proto` is believed (a proxy in front sets it).
+    pub trust_forwarded: bool,
     /// Fires when the gateway stops: every socket closes with 1001.
     pub stop: CancellationToken,
     /// Every socket's task, so shutdown can wait for them.
     pub tracker: TaskTracker,
 }
 
-impl FromRef<HttpContext> for Arc<Tokens> {
-    fn from_ref(context: &HttpContext) -> Self {
-        context.tokens.clone()
-    }
+/// Each handle a handler takes out of the context (`State<Messages>`, …).
+macro_rules! handles {
+    ($($field:ident: $handle:ty),* $(,)?) => {
+        $(
+            impl FromRef<HttpContext> for $handle {
+                fn from_ref(context: &HttpContext) -> Self {
+                    context.$field.clone()
+                }
+            }
+        )*
+    };
 }
 
-impl FromRef<HttpContext> for Messages {
-    fn from_ref(context: &HttpContext) -> Self {
-        context.messages.clone()
-    }
-}
-
-impl FromRef<HttpContext> for Rooms {
-    fn from_ref(context: &HttpContext) -> Self {
-        context.rooms.clone()
-    }
-}
-
-impl FromRef<HttpContext> for GuestSessions {
-    fn from_ref(context: &HttpContext) -> Self {
-        context.guests
-    }
-}
-
-impl FromRef<HttpContext> for MessageLimits {
-    fn from_ref(context: &HttpContext) -> Self {
-        context.message_limits
-    }
-}
-
-impl FromRef<HttpContext> for Sockets {
-    fn from_ref(context: &HttpContext) -> Self {
-        context.sockets.clone()
-    }
-}
+handles!(
+    tokens: Arc<Tokens>,
+    messages: Messages,
+    rooms: Rooms,
+    guests: GuestSessions,
+    message_limits: MessageLimits,
+    sockets: Sockets,
+    api_rates: ApiRates,
+    guest_rates: GuestRates,
+    trust_forwarded: TrustForwarded,
+);

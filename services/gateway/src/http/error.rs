@@ -13,6 +13,7 @@ use protocol::{ErrorCode, MessageId};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::fmt::Display;
+use std::time::Duration;
 use tracing::error;
 
 /// A refused request.
@@ -21,6 +22,8 @@ pub struct ApiError {
     code: ErrorCode,
     message: Cow<'static, str>,
     id: Option<MessageId>,
+    /// When to try again (`Retry-After`), for a refusal that passes.
+    retry_after: Option<Duration>,
 }
 
 /// The body of every HTTP error: the same `code`s as the socket's `error`
@@ -43,7 +46,14 @@ impl ApiError {
             code,
             message: message.into(),
             id: None,
+            retry_after: None,
         }
+    }
+
+    /// Tells the client when to try again.
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
 
     /// The error concerns message `id`.
@@ -76,6 +86,7 @@ impl From<FrameError> for ApiError {
             code: e.code,
             message: e.message.into(),
             id: e.id,
+            retry_after: None,
         }
     }
 }
@@ -92,7 +103,14 @@ impl IntoResponse for ApiError {
             id: self.id,
             retryable: code.is_retryable(),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.max(1).into());
+        }
+        response
     }
 }
 

@@ -3,12 +3,15 @@
 //! nothing else. Tokens are never logged. A browser page may open a socket
 //! only from an origin the gateway allows.
 
+use super::context::{ApiRates, TrustForwarded};
 use super::error::ApiError;
+use super::listener::PeerAddr;
 use crate::auth::{Tokens, Verified};
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use protocol::ErrorCode;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tracing::debug;
 
@@ -17,7 +20,8 @@ use tracing::debug;
 pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "bearer.";
 
 /// The verified user of a request (`Authorization: Bearer <token>`, or a
-/// `bearer.<token>` WebSocket subprotocol); `401` otherwise.
+/// `bearer.<token>` WebSocket subprotocol); `401` otherwise. Each user's
+/// requests pass a token bucket (`429 rate_limited` with `Retry-After`).
 #[derive(Debug)]
 pub struct Authenticated(pub Verified);
 
@@ -25,11 +29,49 @@ impl<S> FromRequestParts<S> for Authenticated
 where
     S: Send + Sync,
     Arc<Tokens>: FromRef<S>,
+    ApiRates: FromRef<S>,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        authenticate(&Arc::<Tokens>::from_ref(state), &parts.headers, None).map(Self)
+        let verified = authenticate(&Arc::<Tokens>::from_ref(state), &parts.headers, None)?;
+        ApiRates::from_ref(state)
+            .0
+            .take(&verified.user)
+            .map_err(|wait| {
+                metrics::counter!("switchboard_gateway_rate_limited_total").increment(1);
+                ApiError::from(ErrorCode::RateLimited).retry_after(wait)
+            })?;
+        Ok(Self(verified))
+    }
+}
+
+/// The client's address: the connection's peer, or — when a proxy in front
+/// is trusted to set it — the last hop of `X-Forwarded-For` (the address
+/// the proxy saw; earlier entries are the client's own word).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
+
+impl<S> FromRequestParts<S> for ClientAddr
+where
+    S: Send + Sync,
+    TrustForwarded: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let forwarded = TrustForwarded::from_ref(state)
+            .0
+            .then(|| parts.headers.get("x-forwarded-for"))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|hop| hop.trim().parse().ok());
+        let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
+        forwarded
+            .or(peer)
+            .map(Self)
+            .ok_or_else(|| ApiError::internal("no peer address", "the listener sets it"))
     }
 }
 
@@ -50,11 +92,13 @@ pub fn authenticate(
 /// `bearer.<token>` WebSocket subprotocol (what browsers can send), else
 /// `?token=` (simple clients; it may end up in proxy logs).
 fn presented_token(headers: &HeaderMap, query: Option<String>) -> Option<String> {
+    // The scheme is case-insensitive (RFC 9110 §11.1).
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let subprotocol = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -69,26 +113,69 @@ fn presented_token(headers: &HeaderMap, query: Option<String>) -> Option<String>
 }
 
 /// Cross-site WebSocket hijacking protection: a browser page may open a
-/// socket only from the gateway's own origin (same host as the request) or
-/// an allowed one. Clients that send no `Origin` are not browsers and are
-/// let through (they could forge it anyway).
-pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+/// socket only from the gateway's own origin — same scheme, host and port
+/// as the request (the scheme is `http`, or `X-Forwarded-Proto` when
+/// `forwarded` says a proxy in front sets it) — or an allowed one. Clients
+/// that send no `Origin` are not browsers and are let through (they could
+/// forge it anyway).
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String], forwarded: bool) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let Ok(origin) = origin.to_str() else {
+    let Some(origin) = origin.to_str().ok().and_then(Origin::parse) else {
         return false;
     };
     if allowed
         .iter()
-        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+        .filter_map(|a| Origin::parse(a.trim_end_matches('/')))
+        .any(|a| a == origin)
     {
         return true;
     }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    match (origin.split_once("://"), host) {
-        (Some((_, origin_host)), Some(host)) => origin_host.eq_ignore_ascii_case(host),
-        _ => false,
+    let scheme = forwarded
+        .then(|| headers.get("x-forwarded-proto"))
+        .flatten()
+        .and_then(|p| p.to_str().ok())
+        .and_then(|p| p.split(',').next())
+        .map_or("http", str::trim);
+    let own = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|host| Origin::parse(&format!("{scheme}://{host}")));
+    own == Some(origin)
+}
+
+/// `scheme://host:port`, with the port made explicit, compared as browsers
+/// compare origins.
+#[derive(Debug, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    fn parse(text: &str) -> Option<Self> {
+        let (scheme, authority) = text.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return None,
+        };
+        if authority.is_empty() || authority.contains(['/', '@', '?', '#']) {
+            return None;
+        }
+        // An IPv6 literal keeps its brackets; the port follows them.
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => (host, port.parse().ok()?),
+            _ => (authority, default),
+        };
+        Some(Self {
+            scheme,
+            host: host.to_ascii_lowercase(),
+            port,
+        })
     }
 }
 
@@ -126,22 +213,33 @@ mod tests {
             presented_token(&headers(&[(header::AUTHORIZATION, "Basic x")]), None),
             None
         );
+        assert_eq!(
+            presented_token(&headers(&[(header::AUTHORIZATION, "bearer h")]), None).as_deref(),
+            Some("h"),
+            "the scheme is case-insensitive"
+        );
     }
 
     #[test]
-    fn origins_are_checked_against_the_host_and_the_allowlist() {
+    fn origins_are_checked_against_the_request_and_the_allowlist() {
         let allowed = vec!["http://localhost:5173".to_owned()];
         let check = |origin: &str, host: &str| {
             origin_allowed(
                 &headers(&[(header::ORIGIN, origin), (header::HOST, host)]),
                 &allowed,
+                false,
             )
         };
         assert!(check("http://chat.example", "chat.example"), "same origin");
         assert!(
-            check("https://chat.example:8443", "chat.example:8443"),
-            "same origin with port"
+            check("http://chat.example:80", "chat.example"),
+            "default port"
         );
+        assert!(
+            check("http://chat.example:8080", "chat.example:8080"),
+            "same port"
+        );
+        assert!(check("HTTP://Chat.Example", "chat.example"), "case");
         assert!(
             check("http://localhost:5173", "127.0.0.1:5055"),
             "allowed dev origin"
@@ -151,10 +249,36 @@ mod tests {
             !check("http://chat.example.evil.example", "chat.example"),
             "suffix trick"
         );
+        assert!(
+            !check("https://chat.example", "chat.example"),
+            "other scheme"
+        );
+        assert!(
+            !check("http://chat.example:8443", "chat.example:8080"),
+            "other port"
+        );
         assert!(!check("null", "chat.example"), "opaque origin");
         assert!(
-            origin_allowed(&headers(&[(header::HOST, "chat.example")]), &allowed),
+            !check("http://user@chat.example", "chat.example"),
+            "userinfo"
+        );
+        assert!(
+            origin_allowed(&headers(&[(header::HOST, "chat.example")]), &allowed, false),
             "no Origin: not a browser"
+        );
+        // Behind a TLS proxy that says so.
+        let proxied = headers(&[
+            (header::ORIGIN, "https://chat.example"),
+            (header::HOST, "chat.example"),
+            (
+                header::HeaderName::from_static("x-forwarded-proto"),
+                "https",
+            ),
+        ]);
+        assert!(origin_allowed(&proxied, &allowed, true));
+        assert!(
+            !origin_allowed(&proxied, &allowed, false),
+            "not trusted: http"
         );
     }
 }

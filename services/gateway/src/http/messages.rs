@@ -5,6 +5,7 @@
 //! reply queue for their next one. `POST /api/messages/{id}/cancel` is the
 //! socket's `cancel`. `GET /api/openapi.json` describes the HTTP API.
 
+use super::body::body_refusal;
 use super::context::{HttpContext, MessageLimits};
 use super::error::ApiError;
 use super::extract::Authenticated;
@@ -58,15 +59,7 @@ async fn send(
     Authenticated(verified): Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
-    let body = body.map_err(|_| {
-        ApiError::new(
-            ErrorCode::TextTooLong,
-            format!(
-                "the request body is larger than {} bytes",
-                limits.max_body_bytes
-            ),
-        )
-    })?;
+    let body = body.map_err(body_refusal)?;
     let message = decode_message(&body, &limits.frames)?;
     let (user, id) = (verified.user, message.id);
     let span = info_span!("request", trace_id = tracing::field::Empty, user_id = %user, message_id = %id, via = "rest");

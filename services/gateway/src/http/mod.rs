@@ -11,6 +11,7 @@
 //! Handlers take the narrow handles they use (`State<Messages>`,
 //! `State<Rooms>`, …) out of one [`HttpContext`].
 
+pub mod body;
 mod context;
 mod error;
 mod extract;
@@ -21,13 +22,25 @@ mod session;
 mod web;
 mod ws;
 
-pub use context::{GuestSessions, HttpContext, MessageLimits, Sockets};
+pub use context::{
+    ApiRates, GuestRates, GuestSessions, HttpContext, MessageLimits, Sockets, TrustForwarded,
+};
 pub use error::{ApiError, ErrorBody};
 pub use extract::{Authenticated, TOKEN_SUBPROTOCOL_PREFIX};
 pub use ws::SUBPROTOCOL;
 
 use axum::Router;
+use axum::routing::any;
 use platform::health::Readiness;
+use protocol::ErrorCode;
+
+async fn not_found() -> ApiError {
+    ErrorCode::NotFound.into()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ErrorCode::MethodNotAllowed.into()
+}
 
 /// Every route of the gateway. `ready` answers `/readyz`; `web_dir` is the
 /// built page.
@@ -37,6 +50,9 @@ pub fn router(context: HttpContext, ready: Readiness, web_dir: &str) -> Router {
         .merge(messages::router(context.message_limits))
         .merge(rooms::router())
         .merge(ws::router())
+        // Under /api, a wrong path or method gets a JSON error like any other.
+        .route("/api/{*rest}", any(not_found))
+        .method_not_allowed_fallback(method_not_allowed)
         .merge(platform::health::router(ready))
         .merge(platform::metrics::router(platform::metrics::install()))
         .fallback_service(web::router(web_dir))

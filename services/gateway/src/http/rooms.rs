@@ -1,12 +1,13 @@
 //! Rooms over HTTP: create, list, join, details, leave, history. The
 //! requests are checked here; what they do is [`crate::rooms`].
 
+use super::body::{JsonBody, QueryParams};
 use super::context::HttpContext;
 use super::error::ApiError;
 use super::extract::Authenticated;
 use crate::rooms::{RoomCreated, RoomDetails, Rooms};
 use crate::store::{RoomSummary, StoredMessage};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -63,7 +64,7 @@ fn room_id(raw: &str) -> Result<RoomId, ApiError> {
 async fn create(
     State(rooms): State<Rooms>,
     Authenticated(verified): Authenticated,
-    Json(body): Json<CreateRoom>,
+    JsonBody(body): JsonBody<CreateRoom>,
 ) -> Result<(StatusCode, Json<RoomCreated>), ApiError> {
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
@@ -71,6 +72,9 @@ async fn create(
             ErrorCode::InvalidFrame,
             format!("a room needs a name of 1 to {MAX_NAME_CHARS} characters"),
         ));
+    }
+    if !protocol::ws::text_allowed(name) {
+        return Err(ErrorCode::InvalidText.into());
     }
     let created = rooms.create(&verified.user, name).await?;
     Ok((StatusCode::CREATED, Json(created)))
@@ -89,7 +93,7 @@ async fn list(
 async fn join(
     State(rooms): State<Rooms>,
     Authenticated(verified): Authenticated,
-    Json(body): Json<JoinRoom>,
+    JsonBody(body): JsonBody<JoinRoom>,
 ) -> Result<Json<RoomSummary>, ApiError> {
     Ok(Json(rooms.join(&verified.user, &body.invite_token).await?))
 }
@@ -118,9 +122,15 @@ async fn history(
     State(rooms): State<Rooms>,
     Authenticated(verified): Authenticated,
     Path(room): Path<String>,
-    Query(query): Query<HistoryQuery>,
+    QueryParams(query): QueryParams<HistoryQuery>,
 ) -> Result<Json<History>, ApiError> {
-    let limit = query.limit.unwrap_or(100).clamp(1, MAX_HISTORY);
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_HISTORY).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!("`limit` must be 1 to {MAX_HISTORY}"),
+        ));
+    }
     let messages = rooms
         .history(&verified.user, room_id(&room)?, query.after, limit)
         .await?;

@@ -3,6 +3,7 @@
 //! socket; then the socket is served by [`crate::socket`], subscribed to
 //! its user's replies and wired to [`Messages`] and [`Rooms`].
 
+use super::body::QueryParams;
 use super::context::{HttpContext, Sockets};
 use super::error::ApiError;
 use super::extract::{authenticate, origin_allowed};
@@ -11,7 +12,8 @@ use crate::messages::{Messages, Outgoing};
 use crate::rooms::Rooms;
 use crate::socket::{self, Chat, Connection, Limits};
 use axum::Router;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use axum::routing::get;
@@ -71,15 +73,16 @@ struct WsParams {
 async fn upgrade(
     State(sockets): State<Sockets>,
     State(tokens): State<Arc<Tokens>>,
-    Query(params): Query<WsParams>,
+    QueryParams(params): QueryParams<WsParams>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    if !origin_allowed(&headers, &sockets.allowed_origins) {
+    if !origin_allowed(&headers, &sockets.allowed_origins, sockets.trust_forwarded) {
         debug!(origin = ?headers.get(header::ORIGIN), "WebSocket upgrade from a foreign origin refused");
         return Err(ErrorCode::OriginNotAllowed.into());
     }
     let verified = authenticate(&tokens, &headers, params.token)?;
+    let ws = ws.map_err(|e| ApiError::new(ErrorCode::NotAWebsocket, e.body_text()))?;
     let slot = sockets.admission.admit(&verified.user)?;
     let limits = &sockets.limits;
     let response = ws

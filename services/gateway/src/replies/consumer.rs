@@ -125,8 +125,15 @@ async fn consume_session(
                 Vec::new()
             });
             let bind = async {
-                for room in rooms {
+                for room in &rooms {
                     topology::bind_room(&setup, names, user, &room.id, true).await?;
+                }
+                // A member who left a room while this set-up ran must not
+                // stay bound to it: read again, unbind what is gone.
+                if let Ok(now) = store.rooms_of(user).await {
+                    for room in rooms.iter().filter(|r| !now.contains(r)) {
+                        topology::bind_room(&setup, names, user, &room.id, false).await?;
+                    }
                 }
                 Ok(())
             };

@@ -1,5 +1,6 @@
 //! A socket's limits, read once from the gateway's settings.
 
+use crate::rate::Rate;
 use crate::settings::{RateLimitSettings, WebSocketSettings};
 use protocol::ws::FrameLimits;
 use std::time::Duration;
@@ -21,8 +22,10 @@ pub struct Limits {
     pub ping_interval: Duration,
     /// …and how long it waits for any sign of life (4002).
     pub idle_timeout: Duration,
-    /// The token bucket over client frames.
-    pub rate: RateLimitSettings,
+    /// The token bucket over client frames…
+    pub rate: Rate,
+    /// …and how many refusals in a row close the socket (1008).
+    pub abuse_threshold: u32,
 }
 
 impl Limits {
@@ -37,7 +40,8 @@ impl Limits {
             send_timeout: Duration::from_millis(websocket.send_timeout_ms),
             ping_interval: Duration::from_millis(websocket.ping_interval_ms),
             idle_timeout: Duration::from_millis(websocket.idle_timeout_ms),
-            rate: rate.clone(),
+            rate: Rate::from(rate),
+            abuse_threshold: rate.abuse_threshold,
         }
     }
 }

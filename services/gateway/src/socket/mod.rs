@@ -14,11 +14,11 @@
 
 pub mod admission;
 mod limits;
-mod rate;
 mod step;
 mod writer;
 
 use crate::messages::Outgoing;
+use crate::rate::TokenBucket;
 use crate::replies::{OutboundReply, ReplyHealth};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::stream::FuturesOrdered;
@@ -27,7 +27,6 @@ use protocol::amqp::MessageStatus;
 use protocol::trace::TraceParent;
 use protocol::ws::{LinkState, ServerFrame};
 use protocol::{CloseCode, ErrorCode, MessageId, RoomId, UserId};
-use rate::TokenBucket;
 use std::future::Future;
 use std::pin::Pin;
 use step::Step;
@@ -136,8 +135,10 @@ where
     // Confirms complete in publish order; FuturesOrdered keeps `accepted`
     // frames in the order the client sent its messages regardless.
     let mut sending: FuturesOrdered<Answering> = FuturesOrdered::new();
-    let mut bucket = TokenBucket::new(&limits.rate);
+    let mut bucket = TokenBucket::new(limits.rate);
     let mut heard_at = Instant::now();
+    // Pings sent and not yet answered: that many pongs are free.
+    let mut pings_unanswered: u32 = 0;
     let mut pings = tokio::time::interval(limits.ping_interval);
     pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let token_expiry = tokio::time::sleep_until(token_expires);
@@ -182,6 +183,7 @@ where
                 if socket.send(Message::Ping(Default::default())).await.is_err() {
                     break End::ClientGone;
                 }
+                pings_unanswered = pings_unanswered.saturating_add(1);
             }
             Some(answer) = sending.next(), if !sending.is_empty() => {
                 if socket.frame(&answer).await.is_err() {
@@ -213,9 +215,15 @@ where
                     }
                     Message::Text(text) => step::step(&text, &limits.frames),
                     Message::Binary(_) => Step::Binary,
-                    // Pings are answered by the WebSocket layer; pongs only
-                    // prove the client is alive.
-                    Message::Ping(_) | Message::Pong(_) => continue,
+                    // A pong answering one of our pings is proof of life
+                    // and free; pings (the WebSocket layer answers them) and
+                    // unasked-for pongs are frames like any other and spend
+                    // from the bucket.
+                    Message::Pong(_) if pings_unanswered > 0 => {
+                        pings_unanswered -= 1;
+                        continue;
+                    }
+                    Message::Ping(_) | Message::Pong(_) => Step::Control,
                     Message::Close(_) => break End::ClientGone,
                 };
                 metrics::counter!("switchboard_gateway_frames_received_total", "type" => step.kind())
@@ -225,7 +233,7 @@ where
                 let free = matches!(&step, Step::Acknowledge { id, seq } if socket.holds(*id, *seq));
                 if !free && !bucket.take() {
                     metrics::counter!("switchboard_gateway_rate_limited_total").increment(1);
-                    if bucket.refused_in_a_row() >= limits.rate.abuse_threshold {
+                    if bucket.refused_in_a_row() >= limits.abuse_threshold {
                         info!(user_id = %user, "rate limit ignored; closing");
                         break End::Close(CloseCode::PolicyViolation, "rate limit exceeded");
                     }
@@ -236,6 +244,7 @@ where
                     continue;
                 }
                 let answer = match step {
+                    Step::Control => None,
                     Step::Answer(answer) => {
                         if let ServerFrame::Error { code, .. } = &answer {
                             debug!(user_id = %user, %code, "bad frame");
@@ -332,6 +341,7 @@ fn close_reason(code: CloseCode) -> &'static str {
     match code {
         CloseCode::Normal => "normal",
         CloseCode::GoingAway => "going_away",
+        CloseCode::ProtocolError => "protocol_error",
         CloseCode::InvalidPayload => "invalid_payload",
         CloseCode::PolicyViolation => "rate_limit_abuse",
         CloseCode::MessageTooBig => "message_too_big",
@@ -348,7 +358,8 @@ fn link_status(up: bool) -> ServerFrame {
 }
 
 /// How to end after a failed read: a too-big message gets 1009, invalid
-/// UTF-8 gets 1007; anything else means the connection is gone.
+/// UTF-8 gets 1007, a broken WebSocket protocol 1002; anything else means
+/// the connection is gone.
 fn read_failure(error: &axum::Error) -> End {
     use tokio_tungstenite::tungstenite::Error;
     let cause = std::error::Error::source(error).and_then(|e| e.downcast_ref::<Error>());
@@ -356,6 +367,9 @@ fn read_failure(error: &axum::Error) -> End {
         Some(Error::Capacity(_)) => End::Close(CloseCode::MessageTooBig, "message too big"),
         Some(Error::Utf8(_)) => {
             End::Close(CloseCode::InvalidPayload, "text frame is not valid UTF-8")
+        }
+        Some(Error::Protocol(_)) => {
+            End::Close(CloseCode::ProtocolError, "WebSocket protocol violation")
         }
         _ => End::ClientGone,
     }

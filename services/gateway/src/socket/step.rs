@@ -13,6 +13,8 @@ pub enum Step {
     Answer(ServerFrame),
     /// A binary frame: not part of the protocol.
     Binary,
+    /// A ping or pong: nothing to answer here, but it counts.
+    Control,
     /// Send this message.
     Publish(Outgoing),
     /// The client has this reply chunk.
@@ -30,6 +32,7 @@ impl Step {
             Step::Answer(ServerFrame::Pong) => "ping",
             Step::Answer(_) => "invalid",
             Step::Binary => "binary",
+            Step::Control => "control",
             Step::Publish(_) => "send",
             Step::Acknowledge { .. } => "ack",
             Step::Cancel { .. } => "cancel",

@@ -3,8 +3,8 @@
 //! (it moves only when every task waits, straight to the next timer).
 
 use super::*;
+use crate::rate::Rate;
 use crate::replies::{Receipt, Settlement};
-use crate::settings::RateLimitSettings;
 use futures_util::task::{Context, Poll};
 use protocol::amqp::{ChatRequest, ReplyChunk};
 use protocol::ws::ClientFrame;
@@ -129,11 +129,11 @@ fn limits() -> Limits {
         send_timeout: Duration::from_secs(10),
         ping_interval: Duration::from_secs(20),
         idle_timeout: Duration::from_secs(60),
-        rate: RateLimitSettings {
+        rate: Rate {
             burst: 10,
-            per_second: 5,
-            abuse_threshold: 5,
+            per_second: 5.0,
         },
+        abuse_threshold: 5,
     }
 }
 
@@ -309,6 +309,40 @@ async fn a_flood_is_refused_then_closed_with_1008() {
         h.close_code().await,
         Some(CloseCode::PolicyViolation.code())
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_websocket_pings_is_rate_limited_too() {
+    let mut h = start().welcomed().await;
+    for _ in 0..16 {
+        h.to_gateway
+            .send(Ok(Message::Ping(vec![1, 2, 3].into())))
+            .unwrap();
+    }
+    // Ten pass (the burst), then refusals until the fifth in a row closes.
+    for _ in 0..4 {
+        assert!(matches!(
+            h.frame().await,
+            ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            }
+        ));
+    }
+    assert_eq!(
+        h.close_code().await,
+        Some(CloseCode::PolicyViolation.code())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_websocket_protocol_violation_closes_with_1002() {
+    let mut h = start().welcomed().await;
+    let broken = tokio_tungstenite::tungstenite::Error::Protocol(
+        tokio_tungstenite::tungstenite::error::ProtocolError::UnmaskedFrameFromClient,
+    );
+    h.to_gateway.send(Err(axum::Error::new(broken))).unwrap();
+    assert_eq!(h.close_code().await, Some(CloseCode::ProtocolError.code()));
 }
 
 #[tokio::test(start_paused = true)]

@@ -140,9 +140,8 @@ async fn declare_through(node: &str, prefix: &str) {
     let connection = broker::lapin::Connection::connect(&settings.url, Default::default())
         .await
         .unwrap();
-    let channel = connection.create_channel().await.unwrap();
     let names = protocol::topology::Names::new(prefix);
-    broker::topology::declare_shared(&channel, &names, &settings)
+    broker::topology::declare_shared(&connection, &names, &settings)
         .await
         .unwrap();
     connection.close(200, "declared".into()).await.unwrap();

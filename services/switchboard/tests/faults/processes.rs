@@ -126,6 +126,8 @@ impl Stack {
         env.push(("SWITCHBOARD_HTTP__WEB_DIR", "does-not-exist".into()));
         env.push(("SWITCHBOARD_RATE_LIMIT__BURST", "10000".into()));
         env.push(("SWITCHBOARD_RATE_LIMIT__PER_SECOND", "10000".into()));
+        // Every user comes from 127.0.0.1.
+        env.push(("SWITCHBOARD_RATE_LIMIT__GUEST_BURST", "10000".into()));
         Service::spawn("gateway", &format!("{}.gateway-{n}", self.name), &env)
     }
 

@@ -7,6 +7,7 @@
 
 mod stack;
 
+mod abuse;
 mod cancel;
 mod delivery;
 mod failures;

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::{ChatClient, Guest};
 
-async fn call(
+pub(crate) async fn call(
     stack: &TestStack,
     method: &str,
     path: &str,
@@ -28,7 +28,7 @@ async fn call(
 }
 
 /// Alice's new room: its id and an invitation.
-async fn create_room(stack: &TestStack, owner: &Guest) -> (RoomId, String) {
+pub(crate) async fn create_room(stack: &TestStack, owner: &Guest) -> (RoomId, String) {
     let (status, room) = call(
         stack,
         "POST",
@@ -44,7 +44,7 @@ async fn create_room(stack: &TestStack, owner: &Guest) -> (RoomId, String) {
     )
 }
 
-async fn join(stack: &TestStack, guest: &Guest, invite: &str) {
+pub(crate) async fn join(stack: &TestStack, guest: &Guest, invite: &str) {
     let (status, body) = call(
         stack,
         "POST",
@@ -57,7 +57,7 @@ async fn join(stack: &TestStack, guest: &Guest, invite: &str) {
 }
 
 /// Sends `text` to `room` over the socket; returns its id (after `accepted`).
-async fn say(client: &mut ChatClient, room: RoomId, text: &str) -> MessageId {
+pub(crate) async fn say(client: &mut ChatClient, room: RoomId, text: &str) -> MessageId {
     let id = MessageId::new_random();
     let frame = json!({"type": "send", "id": id, "text": text, "room_id": room});
     client.send_text(&frame.to_string()).await.unwrap();
@@ -65,7 +65,7 @@ async fn say(client: &mut ChatClient, room: RoomId, text: &str) -> MessageId {
 }
 
 /// Reads frames until `count` room messages came; returns (seq, id, from, text).
-async fn room_messages(
+pub(crate) async fn room_messages(
     client: &mut ChatClient,
     count: usize,
 ) -> Vec<(u64, MessageId, UserId, String)> {

@@ -402,6 +402,9 @@ async fn a_client_too_slow_to_read_is_disconnected_and_loses_nothing() {
     // window stays small, the gateway's writes time out, the socket is dropped.
     let mut stack = TestStack::start_with(0, Mock::default(), |s| {
         s.websocket.send_timeout_ms = 300;
+        // Forty slow answers in flight for one user: more than a user may
+        // usually have waiting.
+        s.messages.max_pending_per_user = 64;
     })
     .await;
     let one_at_a_time = Mock {
