@@ -96,6 +96,30 @@ describe("the chat page", () => {
     }
   });
 
+  it("shows an answer restarted after its responder crashed once, as the new attempt only", async () => {
+    // Slow pieces, so the answer is on screen part-way when the responder dies.
+    const stack = await Stack.start({ name: "restarted-answer", chunkDelayMs: 300 });
+    try {
+      const { page } = await stack.open(browser);
+      const text = "tell me a story";
+      await say(page, text);
+      const item = exchange(page, text);
+      await item.locator('[data-testid="reply"][data-complete="false"]').waitFor();
+      const before = (await item.getByTestId("reply").locator("p.text").textContent()).trim();
+      assert.ok(before.length > 0 && answerTo(text).startsWith(before), before);
+      await stack.killResponder();
+      // Its successor writes another answer, as a model would.
+      const again = "Once more: {text} — a different answer.";
+      stack.startResponder({ template: again, chunkDelayMs: 20 });
+      assert.equal(await completedReply(page, text), again.replace("{text}", text));
+      assert.equal(await item.getByTestId("restarted").count(), 1, "the page says the answer restarted, once");
+      assert.equal(await item.getByTestId("reply").count(), 1, "one answer on screen");
+      await page.screenshot({ path: path.join(artifacts, "restarted-answer.png"), fullPage: true });
+    } finally {
+      await stack.stop();
+    }
+  });
+
   it("gives two people two identities that each see only their own replies", async () => {
     const stack = await Stack.start({ name: "two-users" });
     try {

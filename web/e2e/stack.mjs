@@ -47,14 +47,27 @@ export class Stack {
   static async start({ chunkDelayMs = 40, name }) {
     mkdirSync(artifacts, { recursive: true });
     const stack = new Stack(name, await freePort(), chunkDelayMs);
-    stack.responder = stack.spawn("responder", {
+    stack.startResponder();
+    await stack.startGateway();
+    return stack;
+  }
+
+  /** Starts the responder: the mock, one word a piece, `chunkDelayMs` apart, answering with `template`. */
+  startResponder({ template = TEMPLATE, chunkDelayMs = this.chunkDelayMs } = {}) {
+    this.responder = this.spawn("responder", {
       SWITCHBOARD_HEALTH__LISTEN: "",
-      SWITCHBOARD_MOCK__TEMPLATE: TEMPLATE,
+      SWITCHBOARD_MOCK__TEMPLATE: template,
       SWITCHBOARD_MOCK__WORDS_PER_CHUNK: "1",
       SWITCHBOARD_MOCK__CHUNK_DELAY_MS: String(chunkDelayMs),
     });
-    await stack.startGateway();
-    return stack;
+  }
+
+  /** SIGKILL, as a crash; waits for the process to be gone. */
+  async killResponder() {
+    const responder = this.responder;
+    this.responder = null;
+    responder.kill("SIGKILL");
+    await responder.exited;
   }
 
   constructor(name, port, chunkDelayMs) {
@@ -173,5 +186,5 @@ export async function completedReply(page, text) {
   const item = exchange(page, text);
   await item.locator('[data-testid="reply"][data-complete="true"]').waitFor({ timeout: WAIT_MS });
   await item.getByTestId("status").getByText("answered").waitFor({ timeout: WAIT_MS });
-  return (await item.getByTestId("reply").textContent()).trim();
+  return (await item.getByTestId("reply").locator("p.text").textContent()).trim();
 }

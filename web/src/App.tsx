@@ -127,6 +127,12 @@ function MessageList({ messages, connected, onRetry, onStop }: MessageListProps)
               data-complete={m.reply.complete}
               aria-busy={isStreaming(m)}
             >
+              {m.reply.restarts ? (
+                <p className="restarted" data-testid="restarted">
+                  {isStreaming(m) ? "The answer restarted" : "The answer was restarted"} — a responder began it again,
+                  and this is the new attempt.
+                </p>
+              ) : null}
               <p className="text">
                 {m.reply.text}
                 {isStreaming(m) && <span className="typing" aria-label="assistant is typing" />}

@@ -1,6 +1,6 @@
 import { useEffect, useState, type FormEvent } from "react";
 import type { ChatClient } from "./lib/client";
-import { answerText, deliveredTo, inviteLink, readBy, type Rooms } from "./lib/rooms";
+import { deliveredTo, inviteLink, readBy, type Rooms } from "./lib/rooms";
 
 /** How often an open room's member list (presence) is refreshed. */
 const PRESENCE_REFRESH_MS = 10_000;
@@ -96,7 +96,6 @@ export function RoomPane({ client, rooms, me }: { client: ChatClient; rooms: Roo
           const read = readBy(room, m.seq, me);
           const got = deliveredTo(room, m.seq, me);
           const answer = room.answers[m.id];
-          const answered = answer && answerText(answer);
           return (
             <li key={m.seq} className="exchange">
             <div className={m.from === me ? "bubble mine" : "bubble"} data-testid="room-message">
@@ -110,10 +109,15 @@ export function RoomPane({ client, rooms, me }: { client: ChatClient; rooms: Roo
                 </p>
               )}
             </div>
-            {answer && answered && (
-              <div className="bubble assistant" data-testid="room-answer" data-complete={answered.complete}>
-                <p className="text">{answered.text}</p>
-                {answer.failed && <p className="status">failed — {answer.failed}</p>}
+            {answer && (
+              <div className="bubble assistant" data-testid="room-answer" data-complete={answer.complete && !answer.failed}>
+                <p className="text">{answer.text}</p>
+                {answer.restarts ? (
+                  <p className="restarted" data-testid="restarted">
+                    The answer restarted — a responder began it again.
+                  </p>
+                ) : null}
+                {answer.failed && <p className="status">failed — {answer.failed.message}</p>}
               </div>
             )}
             </li>

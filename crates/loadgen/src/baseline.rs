@@ -218,6 +218,10 @@ pub async fn round_trips(
         reconnects: 0,
         error_codes: Default::default(),
         answers_per_second: answered.load(Ordering::Relaxed) as f64 / seconds,
+        // One request and one reply per round trip.
+        chunks_per_answer: 1.0,
+        broker_messages_per_answer: 2.0,
+        restarts: 0,
         first_chunk: Percentiles::of(&histogram),
         final_chunk: latency,
         final_chunk_distribution: crate::run::distribution(&histogram),

@@ -17,6 +17,7 @@ use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use protocol::MessageId;
+use protocol::answer::ShownAnswer;
 use protocol::ws::{ClientFrame, ServerFrame};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -196,6 +197,7 @@ async fn ask_repeatedly(socket: &mut Socket, span: Duration) -> anyhow::Result<H
         };
         let sent = Instant::now();
         socket.send(Message::text(send.to_json())).await?;
+        let mut answer = ShownAnswer::default();
         loop {
             let frame = tokio::time::timeout(Duration::from_secs(120), socket.next())
                 .await
@@ -209,7 +211,11 @@ async fn ask_repeatedly(socket: &mut Socket, span: Duration) -> anyhow::Result<H
                         seq: chunk.seq,
                     };
                     socket.send(Message::text(ack.to_json())).await?;
-                    if chunk.in_reply_to == id && chunk.r#final {
+                    if chunk.in_reply_to != id {
+                        continue;
+                    }
+                    answer.add(&chunk);
+                    if answer.is_complete() {
                         let us = sent.elapsed().as_micros() as u64;
                         latencies.record(us.max(1))?;
                         break;

@@ -5,6 +5,7 @@ use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use protocol::MessageId;
+use protocol::answer::{Arrival, ShownAnswer};
 use protocol::ws::{ClientFrame, ServerFrame};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -24,6 +25,12 @@ struct Counters {
     answered: AtomicU64,
     errors: AtomicU64,
     reconnects: AtomicU64,
+    /// `reply` frames received (repeats included).
+    chunks: AtomicU64,
+    /// `message_status` frames received.
+    statuses: AtomicU64,
+    /// Answers a newer attempt replaced while they streamed.
+    restarts: AtomicU64,
     /// `error` frames by code.
     error_codes: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Messages that may still be sent (the run's `--messages` bound).
@@ -81,6 +88,17 @@ pub struct Report {
     #[serde(default)]
     pub error_codes: std::collections::BTreeMap<String, u64>,
     pub answers_per_second: f64,
+    /// `reply` frames per answered message.
+    #[serde(default)]
+    pub chunks_per_answer: f64,
+    /// Messages through RabbitMQ per answered message — the request, its
+    /// chunks and any `processing` status — each published, delivered and
+    /// acknowledged once.
+    #[serde(default)]
+    pub broker_messages_per_answer: f64,
+    /// Answers restarted by a newer attempt while they streamed.
+    #[serde(default)]
+    pub restarts: u64,
     pub first_chunk: Percentiles,
     pub final_chunk: Percentiles,
     /// Send → final chunk over the whole distribution, as
@@ -107,6 +125,10 @@ impl Report {
             self.errors,
             self.reconnects,
             self.answers_per_second
+        );
+        println!(
+            "{:.2} chunks per answer, {:.2} broker messages per answer, {} restarted",
+            self.chunks_per_answer, self.broker_messages_per_answer, self.restarts
         );
         if !self.error_codes.is_empty() {
             println!("errors by code: {:?}", self.error_codes);
@@ -152,6 +174,13 @@ pub(crate) fn distribution(h: &Histogram<u64>) -> Vec<[f64; 2]> {
 pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs to 10 min, 3 significant digits.
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("static bounds")
+}
+
+/// A message sent and not yet answered.
+struct Pending {
+    /// When it was due to be sent.
+    due: Instant,
+    answer: ShownAnswer,
 }
 
 struct UserResult {
@@ -222,6 +251,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     }
     let seconds = plan.duration.as_secs_f64();
     let answered = counters.answered.load(Ordering::Relaxed);
+    let per_answer = |n: u64| n as f64 / answered.max(1) as f64;
+    let chunks = counters.chunks.load(Ordering::Relaxed);
+    let statuses = counters.statuses.load(Ordering::Relaxed);
     Ok(Report {
         label: plan.label.clone(),
         mode: match plan.rate {
@@ -237,6 +269,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         reconnects: counters.reconnects.load(Ordering::Relaxed),
         error_codes: counters.error_codes.lock().expect("codes").clone(),
         answers_per_second: last.len() as f64 / seconds,
+        chunks_per_answer: per_answer(chunks),
+        broker_messages_per_answer: per_answer(answered + chunks + statuses),
+        restarts: counters.restarts.load(Ordering::Relaxed),
         first_chunk: Percentiles::of(&first),
         final_chunk: Percentiles::of(&last),
         final_chunk_distribution: distribution(&last),
@@ -362,11 +397,16 @@ async fn user(
     let mut first = histogram();
     let mut last = histogram();
     let mut late = histogram();
-    // Intended send time, and whether the first chunk was seen.
-    let mut pending: HashMap<MessageId, (Instant, bool)> = HashMap::new();
-    let send = |out: &Outbound, due: Instant, pending: &mut HashMap<MessageId, (Instant, bool)>| {
+    let mut pending: HashMap<MessageId, Pending> = HashMap::new();
+    let send = |out: &Outbound, due: Instant, pending: &mut HashMap<MessageId, Pending>| {
         let id = MessageId::new_random();
-        pending.insert(id, (due, false));
+        pending.insert(
+            id,
+            Pending {
+                due,
+                answer: ShownAnswer::default(),
+            },
+        );
         counters.sent.fetch_add(1, Ordering::Relaxed);
         out.send(&ClientFrame::Send {
             id,
@@ -425,13 +465,16 @@ async fn user(
                 match frame {
                     ServerFrame::Reply(chunk) => {
                         out.send(&ClientFrame::Ack { id: chunk.id, seq: chunk.seq });
-                        let Some((due, seen_first)) = pending.get_mut(&chunk.in_reply_to) else { continue };
-                        let waited = due.elapsed().as_micros() as u64;
-                        if !*seen_first {
-                            *seen_first = true;
+                        counters.chunks.fetch_add(1, Ordering::Relaxed);
+                        let Some(p) = pending.get_mut(&chunk.in_reply_to) else { continue };
+                        let waited = p.due.elapsed().as_micros() as u64;
+                        if p.answer.chunks() == 0 && p.answer.error().is_none() {
                             let _ = first.record(waited.max(1));
                         }
-                        if chunk.r#final {
+                        if p.answer.add(&chunk) == Arrival::Restarted {
+                            counters.restarts.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if p.answer.is_complete() {
                             pending.remove(&chunk.in_reply_to);
                             let _ = last.record(waited.max(1));
                             counters.answered.fetch_add(1, Ordering::Relaxed);
@@ -439,6 +482,9 @@ async fn user(
                                 send(&out, Instant::now(), &mut pending);
                             }
                         }
+                    }
+                    ServerFrame::MessageStatus { .. } => {
+                        counters.statuses.fetch_add(1, Ordering::Relaxed);
                     }
                     ServerFrame::Error { id, code, .. } => {
                         counters.errors.fetch_add(1, Ordering::Relaxed);

@@ -123,6 +123,12 @@ pub struct ReplyChunk {
     /// this user, whatever queue it came from.
     pub user_id: UserId,
     pub seq: u32,
+    /// Which attempt at the answer this chunk belongs to
+    /// ([`crate::answer::attempt_number`]): an answer begun again (after a
+    /// crash, a redelivery, a failed publish) is a new attempt, and a model
+    /// writes a different text each time. 0 (left out): not numbered.
+    #[serde(default, skip_serializing_if = "crate::is_zero")]
+    pub attempt: u64,
     pub text: String,
     pub r#final: bool,
     /// Set on the final chunk of a request that could not be answered.
@@ -277,6 +283,7 @@ impl ReplyChunk {
             in_reply_to: request.id,
             user_id: request.user_id.clone(),
             seq,
+            attempt: 0,
             text,
             r#final,
             error: None,
@@ -286,12 +293,19 @@ impl ReplyChunk {
         }
     }
 
-    /// The final chunk of an answer stopped by a `cancel`, at `seq`.
-    pub fn cancelled(request: &ChatRequest, seq: u32) -> Self {
+    /// The final chunk of an answer stopped by a `cancel`, at `seq`, with
+    /// what the answer had left to send.
+    pub fn cancelled(request: &ChatRequest, seq: u32, text: String) -> Self {
         Self {
             cancelled: true,
-            ..Self::answering(request, seq, String::new(), true)
+            ..Self::answering(request, seq, text, true)
         }
+    }
+
+    /// This chunk, as part of attempt `attempt` at the answer.
+    #[must_use]
+    pub fn in_attempt(self, attempt: u64) -> Self {
+        Self { attempt, ..self }
     }
 
     /// The final chunk telling `user` that request `id` failed.
@@ -302,6 +316,7 @@ impl ReplyChunk {
             in_reply_to: id,
             user_id,
             seq: ERROR_SEQ,
+            attempt: 0,
             text: String::new(),
             r#final: true,
             error: Some(error),

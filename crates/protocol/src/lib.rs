@@ -7,12 +7,13 @@
 //! - [`amqp`] — the versioned JSON bodies that travel through RabbitMQ.
 //! - [`topology`] — exchange, queue and routing-key names under a configurable prefix.
 //! - [`trace`] — the W3C `traceparent` carried in AMQP headers.
-//! - [`trace`] — the W3C `traceparent` carried in AMQP headers.
+//! - [`answer`] — what a client shows of an answer, from its chunks.
 //!
 //! This crate does no I/O and owns no policy beyond validation; `docs/protocol.md`
 //! documents the same contract for people writing clients.
 
 pub mod amqp;
+pub mod answer;
 pub mod error;
 pub mod ids;
 pub mod topology;
@@ -21,3 +22,9 @@ pub mod ws;
 
 pub use error::{CloseCode, ErrorCode};
 pub use ids::{IdError, MessageId, ReplyId, RoomId, UserId};
+
+/// For `skip_serializing_if`: a number left out when 0.
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}

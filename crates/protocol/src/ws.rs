@@ -389,8 +389,14 @@ pub struct ReplyFrame {
     pub in_reply_to: MessageId,
     /// 0, 1, 2, … in the order the chunks make up the answer.
     pub seq: u32,
+    /// Which attempt at the answer the chunk belongs to: one attempt's
+    /// chunks are never mixed with another's, and a higher number began
+    /// later ([`crate::answer::ShownAnswer`] has the rule). 0 (left out):
+    /// not numbered.
+    #[serde(default, skip_serializing_if = "crate::is_zero")]
+    pub attempt: u64,
     pub text: String,
-    /// True on the last chunk of the answer, and only there.
+    /// True on the last chunk of its attempt, and only there.
     pub r#final: bool,
     /// Set on a final chunk when the request could not be answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]

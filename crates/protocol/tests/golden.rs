@@ -88,6 +88,7 @@ fn server_frames() {
             id: reply_id,
             in_reply_to: msg(),
             seq: 0,
+            attempt: 0,
             text: "Hi ".into(),
             r#final: false,
             error: None,
@@ -96,6 +97,23 @@ fn server_frames() {
         }),
         &format!(
             r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":0,"text":"Hi ","final":false}}"#
+        ),
+    );
+    // A chunk of a later attempt at the answer (the first was cut short).
+    assert_golden(
+        &ServerFrame::Reply(ReplyFrame {
+            id: reply_id,
+            in_reply_to: msg(),
+            seq: 0,
+            attempt: 9,
+            text: "Hello ".into(),
+            r#final: false,
+            error: None,
+            cancelled: false,
+            room_id: None,
+        }),
+        &format!(
+            r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":0,"attempt":9,"text":"Hello ","final":false}}"#
         ),
     );
     assert_golden(
@@ -120,6 +138,7 @@ fn server_frames() {
             id: reply_id,
             in_reply_to: msg(),
             seq: u32::MAX,
+            attempt: 0,
             text: String::new(),
             r#final: true,
             error: Some(amqp::ReplyError {
@@ -143,6 +162,7 @@ fn stop_generating_and_status_frames() {
             id: reply_id,
             in_reply_to: msg(),
             seq: 4,
+            attempt: 0,
             text: String::new(),
             r#final: true,
             error: None,
@@ -286,6 +306,17 @@ fn amqp_bodies() {
         &format!(
             r#"{{"v":1,"id":"{reply_id}","in_reply_to":"{MSG}","user_id":"alice","seq":3,"text":"world","final":true,"request_sent_at_ms":1700000000000}}"#
         ),
+    );
+    let retried = ReplyChunk::answering(&request, 0, "again".into(), false).in_attempt(17);
+    assert_golden(
+        &retried,
+        &format!(
+            r#"{{"v":1,"id":"{reply_id}","in_reply_to":"{MSG}","user_id":"alice","seq":0,"attempt":17,"text":"again","final":false,"request_sent_at_ms":1700000000000}}"#
+        ),
+    );
+    assert_eq!(
+        amqp::decode::<ReplyChunk>(&amqp::encode(&retried)).unwrap(),
+        retried
     );
     assert_eq!(
         amqp::decode::<ChatRequest>(&amqp::encode(&request)).unwrap(),

@@ -2,6 +2,7 @@ use crate::WAIT;
 use anyhow::{Context, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
 use protocol::amqp::{MessageStatus, ReceiptState};
+use protocol::answer::ShownAnswer;
 use protocol::ws::{ReplyFrame, ServerFrame};
 use protocol::{MessageId, UserId};
 use std::net::SocketAddr;
@@ -242,17 +243,31 @@ impl ChatClient {
         self.collect_reply(id).await
     }
 
-    /// Reads reply chunks answering `id` until its final chunk, returning all
-    /// of them as received (duplicates included). Other frames are an error.
+    /// Reads reply chunks answering `id` until the final chunk of the newest
+    /// attempt seen (or a failure), returning all of them as received
+    /// (repeats and stale attempts included). Other frames are an error.
     pub async fn collect_reply(&mut self, id: MessageId) -> anyhow::Result<Vec<ReplyFrame>> {
+        Ok(self.read_answer(id).await?.0)
+    }
+
+    /// Like [`ChatClient::collect_reply`], with the answer as shown from
+    /// the chunks read here ([`ShownAnswer`]).
+    pub async fn read_answer(
+        &mut self,
+        id: MessageId,
+    ) -> anyhow::Result<(Vec<ReplyFrame>, ShownAnswer)> {
         let mut chunks = Vec::new();
+        let mut answer = ShownAnswer::default();
+        let mut newest = 0;
         loop {
             match self.next_frame().await? {
                 ServerFrame::Reply(chunk) if chunk.in_reply_to == id => {
-                    let done = chunk.r#final;
+                    answer.add(&chunk);
+                    newest = newest.max(chunk.attempt);
+                    let done = chunk.error.is_some() || (chunk.r#final && chunk.attempt == newest);
                     chunks.push(chunk);
                     if done {
-                        return Ok(chunks);
+                        return Ok((chunks, answer));
                     }
                 }
                 other => bail!("while collecting the reply to {id}: unexpected {other:?}"),

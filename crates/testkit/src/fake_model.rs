@@ -11,6 +11,11 @@
 //! | `[[stall]]` | one word, then nothing (the client's idle timeout) |
 //! | `[[error]]` | one word, then an error event |
 //!
+//! [`FakeModel::start_random`] starts one that writes like a sampling model
+//! instead: a different answer of random words every time, a word every
+//! few milliseconds, recording each answer it began (see
+//! [`FakeModel::answers_to`]).
+//!
 //! It records every request body and the `Authorization` header, and counts
 //! streams the client abandoned (closed before the end).
 
@@ -22,8 +27,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures_util::stream;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -37,6 +43,12 @@ pub struct Seen {
     pub authorizations: Mutex<Vec<Option<String>>>,
     /// Streams the client closed before they ended.
     pub abandoned: AtomicUsize,
+    /// In random mode: the pause between words.
+    random_pace: Option<Duration>,
+    /// In random mode: every answer begun, whole, by the user's message.
+    answers: Mutex<HashMap<String, Vec<String>>>,
+    /// Answers begun, to seed each one's words differently.
+    begun: AtomicU64,
 }
 
 /// A running fake model server; stops when dropped.
@@ -60,7 +72,33 @@ pub fn model_answer(text: &str) -> String {
 
 impl FakeModel {
     pub async fn start() -> Self {
-        let seen = Arc::new(Seen::default());
+        Self::serve(Seen::default()).await
+    }
+
+    /// A model that answers every message with 8 to 20 random words, a
+    /// word every `pace` — never the same answer twice.
+    pub async fn start_random(pace: Duration) -> Self {
+        Self::serve(Seen {
+            random_pace: Some(pace),
+            ..Seen::default()
+        })
+        .await
+    }
+
+    /// In random mode: every answer begun to `text`, whole (also those
+    /// whose stream was cut off).
+    pub fn answers_to(&self, text: &str) -> Vec<String> {
+        let answers = self.seen.answers.lock().expect("answers");
+        answers.get(text).cloned().unwrap_or_default()
+    }
+
+    /// In random mode: answers begun (each a different one).
+    pub fn answers_begun(&self) -> u64 {
+        self.seen.begun.load(Ordering::SeqCst)
+    }
+
+    async fn serve(seen: Seen) -> Self {
+        let seen = Arc::new(seen);
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
             .with_state(seen.clone());
@@ -88,6 +126,37 @@ impl FakeModel {
     }
 }
 
+/// 8 to 20 words, each with its space, from a generator seeded with `n`
+/// and the clock: a different answer every time.
+fn random_words(n: u64) -> Vec<String> {
+    const WORDS: [&str; 24] = [
+        "amber", "brisk", "cobalt", "delta", "ember", "fjord", "gale", "harbor", "ivory", "jolt",
+        "kelp", "lumen", "moss", "nimbus", "onyx", "pebble", "quill", "ripple", "slate", "tundra",
+        "umber", "vale", "willow", "zephyr",
+    ];
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut state = (n.wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ clock;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let count = 8 + next() % 13;
+    (0..count)
+        .map(|i| {
+            let word = WORDS[(next() % WORDS.len() as u64) as usize];
+            if i + 1 == count {
+                format!("{word}.")
+            } else {
+                format!("{word} ")
+            }
+        })
+        .collect()
+}
+
 fn delta(text: &str) -> String {
     let event = json!({"id": "fake", "object": "chat.completion.chunk",
         "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
@@ -113,10 +182,22 @@ async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: St
         let error = json!({"error": {"message": "the fake model is down", "type": "server_error"}});
         return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response();
     }
-    let words: Vec<String> = model_answer(&text)
-        .split_inclusive(' ')
-        .map(str::to_owned)
-        .collect();
+    let words: Vec<String> = match seen.random_pace {
+        Some(_) => {
+            let n = seen.begun.fetch_add(1, Ordering::SeqCst);
+            let answer = random_words(n);
+            let mut answers = seen.answers.lock().expect("answers");
+            answers
+                .entry(text.clone())
+                .or_default()
+                .push(answer.concat());
+            answer
+        }
+        None => model_answer(&text)
+            .split_inclusive(' ')
+            .map(str::to_owned)
+            .collect(),
+    };
     let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(4);
     tokio::spawn(async move {
         let send = |event: String| {
@@ -136,10 +217,14 @@ async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: St
         } else {
             (words.len(), "done")
         };
-        let pause = if text.contains("[[slow]]") { 100 } else { 0 };
+        let pause = match seen.random_pace {
+            Some(pace) => pace,
+            None if text.contains("[[slow]]") => Duration::from_millis(100),
+            None => Duration::ZERO,
+        };
         for word in words.iter().take(count) {
-            if pause > 0 {
-                tokio::time::sleep(Duration::from_millis(pause)).await;
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
             }
             if !send(delta(word)).await {
                 seen.abandoned.fetch_add(1, Ordering::SeqCst);

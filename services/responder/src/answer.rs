@@ -1,16 +1,20 @@
-//! Writing one answer: every piece the engine writes becomes a reply chunk,
-//! published as it comes (persistent, confirmed, `mandatory`) to the user's
-//! queue — or, for a room, the room's key — with the confirms kept in
-//! flight and all waited for at the end. It also tells the user
-//! `processing` when the first chunk is late.
+//! Writing one attempt at an answer: the pieces the engine writes are
+//! gathered into reply chunks (`coalescer`), each published as it is due
+//! (persistent, confirmed, `mandatory`) to the user's queue — or, for a
+//! room, the room's key — with the confirms kept in flight and all waited
+//! for at the end. Every chunk carries the attempt's number, so a client
+//! shows one attempt whole. It also tells the user `processing` when the
+//! first chunk is late.
 
-use crate::engine::{Engine, EngineError};
-use broker::{PublishError, Session, properties};
+use crate::coalescer::{Coalescer, Gathering};
+use crate::engine::{Engine, EngineError, Piece};
+use broker::{PendingConfirm, PublishError, Session, properties};
 use futures_util::StreamExt;
 use protocol::ErrorCode;
 use protocol::amqp::{self, ChatRequest, MessageStatus, ReplyChunk, ReplyError, StatusEvent};
 use protocol::topology::Names;
 use protocol::trace::TraceParent;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -55,7 +59,7 @@ impl Finished {
 #[derive(Debug, Clone, Copy)]
 pub enum Notice {
     /// Not told yet; tell at this instant unless the first chunk goes first.
-    Due(tokio::time::Instant),
+    Due(Instant),
     /// Told, or no longer needed (a chunk went out).
     Settled,
 }
@@ -68,65 +72,91 @@ pub struct Answer<'a> {
     pub engine: &'a Engine,
     pub request: &'a ChatRequest,
     pub trace: &'a TraceParent,
+    /// How pieces are gathered into chunks.
+    pub gathering: Gathering,
+}
+
+/// What the loop of [`Answer::stream`] waits for.
+enum Event {
+    Cancelled,
+    /// What is gathered is due.
+    Flush,
+    Piece(Option<Result<Piece, EngineError>>),
 }
 
 impl Answer<'_> {
-    /// Publishes every piece the engine writes as a chunk as it comes,
-    /// keeping their confirms in flight, then waits for all of them. When
-    /// `cancel` fires, the chunk due next becomes a final one marked
-    /// cancelled and the engine's stream is dropped (which stops it). When
-    /// the model fails, the user gets a final chunk with `model_failed`; a
-    /// request the model can never answer goes back to the queue
+    /// Writes attempt `attempt` at the answer: gathers the engine's pieces
+    /// into chunks ([`Coalescer`]) and publishes each as it is due, keeping
+    /// their confirms in flight, then waits for all of them. When `cancel`
+    /// fires, what is gathered goes out as a final chunk marked cancelled
+    /// and the engine's stream is dropped (which stops it). When the model
+    /// fails, the user gets a final chunk with `model_failed`; a request
+    /// the model can never answer goes back to the queue
     /// ([`AnswerError::Unanswerable`]). A reply with no queue to go to (the
     /// user's queue expired) is dropped with a warning: there is nobody left
     /// to read it.
     pub async fn stream(
         &self,
+        attempt: u64,
         cancel: &CancellationToken,
         notice: &mut Notice,
     ) -> Result<Finished, AnswerError> {
         let request = self.request;
-        let exchange = self.names.responses_exchange();
-        // An answer to a room goes to every member's queue through the room's key.
-        let routing_key = match &request.room_id {
-            Some(room) => Names::room_routing_key(room),
-            None => Names::reply_routing_key(&request.user_id).to_owned(),
+        let mut out = Outgoing {
+            answer: self,
+            exchange: self.names.responses_exchange(),
+            // An answer to a room goes to every member's queue through the room's key.
+            routing_key: match &request.room_id {
+                Some(room) => Names::room_routing_key(room),
+                None => Names::reply_routing_key(&request.user_id).to_owned(),
+            },
+            attempt,
+            seq: 0,
+            pending: Vec::new(),
         };
         let mut pieces = self.engine.answer(request);
-        let mut pending = Vec::new();
-        let mut seq: u32 = 0;
+        let mut gathered = Coalescer::new(self.gathering);
         let finished = loop {
-            let next = tokio::select! {
+            let due = gathered.due();
+            // Full (or not gathering): out before another piece joins.
+            // Otherwise pieces already waiting join first, so the first
+            // chunk takes them along without waiting for more.
+            let full = due.is_some() && !gathered.has_room();
+            let event = tokio::select! {
                 biased;
-                _ = cancel.cancelled() => None,
+                _ = cancel.cancelled() => Event::Cancelled,
                 // Before the next piece, so a notice due at once goes first.
                 () = notice_due(*notice) => {
                     self.tell_processing().await;
                     *notice = Notice::Settled;
                     continue;
                 }
-                next = pieces.next() => Some(next),
+                () = until(due), if full => Event::Flush,
+                next = pieces.next() => Event::Piece(next),
+                () = until(due), if !full => Event::Flush,
             };
-            let (chunk, finished) = match next {
-                None => (
-                    ReplyChunk::cancelled(request, seq),
-                    Some(Finished::Cancelled),
-                ),
-                Some(Some(Ok(piece))) => {
-                    let last = piece.last;
-                    let chunk = ReplyChunk::answering(request, seq, piece.text, last);
-                    (chunk, last.then_some(Finished::Answered))
+            let finished = match event {
+                Event::Flush => None,
+                Event::Cancelled => Some(Finished::Cancelled),
+                Event::Piece(Some(Ok(piece))) => {
+                    gathered.push(&piece.text);
+                    if !piece.last {
+                        continue;
+                    }
+                    Some(Finished::Answered)
                 }
                 // The stream ended without a piece marked last.
-                Some(None) => (
-                    ReplyChunk::answering(request, seq, String::new(), true),
-                    Some(Finished::Answered),
-                ),
-                Some(Some(Err(e @ EngineError::Unanswerable(_)))) => {
+                Event::Piece(None) => Some(Finished::Answered),
+                Event::Piece(Some(Err(e @ EngineError::Unanswerable(_)))) => {
                     return Err(AnswerError::Unanswerable(e));
                 }
-                Some(Some(Err(EngineError::Failed(why)))) => {
+                Event::Piece(Some(Err(EngineError::Failed(why)))) => {
                     warn!(engine = self.engine.name(), reason = %why, "the model failed; telling the user");
+                    if gathered.due().is_some() {
+                        let (text, pieces) = gathered.take(Instant::now());
+                        out.send(ReplyChunk::answering(request, out.seq, text, false), pieces)
+                            .await?;
+                    }
                     let error = ReplyError {
                         code: ErrorCode::ModelFailed,
                         message: why,
@@ -135,27 +165,31 @@ impl Answer<'_> {
                         request_sent_at_ms: Some(request.sent_at_ms),
                         ..ReplyChunk::failure(request.user_id.clone(), request.id, error)
                     };
-                    (chunk, Some(Finished::ModelFailed))
+                    out.send(chunk, 0).await?;
+                    *notice = Notice::Settled;
+                    break Finished::ModelFailed;
                 }
             };
-            let confirm = self
-                .session
-                .publisher()
-                .start(
-                    &exchange,
-                    &routing_key,
-                    &amqp::encode(&chunk),
-                    properties::reply_chunk(&chunk, self.trace),
-                )
-                .await?;
-            pending.push(confirm);
+            let (text, pieces) = gathered.take(Instant::now());
+            let chunk = match finished {
+                None => ReplyChunk::answering(request, out.seq, text, false),
+                Some(Finished::Cancelled) => ReplyChunk::cancelled(request, out.seq, text),
+                Some(_) => ReplyChunk::answering(request, out.seq, text, true),
+            };
+            out.send(chunk, pieces).await?;
             *notice = Notice::Settled;
-            seq += 1;
             if let Some(finished) = finished {
                 break finished;
             }
         };
         drop(pieces);
+        self.settle(out.pending).await?;
+        Ok(finished)
+    }
+
+    /// Waits for the confirms of every chunk published.
+    async fn settle(&self, pending: Vec<PendingConfirm>) -> Result<(), AnswerError> {
+        let request = self.request;
         let mut unroutable = None;
         for confirm in pending {
             match confirm.wait().await {
@@ -181,7 +215,7 @@ impl Answer<'_> {
             // that can heal, so the answer is tried again.
             Some(e) => return Err(e.into()),
         }
-        Ok(finished)
+        Ok(())
     }
 
     /// Whether the user's reply queue no longer exists — it expired after
@@ -226,12 +260,55 @@ impl Answer<'_> {
     }
 }
 
+/// The chunks of one attempt on their way: numbered, published, their
+/// confirms kept.
+struct Outgoing<'a> {
+    answer: &'a Answer<'a>,
+    exchange: String,
+    routing_key: String,
+    attempt: u64,
+    /// The seq of the next chunk.
+    seq: u32,
+    pending: Vec<PendingConfirm>,
+}
+
+impl Outgoing<'_> {
+    /// Publishes `chunk` (made of `pieces` pieces) as part of this attempt.
+    async fn send(&mut self, chunk: ReplyChunk, pieces: u32) -> Result<(), PublishError> {
+        let chunk = chunk.in_attempt(self.attempt);
+        let answer = self.answer;
+        let confirm = answer
+            .session
+            .publisher()
+            .start(
+                &self.exchange,
+                &self.routing_key,
+                &amqp::encode(&chunk),
+                properties::reply_chunk(&chunk, answer.trace),
+            )
+            .await?;
+        self.pending.push(confirm);
+        self.seq += 1;
+        metrics::counter!("switchboard_responder_chunks_total").increment(1);
+        metrics::counter!("switchboard_responder_pieces_total").increment(u64::from(pieces));
+        Ok(())
+    }
+}
+
+/// Fires at `at` (at once when it has passed); never without one.
+async fn until(at: Option<Instant>) {
+    match at {
+        // A timer's first poll is pending even when its instant has passed.
+        Some(at) if at <= Instant::now() => {}
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Fires when `notice` is due; never once it is settled.
 async fn notice_due(notice: Notice) {
     match notice {
-        // A timer's first poll is pending even when its instant has passed.
-        Notice::Due(at) if at <= tokio::time::Instant::now() => {}
-        Notice::Due(at) => tokio::time::sleep_until(at).await,
+        Notice::Due(at) => until(Some(at)).await,
         Notice::Settled => std::future::pending().await,
     }
 }

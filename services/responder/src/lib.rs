@@ -6,7 +6,8 @@
 //! - [`engine`] — who writes the answers: the mock, or an OpenAI-compatible
 //!   streaming chat-completions server, behind one contract.
 //! - `requests`: the `chat_queue` consumer; a request is acked only after
-//!   its final chunk is confirmed. `answer`: one answer, piece by piece.
+//!   its final chunk is confirmed. `answer`: one attempt at an answer,
+//!   its pieces gathered into chunks by `coalescer`.
 //! - `cancellations`: stop generating — cancels broadcast on `chat_control`.
 //! - `dead_letters`: tells users whose requests were dead-lettered.
 //! - `counters`: what the responder has done.
@@ -16,6 +17,7 @@
 
 mod answer;
 mod cancellations;
+mod coalescer;
 mod counters;
 mod dead_letters;
 pub mod engine;
@@ -95,6 +97,8 @@ impl Responder {
                 cancellations.clone(),
                 tally.clone(),
                 worker,
+                &settings.stream,
+                worker.prefetch_for(settings.engine.kind),
             )),
             dead_letters: Arc::new(DeadLetters::new(broker.clone(), tally.clone())),
             cancels: Arc::new(CancelListener::new(cancellations, broker.clone())),

@@ -5,9 +5,10 @@
 
 use crate::answer::{Answer, AnswerError, Finished, Notice};
 use crate::cancellations::Cancellations;
+use crate::coalescer::Gathering;
 use crate::counters::Tally;
 use crate::engine::Engine;
-use crate::settings::WorkerSettings;
+use crate::settings::{StreamSettings, WorkerSettings};
 use broker::consumer::{Serve, Served};
 use broker::lapin::message::Delivery;
 use broker::lapin::options::{BasicAckOptions, BasicRejectOptions};
@@ -22,9 +23,11 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 /// Attempts at streaming one answer before the request is handed back to the
 /// queue. Retrying here, rather than requeueing at once, keeps a passing
 /// broker hiccup (a node restarting, a quorum queue electing its leader)
-/// from using up the request's delivery limit; repeating an answer is
-/// harmless because its chunks are identical (derived ids). The waits
-/// between them double from 200 ms: 6.2 s in all.
+/// from using up the request's delivery limit. Each retry is a new attempt
+/// with a higher number, and clients show only the newest
+/// (docs/protocol.md §3), so a model that writes something else the second
+/// time garbles nothing. The waits between them double from 200 ms: 6.2 s
+/// in all.
 const ANSWER_ATTEMPTS: u32 = 6;
 
 /// Answers requests.
@@ -40,6 +43,8 @@ pub struct Requests {
     prefetch: u16,
     /// When an answer that has not started streaming is told `processing`.
     processing_after: Duration,
+    /// How pieces are gathered into chunks.
+    gathering: Gathering,
     /// Each request is answered on a task here, so shutdown can wait.
     tasks: TaskTracker,
     /// Fires when in-flight answers must be abandoned (grace period over, or
@@ -54,14 +59,20 @@ impl Requests {
         cancellations: Arc<Cancellations>,
         tally: Tally,
         settings: &WorkerSettings,
+        stream: &StreamSettings,
+        prefetch: u16,
     ) -> Self {
         Self {
             broker,
             engine,
             cancellations,
             tally,
-            prefetch: settings.prefetch,
+            prefetch,
             processing_after: Duration::from_millis(settings.processing_status_after_ms),
+            gathering: Gathering {
+                flush: Duration::from_millis(stream.flush_ms),
+                max_bytes: stream.max_chunk_bytes.max(1),
+            },
             tasks: TaskTracker::new(),
             abandon: CancellationToken::new(),
         }
@@ -149,24 +160,26 @@ impl Requests {
                 engine: &self.engine,
                 request: &request,
                 trace: &trace,
+                gathering: self.gathering,
             };
             let mut notice = Notice::Due(started + self.processing_after);
             let answering = self.cancellations.begin(&request.user_id, request.id);
-            let mut attempt = 1;
+            let mut tries = 1;
             let outcome = loop {
-                match answer.stream(&answering.token, &mut notice).await {
+                let attempt = protocol::answer::attempt_begun_now();
+                match answer.stream(attempt, &answering.token, &mut notice).await {
                     Ok(finished) => break Ok(finished),
                     Err(e @ AnswerError::Publish(_))
-                        if attempt < ANSWER_ATTEMPTS && session.is_live() =>
+                        if tries < ANSWER_ATTEMPTS && session.is_live() =>
                     {
-                        let delay = Duration::from_millis(200 << (attempt - 1));
-                        if attempt == 1 {
-                            warn!(error = %e, retry_in = ?delay, "answer failed; retrying");
+                        let delay = Duration::from_millis(200 << (tries - 1));
+                        if tries == 1 {
+                            warn!(error = %e, attempt, retry_in = ?delay, "answer failed; retrying");
                         } else {
                             debug!(error = %e, attempt, retry_in = ?delay, "answer failed again; retrying");
                         }
                         tokio::time::sleep(delay).await;
-                        attempt += 1;
+                        tries += 1;
                     }
                     Err(e) => break Err(e),
                 }
@@ -185,7 +198,7 @@ impl Requests {
                         debug!(outcome, "answered");
                     }
                     // The channel is gone; the request comes back and is answered
-                    // again with the same reply id and seq numbers.
+                    // again, as a later attempt.
                     Ok(false) => warn!("could not ack the answered request: its channel is closed"),
                     Err(e) => warn!(error = %e, "could not ack the answered request"),
                 },

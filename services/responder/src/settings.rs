@@ -12,6 +12,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub health: HealthSettings,
     pub worker: WorkerSettings,
+    pub stream: StreamSettings,
     pub engine: EngineSettings,
     pub mock: MockSettings,
     pub openai: OpenAiSettings,
@@ -64,7 +65,7 @@ pub struct HealthSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     /// AMQP prefetch on `chat_queue`, and so the number of requests answered
-    /// at once.
+    /// at once; 0: the engine's own ([`WorkerSettings::prefetch_for`]).
     pub prefetch: u16,
     /// How long in-flight answers may run on after shutdown begins.
     pub shutdown_grace_ms: u64,
@@ -73,14 +74,63 @@ pub struct WorkerSettings {
     pub processing_status_after_ms: u64,
 }
 
+impl WorkerSettings {
+    /// Requests answered at once by `engine`: `prefetch` when set, else the
+    /// engine's own. A model server answers as many streams at once as it
+    /// batches (tens, on one GPU), and requests beyond that are better left
+    /// in `chat_queue` for another replica: 64. The mock's answers cost
+    /// nothing but their broker round trips, so it keeps as many in flight
+    /// as a plain AMQP worker would (the reference's 500): with 64 the
+    /// confirm round trip, not the broker, capped its throughput
+    /// (docs/performance.md).
+    pub fn prefetch_for(&self, engine: EngineKind) -> u16 {
+        match (self.prefetch, engine) {
+            (0, EngineKind::Mock) => 500,
+            (0, EngineKind::Openai) => 64,
+            (set, _) => set,
+        }
+    }
+}
+
+/// How an engine's pieces are gathered into reply chunks.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamSettings {
+    /// After a chunk went out, pieces are gathered this long into the next
+    /// one; 0: every piece is a chunk of its own.
+    pub flush_ms: u64,
+    /// A chunk goes out at once when its text reaches this many bytes.
+    pub max_chunk_bytes: usize,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct MockSettings {
     /// The answer; `{text}` becomes the user's message.
     pub template: String,
-    /// Words per chunk.
+    /// Words per piece (the pieces are gathered into chunks, `stream`).
     pub words_per_chunk: usize,
-    /// Pause before each chunk.
+    /// Pause before each piece.
     pub chunk_delay_ms: u64,
     /// A message containing this fails on every attempt (empty: never).
     pub fail_marker: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(prefetch: u16) -> WorkerSettings {
+        WorkerSettings {
+            prefetch,
+            shutdown_grace_ms: 0,
+            processing_status_after_ms: 0,
+        }
+    }
+
+    #[test]
+    fn prefetch_is_the_engines_own_unless_set() {
+        assert_eq!(worker(0).prefetch_for(EngineKind::Mock), 500);
+        assert_eq!(worker(0).prefetch_for(EngineKind::Openai), 64);
+        assert_eq!(worker(8).prefetch_for(EngineKind::Mock), 8);
+        assert_eq!(worker(8).prefetch_for(EngineKind::Openai), 8);
+    }
 }

@@ -93,6 +93,18 @@ describe("reply chunks", () => {
     expect(once.messages.m1?.reply?.text).toBe("a b");
   });
 
+  it("of a newer attempt replace the older attempt's, which is then ignored", () => {
+    let s = c.accepted(c.submitted(c.emptyConversation, "m1", "q", 1), "m1");
+    s = c.replied(s, reply(0, "The cat "));
+    s = c.replied(s, { ...reply(0, "A dog "), attempt: 8 });
+    expect(s.messages.m1?.reply).toMatchObject({ text: "A dog ", restarts: 1 });
+    expect(s.messages.m1?.status).toBe("processing");
+    s = c.replied(s, reply(2, "down.", true));
+    expect(s.messages.m1?.reply).toMatchObject({ text: "A dog ", complete: false });
+    s = c.replied(s, { ...reply(1, "ran.", true), attempt: 8 });
+    expect(s.messages.m1).toMatchObject({ status: "answered", reply: { text: "A dog ran.", complete: true } });
+  });
+
   it("for a message this page does not know still show", () => {
     const s = c.replied(c.emptyConversation, { ...reply(0, "late", true), in_reply_to: "gone" });
     expect(s.messages.gone?.text).toBeNull();

@@ -1,6 +1,7 @@
 // The conversation as the page shows it: a pure model, updated by what the
 // user does and what the gateway says. No I/O here; see client.ts.
 
+import { addChunk, noAnswer, type Answer } from "./answer";
 import { MAX_CONTEXT_CHARS, MAX_CONTEXT_TURNS, type ErrorInfo, type MessageProgress, type ServerFrame, type Turn } from "./protocol";
 
 /**
@@ -16,18 +17,8 @@ const FINISHED: ReadonlySet<Status> = new Set(["answered", "cancelled"]);
 /** Statuses of a message the service has and has not finished answering. */
 const IN_PROGRESS: ReadonlySet<Status> = new Set(["queued", "processing", "cancelling"]);
 
-export type Reply = {
-  id: string;
-  /** Chunk texts by seq; a repeat of a seq is ignored. */
-  chunks: Record<number, string>;
-  /** The seq of the final chunk, once seen. */
-  finalSeq: number | null;
-  /** The text of chunks 0..n without gaps: what can be shown. */
-  text: string;
-  complete: boolean;
-  /** The answer was stopped (its final chunk says so). */
-  cancelled?: boolean;
-};
+/** The answer to one of my messages (answer.ts has the rule it follows). */
+export type Reply = { id: string } & Answer;
 
 export type Message = {
   id: string;
@@ -72,10 +63,15 @@ function trim(c: Conversation): Conversation {
   return { order, messages };
 }
 
-/** How far along a message is, to pick the fresher of two copies. */
-function progress(m: Message): number {
-  const rank = { sending: 0, failed: 1, queued: 2, processing: 3, cancelling: 4, answered: 5, cancelled: 5 }[m.status];
-  return rank * 1_000_000 + Object.keys(m.reply?.chunks ?? {}).length;
+/** Whether copy `a` of a message is further along than copy `b`. */
+function furtherAlong(a: Message, b: Message): boolean {
+  const rank = (m: Message) =>
+    ({ sending: 0, failed: 1, queued: 2, processing: 3, cancelling: 4, answered: 5, cancelled: 5 })[m.status];
+  if (rank(a) !== rank(b)) return rank(a) > rank(b);
+  const attempt = (m: Message) => m.reply?.attempt ?? 0;
+  if (attempt(a) !== attempt(b)) return attempt(a) > attempt(b);
+  const chunks = (m: Message) => Object.keys(m.reply?.chunks ?? {}).length;
+  return chunks(a) > chunks(b);
 }
 
 /**
@@ -90,7 +86,7 @@ export function merged(mine: Conversation, theirs: Conversation): Conversation {
     const their = theirs.messages[id];
     if (!their) continue;
     const my = messages[id];
-    if (my ? progress(their) > progress(my) : their.status !== "sending") {
+    if (my ? furtherAlong(their, my) : their.status !== "sending") {
       messages[id] = their;
       changed = true;
     }
@@ -155,21 +151,9 @@ export function retried(c: Conversation, id: string): Conversation {
   return put(c, { ...m, status: "sending", error: null });
 }
 
-function contiguousText(chunks: Record<number, string>): string {
-  let text = "";
-  for (let seq = 0; seq in chunks; seq++) text += chunks[seq];
-  return text;
-}
-
-function isComplete(chunks: Record<number, string>, finalSeq: number | null): boolean {
-  if (finalSeq === null) return false;
-  for (let seq = 0; seq <= finalSeq; seq++) if (!(seq in chunks)) return false;
-  return true;
-}
-
 /**
- * A reply chunk arrived. Chunks are placed by seq whatever order they come
- * in; a chunk already seen changes nothing (at-least-once delivery).
+ * A reply chunk arrived: taken in by the attempt rule (answer.ts) — placed
+ * by seq, a repeat changes nothing, a newer attempt replaces an older one.
  */
 export function replied(
   c: Conversation,
@@ -185,17 +169,13 @@ export function replied(
     reply: null,
     createdAt: now,
   };
-  const reply: Reply = m.reply ?? { id: frame.id, chunks: {}, finalSeq: null, text: "", complete: false };
-  if (frame.seq in reply.chunks) return c;
-  const chunks = { ...reply.chunks, [frame.seq]: frame.text };
-  const finalSeq = frame.final ? frame.seq : reply.finalSeq;
-  const complete = isComplete(chunks, finalSeq);
-  const cancelled = reply.cancelled === true || (frame.final && frame.cancelled === true);
-  const next: Reply = { id: reply.id, chunks, finalSeq, text: contiguousText(chunks), complete, cancelled };
-  const status: Status = complete
-    ? cancelled ? "cancelled" : "answered"
-    : cancelled || m.status === "cancelling" ? "cancelling" : "processing";
-  return put(c, { ...m, reply: next, status, error: null });
+  const reply: Reply = m.reply ?? { id: frame.id, ...noAnswer };
+  const next = addChunk(reply, frame);
+  if (next === reply) return c;
+  const status: Status = next.complete
+    ? next.cancelled ? "cancelled" : "answered"
+    : next.cancelled || m.status === "cancelling" ? "cancelling" : "processing";
+  return put(c, { ...m, reply: { ...next, id: reply.id }, status, error: null });
 }
 
 /**

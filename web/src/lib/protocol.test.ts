@@ -26,6 +26,9 @@ describe("parseServerFrame", () => {
     expect(
       parseServerFrame('{"type":"reply","id":"r","in_reply_to":"m1","seq":3,"text":"","final":true,"cancelled":true}'),
     ).toEqual({ type: "reply", id: "r", in_reply_to: "m1", seq: 3, text: "", final: true, cancelled: true });
+    expect(
+      parseServerFrame('{"type":"reply","id":"r","in_reply_to":"m1","seq":0,"attempt":9,"text":"a","final":false}'),
+    ).toEqual({ type: "reply", id: "r", in_reply_to: "m1", seq: 0, attempt: 9, text: "a", final: false });
   });
 
   it("ignores what it does not understand instead of throwing", () => {
@@ -40,6 +43,8 @@ describe("parseServerFrame", () => {
       '{"type":"reply","id":"r","in_reply_to":"m","seq":-1,"text":"x","final":false}',
       '{"type":"reply","id":"r","in_reply_to":"m","seq":1.5,"text":"x","final":false}',
       '{"type":"reply","id":"r","in_reply_to":"m","seq":0,"text":"x"}',
+      '{"type":"reply","id":"r","in_reply_to":"m","seq":0,"attempt":-1,"text":"x","final":false}',
+      '{"type":"reply","id":"r","in_reply_to":"m","seq":0,"attempt":"2","text":"x","final":false}',
       '{"type":"error","code":5,"message":"x"}',
       '{"type":"message_status","id":"m1","status":"dreaming"}',
     ]) {

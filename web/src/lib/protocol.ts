@@ -12,6 +12,8 @@ export type ServerFrame =
       id: string;
       in_reply_to: string;
       seq: number;
+      /** Which attempt at the answer (left out on the first): docs/protocol.md §3. */
+      attempt?: number;
       text: string;
       final: boolean;
       /** Set on a final chunk when the request could not be answered. */
@@ -59,7 +61,8 @@ export function parseServerFrame(text: string): ServerFrame | null {
         Number.isInteger(f.seq) &&
         (f.seq as number) >= 0 &&
         isString(f.text) &&
-        typeof f.final === "boolean"
+        typeof f.final === "boolean" &&
+        (f.attempt === undefined || (Number.isSafeInteger(f.attempt) && (f.attempt as number) >= 0))
       ) {
         const failure = f.error as Record<string, unknown> | undefined;
         return {
@@ -67,6 +70,7 @@ export function parseServerFrame(text: string): ServerFrame | null {
           id: f.id,
           in_reply_to: f.in_reply_to,
           seq: f.seq as number,
+          ...(f.attempt ? { attempt: f.attempt as number } : {}),
           text: f.text,
           final: f.final,
           ...(failure && isString(failure.code) && isString(failure.message)

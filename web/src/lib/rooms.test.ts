@@ -36,12 +36,16 @@ describe("rooms", () => {
     expect(r.inviteFromHash("#other")).toBeNull();
   });
 
-  it("streams the assistant's answer under the message it answers, once per chunk", () => {
-    const chunk = (seq: number, text: string, final = false) => ({ in_reply_to: "m1", seq, text, final });
+  it("streams the assistant's answer under the message it answers, once per chunk, the newest attempt shown", () => {
+    const chunk = (seq: number, text: string, final = false, attempt = 0) => ({ in_reply_to: "m1", seq, text, final, attempt });
     let s = r.answerChunk(r.noRooms, "R", chunk(1, "there", true));
-    expect(r.answerText(s.byId.R!.answers.m1!)).toEqual({ text: "", complete: false });
+    expect(s.byId.R!.answers.m1).toMatchObject({ text: "", complete: false });
     s = r.answerChunk(s, "R", chunk(0, "Hi "));
     expect(r.answerChunk(s, "R", chunk(0, "Hi "))).toBe(s);
-    expect(r.answerText(s.byId.R!.answers.m1!)).toEqual({ text: "Hi there", complete: true });
+    expect(s.byId.R!.answers.m1).toMatchObject({ text: "Hi there", complete: true });
+    let t = r.answerChunk(r.noRooms, "R", chunk(0, "Hello "));
+    t = r.answerChunk(t, "R", chunk(0, "Howdy ", false, 8));
+    t = r.answerChunk(t, "R", chunk(2, "you", true));
+    expect(t.byId.R!.answers.m1).toMatchObject({ text: "Howdy ", restarts: 1, complete: false });
   });
 });

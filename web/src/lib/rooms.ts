@@ -1,6 +1,8 @@
 // Rooms as the page shows them: a pure model (no I/O), updated by what the
 // REST API returns and what the socket delivers (docs/protocol.md §8).
 
+import { addChunk, noAnswer, type Answer, type Chunk } from "./answer";
+
 export type RoomSummary = { id: string; name: string };
 export type Member = { user_id: string; online: boolean };
 
@@ -21,16 +23,6 @@ export type RoomView = {
   answers: Record<string, Answer>;
 };
 
-/** The assistant's answer to a room message, as it streams. */
-export type Answer = { chunks: Record<number, string>; finalSeq: number | null; failed: string | null };
-
-/** The contiguous text of an answer so far, and whether it is whole. */
-export function answerText(answer: Answer): { text: string; complete: boolean } {
-  let text = "";
-  let seq = 0;
-  for (; seq in answer.chunks; seq++) text += answer.chunks[seq];
-  return { text, complete: answer.finalSeq !== null && seq > answer.finalSeq };
-}
 
 export type Rooms = {
   list: RoomSummary[];
@@ -77,24 +69,12 @@ export function messageArrived(rooms: Rooms, roomId: string, message: RoomMessag
   return put(rooms, { ...room, messages });
 }
 
-/** A chunk of the assistant's answer to room message `inReplyTo`; once per seq. */
-export function answerChunk(
-  rooms: Rooms,
-  roomId: string,
-  chunk: { in_reply_to: string; seq: number; text: string; final: boolean; error?: { message: string } },
-): Rooms {
+/** A chunk of the assistant's answer to room message `in_reply_to`, by the attempt rule (answer.ts). */
+export function answerChunk(rooms: Rooms, roomId: string, chunk: Chunk & { in_reply_to: string }): Rooms {
   const room = view(rooms, roomId);
-  const answer = room.answers[chunk.in_reply_to] ?? { chunks: {}, finalSeq: null, failed: null };
-  if (chunk.error) {
-    const failed = { ...answer, failed: chunk.error.message };
-    return put(rooms, { ...room, answers: { ...room.answers, [chunk.in_reply_to]: failed } });
-  }
-  if (chunk.seq in answer.chunks) return rooms;
-  const next: Answer = {
-    chunks: { ...answer.chunks, [chunk.seq]: chunk.text },
-    finalSeq: chunk.final ? chunk.seq : answer.finalSeq,
-    failed: answer.failed,
-  };
+  const answer = room.answers[chunk.in_reply_to] ?? noAnswer;
+  const next = addChunk(answer, chunk);
+  if (next === answer) return rooms;
   return put(rooms, { ...room, answers: { ...room.answers, [chunk.in_reply_to]: next } });
 }
 

@@ -60,6 +60,7 @@ impl OutboundReply {
             id: chunk.id,
             in_reply_to: chunk.in_reply_to,
             seq: chunk.seq,
+            attempt: chunk.attempt,
             text: chunk.text,
             r#final: chunk.r#final,
             error: chunk.error,

@@ -17,4 +17,5 @@
 mod cluster;
 mod model;
 mod processes;
+mod random_model;
 mod scenarios;

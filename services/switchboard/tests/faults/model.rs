@@ -1,11 +1,13 @@
 //! Users that behave like the web page (reconnect, re-send unaccepted
-//! messages with the same ids, acknowledge chunks, show each (reply id, seq)
-//! once), and the classification of what they saw.
+//! messages with the same ids, acknowledge chunks, show each answer by the
+//! attempt rule — one attempt whole, each chunk once), and the
+//! classification of what they saw.
 
 use crate::processes::TEMPLATE;
+use protocol::answer::{Arrival, ShownAnswer};
 use protocol::ws::{ClientFrame, ServerFrame};
 use protocol::{MessageId, ReplyId};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +16,7 @@ use testkit::{ChatClient, Guest};
 use tokio::time::Instant;
 
 /// How a user behaves in a scenario.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Behaviour {
     pub messages: usize,
     /// Pause between new messages.
@@ -23,19 +25,31 @@ pub struct Behaviour {
     pub drop_one_in: Option<u64>,
     /// Every this-many messages is a poison request.
     pub poison_one_in: Option<usize>,
+    /// Whether an answer shown for a message is right: `(message text,
+    /// answer text)`. The mock's template by default.
+    pub right_answer: RightAnswer,
+}
+
+/// Judges an answer shown for a message: `(message text, answer text)`.
+pub type RightAnswer = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// The mock's answer to `text`.
+pub fn the_template(text: &str, shown: &str) -> bool {
+    shown == TEMPLATE.replace("{text}", text)
 }
 
 /// What one message became.
 #[derive(Debug, Default)]
 struct Seen {
     accepted: bool,
-    /// Shown chunks by seq, as the page shows them.
-    shown: BTreeMap<u32, String>,
+    /// The answer as the page shows it.
+    answer: ShownAnswer,
     reply_ids: HashSet<ReplyId>,
-    final_seq: Option<u32>,
-    /// The highest seq shown so far.
-    highest_seq: Option<u32>,
-    failed: bool,
+    /// The highest seq seen so far, by attempt.
+    highest: HashMap<u64, u32>,
+    /// Every chunk as it came: (attempt, seq, text, what became of it), to
+    /// explain a wrong answer.
+    log: Vec<(u64, u32, String, Arrival)>,
     /// Last time it was sent, to re-send after a retryable refusal.
     sent_at: Option<Instant>,
     /// When the user first sent it, and when its answer was complete.
@@ -45,10 +59,7 @@ struct Seen {
 
 impl Seen {
     fn resolved(&self) -> bool {
-        self.failed
-            || self
-                .final_seq
-                .is_some_and(|f| (0..=f).all(|s| self.shown.contains_key(&s)))
+        self.answer.is_complete()
     }
 }
 
@@ -62,6 +73,10 @@ pub struct Tally {
     pub lost: usize,
     pub chunks_shown_once: usize,
     pub wire_repeats_dropped: usize,
+    /// Chunks of an older attempt than the one shown, not shown.
+    pub stale_dropped: usize,
+    /// Answers a newer attempt replaced while they streamed.
+    pub restarted: usize,
     pub chunks_missing: usize,
     pub shown_twice: usize,
     pub wrong_answers: usize,
@@ -82,6 +97,8 @@ impl Tally {
         self.lost += other.lost;
         self.chunks_shown_once += other.chunks_shown_once;
         self.wire_repeats_dropped += other.wire_repeats_dropped;
+        self.stale_dropped += other.stale_dropped;
+        self.restarted += other.restarted;
         self.chunks_missing += other.chunks_missing;
         self.shown_twice += other.shown_twice;
         self.wrong_answers += other.wrong_answers;
@@ -123,7 +140,7 @@ impl Tally {
     pub fn print(&self, scenario: &str) {
         println!(
             "[faults] {scenario}: requests {} accepted {} answered {} failed+told {} LOST {} | \
-             chunks shown once {} repeats dropped {} MISSING {} SHOWN TWICE {} wrong answers {} out of order {} | reconnects {}",
+             chunks shown once {} repeats dropped {} stale dropped {} restarted {} MISSING {} SHOWN TWICE {} WRONG ANSWERS {} out of order {} | reconnects {}",
             self.requests,
             self.accepted,
             self.answered,
@@ -131,6 +148,8 @@ impl Tally {
             self.lost,
             self.chunks_shown_once,
             self.wire_repeats_dropped,
+            self.stale_dropped,
+            self.restarted,
             self.chunks_missing,
             self.shown_twice,
             self.wrong_answers,
@@ -193,6 +212,7 @@ async fn run_user(
     let mut messages: Vec<(MessageId, String)> = Vec::new();
     let mut seen: HashMap<MessageId, Seen> = HashMap::new();
     let mut wire_repeats = 0;
+    let mut stale = 0;
     let mut reconnects = 0;
     let mut released = 0;
     let mut resolved = HashSet::new();
@@ -230,10 +250,11 @@ async fn run_user(
                     if released < behaviour.messages {
                         released += 1;
                         let poison = behaviour.poison_one_in.is_some_and(|n| released % n == 0);
+                        // Unique across users: a model's answers are told apart by it.
                         let text = if poison {
-                            format!("message {released} {}", crate::processes::POISON)
+                            format!("user {n} message {released} {}", crate::processes::POISON)
                         } else {
-                            format!("message {released}")
+                            format!("user {n} message {released}")
                         };
                         let id = MessageId::new_random();
                         messages.push((id, text.clone()));
@@ -267,22 +288,19 @@ async fn run_user(
                             // A reply proves the message was taken.
                             s.accepted = true;
                             s.reply_ids.insert(chunk.id);
-                            if chunk.error.is_some() {
-                                s.failed = true;
-                            } else {
-                                match s.shown.entry(chunk.seq) {
-                                    std::collections::btree_map::Entry::Occupied(_) => wire_repeats += 1,
-                                    std::collections::btree_map::Entry::Vacant(slot) => {
-                                        if s.highest_seq.is_some_and(|h| h > chunk.seq) {
-                                            out_of_order += 1;
-                                        }
-                                        s.highest_seq = s.highest_seq.max(Some(chunk.seq));
-                                        slot.insert(chunk.text);
-                                        if chunk.r#final {
-                                            s.final_seq = Some(chunk.seq);
-                                        }
+                            let arrival = s.answer.add(&chunk);
+                            s.log.push((chunk.attempt, chunk.seq, chunk.text.clone(), arrival));
+                            match arrival {
+                                Arrival::Repeat => wire_repeats += 1,
+                                Arrival::Stale => stale += 1,
+                                Arrival::Shown | Arrival::Restarted => {
+                                    let highest = s.highest.entry(chunk.attempt).or_default();
+                                    if *highest > chunk.seq {
+                                        out_of_order += 1;
                                     }
+                                    *highest = (*highest).max(chunk.seq);
                                 }
+                                Arrival::AfterEnd | Arrival::Failed => {}
                             }
                             if s.resolved() && resolved.insert(chunk.in_reply_to) {
                                 s.resolved_at = Some(Instant::now());
@@ -309,6 +327,7 @@ async fn run_user(
     let mut tally = Tally {
         requests: messages.len(),
         wire_repeats_dropped: wire_repeats,
+        stale_dropped: stale,
         out_of_order,
         reconnects,
         ..Tally::default()
@@ -316,24 +335,27 @@ async fn run_user(
     for (id, text) in &messages {
         let s = &seen[id];
         tally.accepted += usize::from(s.accepted);
-        if s.failed {
+        tally.restarted += s.answer.restarts() as usize;
+        if s.answer.error().is_some() {
             tally.failed_and_told += 1;
         } else if s.resolved() {
             tally.answered += 1;
             if let (Some(released), Some(resolved)) = (s.released_at, s.resolved_at) {
                 tally.completions.push((resolved, resolved - released));
             }
-            let shown: String = s.shown.values().map(String::as_str).collect();
-            if shown != TEMPLATE.replace("{text}", text) {
+            if !(behaviour.right_answer)(text, &s.answer.text()) {
                 tally.wrong_answers += 1;
+                println!(
+                    "[faults] WRONG ANSWER to {text:?}: shown {:?}; chunks as they came (attempt, seq, text, fate): {:?}",
+                    s.answer.text(),
+                    s.log
+                );
             }
         } else {
             tally.lost += 1;
-            if let Some(f) = s.final_seq {
-                tally.chunks_missing += (0..=f).filter(|seq| !s.shown.contains_key(seq)).count();
-            }
+            tally.chunks_missing += s.answer.missing();
         }
-        tally.chunks_shown_once += s.shown.len();
+        tally.chunks_shown_once += s.answer.chunks();
         // Two reply ids for one message would put the answer on screen twice.
         tally.shown_twice += s.reply_ids.len().saturating_sub(1);
     }

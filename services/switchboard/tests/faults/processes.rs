@@ -87,6 +87,9 @@ pub struct Stack {
     pub addrs: Vec<SocketAddr>,
     pub words_per_chunk: usize,
     pub chunk_delay_ms: u64,
+    /// An OpenAI-compatible model the responders ask (`openai.base_url`)
+    /// instead of the mock.
+    pub model_url: Option<String>,
 }
 
 pub const POISON: &str = "[[poison]]";
@@ -106,6 +109,7 @@ impl Stack {
             addrs: listeners.iter().map(|l| l.local_addr().unwrap()).collect(),
             words_per_chunk: 2,
             chunk_delay_ms: 5,
+            model_url: None,
         }
     }
 
@@ -145,6 +149,11 @@ impl Stack {
             self.chunk_delay_ms.to_string(),
         ));
         env.push(("SWITCHBOARD_MOCK__FAIL_MARKER", POISON.into()));
+        if let Some(url) = &self.model_url {
+            env.push(("SWITCHBOARD_ENGINE__KIND", "openai".into()));
+            env.push(("SWITCHBOARD_OPENAI__BASE_URL", url.clone()));
+            env.push(("SWITCHBOARD_OPENAI__MODEL", "fake-random".into()));
+        }
         Service::spawn("responder", &format!("{}.responder", self.name), &env)
     }
 

@@ -12,8 +12,8 @@ use tokio::sync::Mutex;
 /// Scenarios share the broker (and one restarts it): one at a time.
 pub static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
-const USERS: usize = 4;
-const MESSAGES: usize = 60;
+pub const USERS: usize = 4;
+pub const MESSAGES: usize = 60;
 const DEADLINE: Duration = Duration::from_secs(120);
 
 pub fn behaviour() -> Behaviour {
@@ -23,6 +23,7 @@ pub fn behaviour() -> Behaviour {
         pace: Duration::from_millis(50),
         drop_one_in: None,
         poison_one_in: None,
+        right_answer: Arc::new(crate::model::the_template),
     }
 }
 
@@ -117,6 +118,33 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// SIGKILLs a responder, mid-answer as likely as not, and starts
+    /// another in its place.
+    pub fn kill_a_responder(&mut self) {
+        self.responders.remove(0).kill();
+        self.responders.push(self.stack.responder());
+    }
+
+    /// Waits until `more` further messages are resolved (or all are).
+    pub async fn until_resolved_more(&self, more: usize) {
+        let target = (self.resolved.load(Ordering::Relaxed) + more).min(USERS * MESSAGES);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while self.resolved.load(Ordering::Relaxed) < target {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "answers stopped coming"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether every message is resolved.
+    pub fn all_resolved(&self) -> bool {
+        self.resolved.load(Ordering::Relaxed) >= USERS * MESSAGES
+    }
+}
+
 /// The promise: every request accepted and accounted for, nothing lost,
 /// nothing missing, nothing shown twice, every answer right.
 pub fn assert_kept(scenario: &str, tally: &Tally, poisoned: usize) {
@@ -146,10 +174,7 @@ async fn a_responder_killed_mid_stream_loses_nothing() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let mut s = Scenario::start("responder-sigkill", 2).await;
     let tally = s
-        .run(behaviour(), async |s: &mut Scenario| {
-            s.responders.remove(0).kill();
-            s.responders.push(s.stack.responder());
-        })
+        .run(behaviour(), async |s: &mut Scenario| s.kill_a_responder())
         .await;
     assert_kept("responder SIGKILL mid-stream", &tally, 0);
 }

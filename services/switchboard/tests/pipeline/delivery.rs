@@ -1,4 +1,5 @@
 use crate::stack::{Mock, TestStack, expected_answer, wait_counters};
+use protocol::answer::ShownAnswer;
 use std::collections::BTreeSet;
 use testkit::ChatClient;
 
@@ -73,7 +74,7 @@ async fn a_responder_killed_mid_answer_leaves_no_request_unanswered() {
     );
 
     // Another responder (same answer, no delay) takes the requeued request
-    // and answers it in full.
+    // and answers it in full, as a later attempt.
     let fast = Mock {
         chunk_delay_ms: 0,
         ..slow
@@ -82,24 +83,26 @@ async fn a_responder_killed_mid_answer_leaves_no_request_unanswered() {
     let rest = client.collect_reply(id).await.unwrap();
     wait_counters(&mut counters, "the survivor answered", |c| c.answered == 1).await;
 
-    let last = rest.last().unwrap();
-    assert!(last.r#final);
-    // At-least-once on the wire: seqs may repeat, but none may be missing,
-    // and a repeated seq carries the same text (derived ids, same answer).
-    let mut by_seq = std::collections::BTreeMap::new();
-    if let protocol::ws::ServerFrame::Reply(c) = first {
-        by_seq.insert(c.seq, c.text);
-    }
+    let protocol::ws::ServerFrame::Reply(first) = first else {
+        unreachable!()
+    };
+    let mut shown = ShownAnswer::default();
+    shown.add(&first);
     for chunk in &rest {
-        if let Some(earlier) = by_seq.insert(chunk.seq, chunk.text.clone()) {
-            assert_eq!(earlier, chunk.text, "a repeated chunk is the same chunk");
-        }
-        assert_eq!(chunk.id, last.id, "one reply id across both responders");
+        shown.add(chunk);
+        assert_eq!(chunk.id, first.id, "one reply id across both responders");
     }
-    let seqs: BTreeSet<u32> = by_seq.keys().copied().collect();
-    assert_eq!(seqs, (0..=last.seq).collect::<BTreeSet<_>>());
-    let text: String = by_seq.values().map(String::as_str).collect();
-    assert_eq!(text, expected_answer("please survive this"));
+    assert!(
+        rest.iter().any(|c| c.attempt > first.attempt),
+        "the survivor's answer is a later attempt: {rest:?}"
+    );
+    assert_eq!(
+        shown.restarts(),
+        1,
+        "what the first attempt showed was replaced"
+    );
+    assert!(shown.is_complete());
+    assert_eq!(shown.text(), expected_answer("please survive this"));
 }
 
 #[tokio::test]

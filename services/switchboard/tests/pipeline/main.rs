@@ -19,3 +19,4 @@ mod round_trip;
 mod scale;
 mod security;
 mod status;
+mod streaming;

@@ -51,7 +51,6 @@ async fn the_model_answers_with_the_conversation_as_context() {
     let id = send_with_context(&mut client, "what now?", context).await;
     let chunks = client.collect_reply(id).await.unwrap();
     assert_eq!(text_of(&chunks), model_answer("what now?"));
-    assert!(chunks.len() > 2, "streamed piece by piece");
     let seqs: Vec<u32> = chunks.iter().map(|c| c.seq).collect();
     assert_eq!(seqs, (0..chunks.len() as u32).collect::<Vec<_>>());
     let messages = &model.bodies()[0]["messages"];
@@ -108,6 +107,28 @@ async fn a_failing_or_cut_off_model_gives_a_clear_error_once_and_is_not_retried(
     .await;
     assert_eq!(model.bodies().len(), 3, "each asked once: not retried");
     assert!(client.frames_before_pong().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_slow_models_pieces_go_out_as_they_come() {
+    // 100 ms between words, longer than the 40 ms the responder gathers
+    // pieces for: no word waits for another.
+    let model = FakeModel::start().await;
+    let (stack, _) = stack_with_model(&model).await;
+    let (_, mut client) = stack.client().await;
+    let id = client.send_accepted("[[slow]] one two").await.unwrap();
+    let chunks = client.collect_reply(id).await.unwrap();
+    let answer = model_answer("[[slow]] one two");
+    assert_eq!(text_of(&chunks), answer);
+    let words = answer.split_whitespace().count();
+    // The end of the stream may come with the last word or just after it.
+    assert!(chunks.len() >= words, "a chunk per word: {chunks:?}");
+    assert!(
+        chunks
+            .iter()
+            .take(words - 1)
+            .all(|c| c.text.split_whitespace().count() == 1)
+    );
 }
 
 #[tokio::test]

@@ -3,7 +3,13 @@ use protocol::ReplyId;
 
 #[tokio::test]
 async fn a_message_is_answered_with_chunks_streamed_in_order() {
-    let stack = TestStack::start(1, Mock::default()).await;
+    // Pieces further apart than the responder gathers them (40 ms): each
+    // goes out as a chunk of its own.
+    let paced = Mock {
+        chunk_delay_ms: 50,
+        ..Mock::default()
+    };
+    let stack = TestStack::start(1, paced).await;
     let (guest, mut client) = stack.client().await;
     assert_eq!(
         client.user_id, guest.user_id,
