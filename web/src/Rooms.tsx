@@ -1,9 +1,6 @@
-import { useEffect, useState, type FormEvent } from "react";
+import { useState, type FormEvent } from "react";
 import type { ChatClient } from "./lib/client";
 import { deliveredTo, inviteLink, readBy, type Rooms } from "./lib/rooms";
-
-/** How often an open room's member list (presence) is refreshed. */
-const PRESENCE_REFRESH_MS = 10_000;
 
 /** The room list: the assistant, my rooms, and a way to create one. */
 export function RoomNav({ client, rooms }: { client: ChatClient; rooms: Rooms }) {
@@ -14,6 +11,7 @@ export function RoomNav({ client, rooms }: { client: ChatClient; rooms: Rooms })
     void client.createRoom(name.trim());
     setName("");
   };
+  if (rooms.off) return null;
   return (
     <nav className="rooms" aria-label="Conversations">
       <button
@@ -52,11 +50,6 @@ export function RoomPane({ client, rooms, me }: { client: ChatClient; rooms: Roo
   const room = rooms.active ? rooms.byId[rooms.active] : undefined;
   const [text, setText] = useState("");
   const id = rooms.active;
-  useEffect(() => {
-    if (!id) return;
-    const timer = window.setInterval(() => void client.refreshRoom(id), PRESENCE_REFRESH_MS);
-    return () => window.clearInterval(timer);
-  }, [client, id]);
   if (!id) return null;
   const send = (e: FormEvent) => {
     e.preventDefault();

@@ -194,7 +194,9 @@ impl Session {
     async fn close(&self, code: u16, text: &str) {
         let closing = self.inner.connection.close(code, text.into());
         if let Ok(Err(e)) = timeout(Duration::from_secs(2), closing).await {
-            warn!(error = %e, "closing the AMQP connection failed");
+            // A channel still closing makes lapin refuse; the connection is
+            // dropped all the same (unacked deliveries are requeued).
+            debug!(error = %e, "closing the AMQP connection cleanly failed; dropped");
         }
     }
 }
@@ -413,11 +415,14 @@ async fn supervise(inner: Arc<Inner>, connection_name: String) {
 }
 
 /// What has been said about RabbitMQ being unreachable: one line when it
-/// starts, a reminder a minute, one line when it ends — not a line per try.
+/// starts, a reminder a minute, one line when it ends — not a line per try,
+/// and one voice per process (two services in one process share a broker).
 #[derive(Debug, Default)]
 struct Unreachable {
     /// When the first round of tries failed, and when it was last said.
     since: Option<(tokio::time::Instant, tokio::time::Instant)>,
+    /// This connection speaks for the process; another one is quiet.
+    loud: bool,
 }
 
 impl Unreachable {
@@ -432,21 +437,23 @@ impl Unreachable {
         match self.since {
             None => {
                 self.since = Some((now, now));
-                // Two services in one process: the hint once.
-                let hint = if UNREACHABLE_EXPLAINED.swap(true, Ordering::Relaxed) {
-                    ""
-                } else {
-                    " Start one (`rabbitmq-server -detached`, or `docker compose up rabbitmq`) or set AMQP_URL."
-                };
+                self.loud = !UNREACHABLE_EXPLAINED.swap(true, Ordering::Relaxed);
+                if !self.loud {
+                    debug!(connection, error = %error, "RabbitMQ is not reachable (said once for the process)");
+                    return;
+                }
                 warn!(
                     connection,
                     url = %settings.redacted_url(),
                     error = %error,
-                    "RabbitMQ is not reachable; retrying every {:?} at most, and saying so once a minute.{hint}",
+                    "RabbitMQ is not reachable; retrying every {:?} at most, and saying so once a minute. \
+                     Start one (`rabbitmq-server -detached`, or `docker compose up rabbitmq`) or set AMQP_URL.",
                     Duration::from_millis(settings.reconnect_max_ms),
                 );
             }
-            Some((first, said)) if now.duration_since(said) >= UNREACHABLE_REMINDER => {
+            Some((first, said))
+                if self.loud && now.duration_since(said) >= UNREACHABLE_REMINDER =>
+            {
                 self.since = Some((first, now));
                 warn!(
                     connection,
@@ -462,7 +469,9 @@ impl Unreachable {
 
     fn ended(&mut self, connection: &str) {
         if let Some((first, _)) = self.since.take() {
-            UNREACHABLE_EXPLAINED.store(false, Ordering::Relaxed);
+            if self.loud {
+                UNREACHABLE_EXPLAINED.store(false, Ordering::Relaxed);
+            }
             info!(
                 connection,
                 after_secs = first.elapsed().as_secs(),

@@ -5,7 +5,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use protocol::UserId;
 use protocol::amqp::{
     CANCEL_TYPE, CHAT_REQUEST_TYPE, CONTENT_TYPE, REPLY_CHUNK_TYPE, ROOM_MESSAGE_TYPE,
-    ROOM_RECEIPT_TYPE, STATUS_TYPE, USER_ID_HEADER,
+    ROOM_PRESENCE_TYPE, ROOM_RECEIPT_TYPE, STATUS_TYPE, USER_ID_HEADER,
 };
 use protocol::trace::{TRACEPARENT_HEADER, TraceParent};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -112,6 +112,18 @@ pub fn room_receipt(receipt: &protocol::amqp::RoomReceipt, trace: &TraceParent) 
         ROOM_RECEIPT_TYPE,
         &receipt.user_id,
         trace,
+    )
+    .with_delivery_mode(TRANSIENT)
+}
+
+/// Properties of a [`protocol::amqp::RoomPresence`]: transient, like a
+/// receipt — advisory, and stale by the time a broker restart is over.
+pub fn room_presence(presence: &protocol::amqp::RoomPresence) -> BasicProperties {
+    persistent_json(
+        format!("{}:{}:presence", presence.room_id, presence.user_id),
+        ROOM_PRESENCE_TYPE,
+        &presence.user_id,
+        &TraceParent::new_root(),
     )
     .with_delivery_mode(TRANSIENT)
 }

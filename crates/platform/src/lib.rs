@@ -1,5 +1,6 @@
 //! Process plumbing every Switchboard service shares, set up once per process:
 //!
+//! - [`cli`] — `--help` and `--version`.
 //! - [`settings`] — layered configuration (built-in defaults, an optional file,
 //!   environment variables).
 //! - [`telemetry`] — the `tracing` subscriber (env filter; text or JSON).
@@ -9,6 +10,7 @@
 //!
 //! Nothing here knows about chat, WebSockets or RabbitMQ.
 
+pub mod cli;
 pub mod health;
 pub mod metrics;
 pub mod settings;

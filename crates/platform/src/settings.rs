@@ -7,6 +7,11 @@
 //! 4. environment variables `SWITCHBOARD_<SECTION>__<KEY>`, e.g.
 //!    `SWITCHBOARD_HTTP__LISTEN=0.0.0.0:8080`; a list-valued key takes a
 //!    comma-separated value.
+//!
+//! A key that no Switchboard service knows, in the file or in a variable, is
+//! an error naming the nearest known key (`unknown`).
+
+mod unknown;
 
 pub use config::ConfigError;
 use config::{Config, Environment, File, FileFormat};
@@ -19,8 +24,22 @@ pub const ENV_PREFIX: &str = "SWITCHBOARD";
 
 /// Loads settings of type `T` from `defaults` (TOML) and the layers above.
 /// `list_keys` are the keys (`section.key`) whose environment value is a
-/// comma-separated list.
-pub fn load<T: DeserializeOwned>(defaults: &str, list_keys: &[&str]) -> Result<T, ConfigError> {
+/// comma-separated list. A key that is neither in `defaults` nor in
+/// `others` (the other services' defaults: one environment may configure
+/// them all) is refused.
+pub fn load<T: DeserializeOwned>(
+    defaults: &str,
+    others: &[&str],
+    list_keys: &[&str],
+) -> Result<T, ConfigError> {
+    let known: Vec<&str> = std::iter::once(defaults)
+        .chain(others.iter().copied())
+        .collect();
+    unknown::refuse_unknown(
+        &known,
+        |name| std::env::var(name).ok(),
+        std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()),
+    )?;
     load_from(
         defaults,
         |name| std::env::var(name).ok(),

@@ -1,5 +1,14 @@
 //! The shutdown signal.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static BEGUN: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process has been asked to stop (by [`signal`]).
+pub fn has_begun() -> bool {
+    BEGUN.load(Ordering::Relaxed)
+}
+
 /// Resolves on Ctrl-C or SIGTERM (the signal Docker and Kubernetes send).
 pub async fn signal() {
     let ctrl_c = async {
@@ -26,4 +35,5 @@ pub async fn signal() {
         _ = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
         _ = terminate => tracing::info!("SIGTERM received, shutting down"),
     }
+    BEGUN.store(true, Ordering::Relaxed);
 }

@@ -29,6 +29,8 @@ pub const CANCEL_TYPE: &str = "chat.cancel";
 pub const ROOM_MESSAGE_TYPE: &str = "chat.room_message";
 /// AMQP `type` of a [`RoomReceipt`] (on the responses exchange, key `room.<id>`).
 pub const ROOM_RECEIPT_TYPE: &str = "chat.room_receipt";
+/// AMQP `type` of a [`RoomPresence`] (on the responses exchange, key `room.<id>`).
+pub const ROOM_PRESENCE_TYPE: &str = "chat.room_presence";
 
 /// A user's message, published by the gateway to `chat_queue` once the client
 /// sent it; consumed by exactly one responder at a time.
@@ -80,6 +82,21 @@ pub struct RoomReceipt {
     pub user_id: UserId,
     pub seq: u64,
     pub state: ReceiptState,
+}
+
+/// A member of a room came online or went offline (their first socket
+/// anywhere opened, their last one closed), joined (`member`) or left (not
+/// `member`). Advisory, transient, to every member: pages update the member
+/// list without asking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomPresence {
+    pub v: u16,
+    pub room_id: RoomId,
+    /// The member it is about.
+    pub user_id: UserId,
+    /// Still (or newly) a member; `false`: left the room.
+    pub member: bool,
+    pub online: bool,
 }
 
 /// How far a member is with a room message.

@@ -60,9 +60,11 @@ pub enum ErrorCode {
     NotAMember,
     /// The room invitation token is malformed, forged or expired.
     InvalidRoomToken,
-    /// Rooms are turned off here, or their database is unreachable right
-    /// now; try again later.
+    /// The rooms database is unreachable right now; try again later.
     RoomsUnavailable,
+    /// This deployment has rooms turned off (`rooms.database_url` empty):
+    /// asking again will not help.
+    RoomsDisabled,
     /// A text (a message, a room name) holds a character that is never
     /// allowed (NUL, or another control character than tab and newlines).
     InvalidText,
@@ -139,6 +141,7 @@ impl ErrorCode {
             Self::NotAMember => "no such room, or you are not one of its members",
             Self::InvalidRoomToken => "the invitation is invalid or expired; ask for a new one",
             Self::RoomsUnavailable => "rooms are unavailable right now; try again later",
+            Self::RoomsDisabled => "rooms are turned off on this server",
             Self::InvalidText => {
                 "the text holds a character that is not allowed (NUL or a control character)"
             }
@@ -168,7 +171,7 @@ impl ErrorCode {
             | Self::InvalidQuery => 400,
             Self::MissingToken | Self::InvalidToken => 401,
             Self::OriginNotAllowed | Self::GuestSessionsDisabled | Self::InvalidRoomToken => 403,
-            Self::NotAMember | Self::NotFound => 404,
+            Self::NotAMember | Self::NotFound | Self::RoomsDisabled => 404,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
             Self::NotAWebsocket => 426,
@@ -210,6 +213,7 @@ impl ErrorCode {
             Self::NotAMember => "not_a_member",
             Self::InvalidRoomToken => "invalid_room_token",
             Self::RoomsUnavailable => "rooms_unavailable",
+            Self::RoomsDisabled => "rooms_disabled",
             Self::InvalidText => "invalid_text",
             Self::TooManyPending => "too_many_pending",
             Self::InvalidQuery => "invalid_query",
@@ -223,7 +227,7 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         Self::InvalidJson,
         Self::InvalidFrame,
         Self::UnknownType,
@@ -247,6 +251,7 @@ impl ErrorCode {
         Self::NotAMember,
         Self::InvalidRoomToken,
         Self::RoomsUnavailable,
+        Self::RoomsDisabled,
         Self::InvalidText,
         Self::TooManyPending,
         Self::InvalidQuery,

@@ -370,6 +370,14 @@ pub enum ServerFrame {
         seq: u64,
         state: crate::amqp::ReceiptState,
     },
+    /// Member `user_id` came online or went offline, joined or (`member`
+    /// false) left the room. Advisory; not acknowledged.
+    RoomPresence {
+        room_id: RoomId,
+        user_id: UserId,
+        member: bool,
+        online: bool,
+    },
 }
 
 /// State of the gateway's link to RabbitMQ.
@@ -422,6 +430,7 @@ impl ServerFrame {
             Self::MessageStatus { .. } => "message_status",
             Self::RoomMessage { .. } => "room_message",
             Self::RoomReceipt { .. } => "room_receipt",
+            Self::RoomPresence { .. } => "room_presence",
         }
     }
 

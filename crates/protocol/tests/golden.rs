@@ -246,6 +246,27 @@ fn rooms() {
             r#"{{"type":"room_receipt","room_id":"{MSG}","user_id":"alice","seq":7,"state":"read"}}"#
         ),
     );
+    assert_golden(
+        &ServerFrame::RoomPresence {
+            room_id: room,
+            user_id: alice(),
+            member: true,
+            online: false,
+        },
+        &format!(
+            r#"{{"type":"room_presence","room_id":"{MSG}","user_id":"alice","member":true,"online":false}}"#
+        ),
+    );
+    assert_golden(
+        &amqp::RoomPresence {
+            v: 1,
+            room_id: room,
+            user_id: alice(),
+            member: false,
+            online: false,
+        },
+        &format!(r#"{{"v":1,"room_id":"{MSG}","user_id":"alice","member":false,"online":false}}"#),
+    );
     assert_eq!(
         protocol::topology::Names::room_routing_key(&room),
         format!("room.{MSG}")

@@ -39,9 +39,10 @@ pub async fn guest_session(addr: SocketAddr) -> anyhow::Result<Guest> {
 /// A WebSocket chat client, as a browser would be: it acknowledges every
 /// reply chunk it reads (unless built with [`ChatClient::without_acks`]).
 /// `message_status` frames (advisory progress, which may come before or
-/// after `accepted`) and `room_receipt`s are set aside in
-/// [`ChatClient::statuses`] and [`ChatClient::receipts`] rather than
-/// returned by [`ChatClient::next_frame`].
+/// after `accepted`), `room_receipt`s and `room_presence`s are set aside in
+/// [`ChatClient::statuses`], [`ChatClient::receipts`] and
+/// [`ChatClient::presences`] rather than returned by
+/// [`ChatClient::next_frame`].
 #[derive(Debug)]
 pub struct ChatClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -51,6 +52,9 @@ pub struct ChatClient {
     pub statuses: Vec<(MessageId, MessageStatus)>,
     /// Every `room_receipt` received, in order: (member, seq, state).
     pub receipts: Vec<(UserId, u64, ReceiptState)>,
+    /// Every `room_presence` received, in order: (member, still a member,
+    /// online).
+    pub presences: Vec<(UserId, bool, bool)>,
 }
 
 /// What ended a socket, as the client saw it.
@@ -93,6 +97,7 @@ impl ChatClient {
             acks: true,
             statuses: Vec::new(),
             receipts: Vec::new(),
+            presences: Vec::new(),
         };
         match client.next_frame().await? {
             ServerFrame::Welcome { user_id } => client.user_id = user_id,
@@ -209,6 +214,14 @@ impl ChatClient {
                             ..
                         } => {
                             self.receipts.push((user_id, seq, state));
+                        }
+                        ServerFrame::RoomPresence {
+                            user_id,
+                            member,
+                            online,
+                            ..
+                        } => {
+                            self.presences.push((user_id, member, online));
                         }
                         frame => return Ok(Some(frame)),
                     }

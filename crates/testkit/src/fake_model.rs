@@ -57,11 +57,16 @@ pub struct FakeModel {
     pub addr: SocketAddr,
     pub seen: Arc<Seen>,
     task: tokio::task::JoinHandle<()>,
+    /// Serving https: the PEM file of its self-signed certificate.
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl Drop for FakeModel {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(dir) = self.ca_file.as_ref().and_then(|f| f.parent()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -109,12 +114,79 @@ impl FakeModel {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { addr, seen, task }
+        Self {
+            addr,
+            seen,
+            task,
+            ca_file: None,
+        }
     }
 
-    /// `openai.base_url` for this server.
+    /// The same server over https, with a certificate for `localhost` and
+    /// `127.0.0.1` it makes itself ([`FakeModel::ca_file`] holds it, for
+    /// `openai.ca_file`): the client must trust it explicitly.
+    pub async fn start_tls() -> Self {
+        let seen = Arc::new(Seen::default());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .with_state(seen.clone());
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("a self-signed certificate");
+        let dir = std::env::temp_dir().join(format!("fake-model-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("a folder for the certificate");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, key.cert.pem()).expect("the certificate written");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![key.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
+            )
+            .expect("the certificate and key");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake model server");
+        let addr = listener.local_addr().expect("its address");
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // A client that does not trust the certificate ends here.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            seen,
+            task,
+            ca_file: Some(ca_file),
+        }
+    }
+
+    /// `openai.base_url` for this server (`https://localhost:…` with TLS).
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        match self.ca_file {
+            Some(_) => format!("https://localhost:{}/v1", self.addr.port()),
+            None => format!("http://{}/v1", self.addr),
+        }
+    }
+
+    /// With TLS: the PEM file of the server's certificate.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca_file.as_deref()
     }
 
     pub fn abandoned(&self) -> usize {

@@ -95,11 +95,24 @@ impl Gateway {
             );
         }
         let store = match settings.rooms.database_url.trim() {
-            "" => None,
-            url => Some(Arc::new(
-                store::Store::new(url, settings.rooms.max_connections)
-                    .context("invalid rooms.database_url")?,
-            )),
+            "" => {
+                info!(
+                    "rooms are off (rooms.database_url is empty): their API answers rooms_disabled"
+                );
+                None
+            }
+            url => {
+                let store = store::Store::open(url, settings.rooms.max_connections)
+                    .context("cannot open the rooms database (rooms.database_url)")?;
+                info!(store = %store.describe(), "rooms are on");
+                if !store.is_shared() {
+                    info!(
+                        "SQLite keeps the rooms of this one gateway; several gateways must share a \
+                         PostgreSQL (rooms.database_url = postgres://…)"
+                    );
+                }
+                Some(Arc::new(store))
+            }
         };
         let broker = Broker::start(settings.amqp.clone(), "switchboard-gateway");
         let in_progress = Arc::new(InProgress::default());

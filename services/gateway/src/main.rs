@@ -5,6 +5,11 @@ use gateway::{Gateway, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    platform::cli::parse(
+        "gateway",
+        env!("CARGO_PKG_VERSION"),
+        "One Switchboard gateway: the chat page, the HTTP API and WebSockets, over RabbitMQ.",
+    );
     let settings = Settings::load().context("invalid gateway settings")?;
     platform::telemetry::init(&settings.log, "switchboard-gateway");
     let stopped = Gateway::build(settings)

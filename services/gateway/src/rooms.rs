@@ -119,7 +119,7 @@ fn store_error(error: StoreError) -> ErrorCode {
 }
 
 impl Rooms {
-    /// Rooms turned off: every call answers `rooms_unavailable`.
+    /// Rooms turned off on purpose: every call answers `rooms_disabled`.
     pub fn off() -> Self {
         Self { inner: None }
     }
@@ -143,7 +143,7 @@ impl Rooms {
     }
 
     fn on(&self) -> Result<&Inner, ErrorCode> {
-        self.inner.as_deref().ok_or(ErrorCode::RoomsUnavailable)
+        self.inner.as_deref().ok_or(ErrorCode::RoomsDisabled)
     }
 
     /// A new room named `name` (validated by the caller), with `user` as
@@ -173,6 +173,7 @@ impl Rooms {
             .map_err(|_| ErrorCode::InvalidRoomToken)?;
         let summary = rooms.store.join(room, user).await.map_err(store_error)?;
         rooms.bind(user, room, true).await?;
+        rooms.queues.announce(user, room, true).await;
         Ok(summary)
     }
 
@@ -184,6 +185,7 @@ impl Rooms {
         }
         // The queue may be gone already (expired): nothing left to unbind then.
         let _ = rooms.bind(user, room, false).await;
+        rooms.queues.announce(user, room, false).await;
         Ok(())
     }
 

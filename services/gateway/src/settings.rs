@@ -5,6 +5,9 @@ use serde::Deserialize;
 
 /// Built-in defaults; also the reference for every key.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
+/// The responder's keys are known too: one environment (a compose file, a
+/// Kubernetes ConfigMap) may configure both services.
+const RESPONDER_DEFAULTS: &str = include_str!("../../responder/config/default.toml");
 
 /// The development secret shipped in the defaults; using it is warned about.
 pub const DEV_JWT_SECRET: &str = "switchboard-dev-secret-change-me";
@@ -37,7 +40,11 @@ pub struct MessagesSettings {
 impl Settings {
     /// Defaults, then `SWITCHBOARD_CONFIG`, `AMQP_URL` and `SWITCHBOARD_*`.
     pub fn load() -> Result<Self, platform::settings::ConfigError> {
-        platform::settings::load(DEFAULTS, &["http.allowed_origins", "amqp.urls"])
+        platform::settings::load(
+            DEFAULTS,
+            &[RESPONDER_DEFAULTS],
+            &["http.allowed_origins", "amqp.urls"],
+        )
     }
 }
 
@@ -172,8 +179,9 @@ impl ReplyQueueKind {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RoomsSettings {
-    /// PostgreSQL holding rooms, members and messages
-    /// (`postgres://user:password@host:port/database`); empty turns rooms off.
+    /// Where rooms, members and messages are kept: `sqlite:<path>` (one
+    /// gateway) or `postgres://user:password@host:port/database` (shared by
+    /// several); empty turns rooms off.
     pub database_url: String,
     /// Database connections this gateway keeps at most.
     pub max_connections: usize,

@@ -5,6 +5,11 @@ use responder::{Responder, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    platform::cli::parse(
+        "responder",
+        env!("CARGO_PKG_VERSION"),
+        "One Switchboard responder: answers the messages in chat_queue, streaming through RabbitMQ. Run as many as you like.",
+    );
     let settings = Settings::load().context("invalid responder settings")?;
     platform::telemetry::init(&settings.log, "switchboard-responder");
     let stopped = Responder::build(settings)

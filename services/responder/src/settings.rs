@@ -4,6 +4,9 @@ use serde::Deserialize;
 
 /// Built-in defaults; also the reference for every key.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
+/// The gateway's keys are known too: one environment (a compose file, a
+/// Kubernetes ConfigMap) may configure both services.
+const GATEWAY_DEFAULTS: &str = include_str!("../../gateway/config/default.toml");
 
 /// All responder settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -47,12 +50,15 @@ pub struct OpenAiSettings {
     pub first_token_timeout_ms: u64,
     /// Bound on each pause between pieces.
     pub idle_timeout_ms: u64,
+    /// PEM file of certificates trusted besides the system's (a private
+    /// CA); empty: the system's only.
+    pub ca_file: String,
 }
 
 impl Settings {
     /// Defaults, then `SWITCHBOARD_CONFIG`, `AMQP_URL` and `SWITCHBOARD_*`.
     pub fn load() -> Result<Self, platform::settings::ConfigError> {
-        platform::settings::load(DEFAULTS, &["amqp.urls"])
+        platform::settings::load(DEFAULTS, &[GATEWAY_DEFAULTS], &["amqp.urls"])
     }
 }
 

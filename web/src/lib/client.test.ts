@@ -40,6 +40,7 @@ type Harness = {
   storageListeners: (() => void)[];
   /** Calls to the rooms API. */
   roomCalls: string[];
+  roomsOff: boolean;
   /** The page's clock, in milliseconds. */
   clock: number;
 };
@@ -57,6 +58,7 @@ function harness(): Harness {
     store: new Map(),
     storageListeners: [],
     roomCalls: [],
+    roomsOff: false,
     clock: 1_000,
     env: undefined as never,
   };
@@ -71,6 +73,9 @@ function harness(): Harness {
     fetch: async (url, init) => {
       if (url.startsWith("/api/rooms")) {
         h.roomCalls.push(`${init?.method ?? "GET"} ${url}`);
+        if (h.roomsOff) {
+          return { ok: false, status: 404, json: async () => ({ code: "rooms_disabled", message: "rooms are turned off on this server", retryable: false }) };
+        }
         return { ok: true, status: 200, json: async () => ({ rooms: [{ id: "R", name: "Team" }] }) };
       }
       if (init?.method === "POST") {
@@ -252,6 +257,15 @@ describe("ChatClient", () => {
     last(h).frame({ type: "message_status", id: "m1", status: "cancelling" });
     last(h).frame({ type: "error", code: "nothing_to_cancel", message: "not running", id: "m1", retryable: false });
     expect(client.getSnapshot().conversation.messages.m1?.status).toBe("processing");
+    expect(client.getSnapshot().notice).toBeNull();
+  });
+
+  it("hides rooms, quietly, when the server has them turned off", async () => {
+    h.roomsOff = true;
+    welcome(h);
+    await settle();
+    expect(h.roomCalls).toContain("GET /api/rooms");
+    expect(client.getSnapshot().rooms.off).toBe(true);
     expect(client.getSnapshot().notice).toBeNull();
   });
 

@@ -19,6 +19,9 @@ import {
   tokenExpiry,
 } from "./protocol";
 
+/** What a REST call gave: its body, or its error (docs/protocol.md §3). */
+type ApiAnswer = { ok: true; json: unknown } | { ok: false; code?: string; message: string };
+
 export type ConnectionState = "connecting" | "connected" | "reconnecting" | "stopped";
 
 export type Snapshot = {
@@ -243,13 +246,26 @@ export class ChatClient {
   }
 
   private async loadRooms(): Promise<void> {
-    // Quietly: rooms may be off on this deployment.
-    const list = (await this.api("GET", "/api/rooms", undefined, true)) as { rooms?: rooms.RoomSummary[] } | null;
-    if (list?.rooms) this.updateRooms(rooms.listed(this.snapshot.rooms, list.rooms));
+    // Quietly: a failure here is not the user's doing.
+    const answer = await this.call("GET", "/api/rooms");
+    if (answer.ok) {
+      const list = (answer.json as { rooms?: rooms.RoomSummary[] } | null)?.rooms;
+      if (list) this.updateRooms(rooms.listed(this.snapshot.rooms, list));
+    } else if (answer.code === "rooms_disabled") {
+      this.updateRooms(rooms.turnedOff(this.snapshot.rooms));
+    }
   }
 
   /** A call to the gateway's REST API with the token; null (and a notice) on failure. */
-  private async api(method: string, path: string, body?: unknown, quiet = false): Promise<unknown> {
+  private async api(method: string, path: string, body?: unknown): Promise<unknown> {
+    const answer = await this.call(method, path, body);
+    if (answer.ok) return answer.json;
+    this.update({ notice: answer.message });
+    return null;
+  }
+
+  /** A call to the gateway's REST API with the token: its body, or its error's code and text. */
+  private async call(method: string, path: string, body?: unknown): Promise<ApiAnswer> {
     const token = this.env.storage.getItem(TOKEN_KEY);
     try {
       const response = await this.env.fetch(path, {
@@ -258,15 +274,11 @@ export class ChatClient {
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       });
       const json = await response.json().catch(() => null);
-      if (!response.ok) {
-        const message = (json as { message?: string } | null)?.message ?? `HTTP ${response.status}`;
-        if (!quiet) this.update({ notice: message });
-        return null;
-      }
-      return json;
+      if (response.ok) return { ok: true, json };
+      const error = json as { code?: string; message?: string } | null;
+      return { ok: false, code: error?.code, message: error?.message ?? `HTTP ${response.status}` };
     } catch {
-      if (!quiet) this.update({ notice: "The service is unreachable; try again." });
-      return null;
+      return { ok: false, message: "The service is unreachable; try again." };
     }
   }
 
@@ -449,6 +461,9 @@ export class ChatClient {
       }
       case "room_receipt":
         this.updateRooms(rooms.receiptArrived(this.snapshot.rooms, frame.room_id, frame.user_id, frame.seq, frame.state));
+        break;
+      case "room_presence":
+        this.updateRooms(rooms.presenceChanged(this.snapshot.rooms, frame.room_id, frame.user_id, frame.member, frame.online));
         break;
       case "accepted":
         this.updateConversation(conv.accepted(c, frame.id));

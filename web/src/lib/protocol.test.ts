@@ -18,6 +18,10 @@ describe("parseServerFrame", () => {
       retryable: false,
     });
     expect(parseServerFrame('{"type":"pong"}')).toEqual({ type: "pong" });
+    expect(
+      parseServerFrame('{"type":"room_presence","room_id":"R","user_id":"bob","member":true,"online":false}'),
+    ).toEqual({ type: "room_presence", room_id: "R", user_id: "bob", member: true, online: false });
+    expect(parseServerFrame('{"type":"room_presence","room_id":"R","user_id":"bob","member":"yes","online":false}')).toBeNull();
     expect(parseServerFrame('{"type":"message_status","id":"m1","status":"processing"}')).toEqual({
       type: "message_status",
       id: "m1",

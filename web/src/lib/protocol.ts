@@ -28,7 +28,8 @@ export type ServerFrame =
   | { type: "status"; broker: "up" | "down" }
   | { type: "message_status"; id: string; status: MessageProgress }
   | { type: "room_message"; room_id: string; seq: number; id: string; from: string; text: string }
-  | { type: "room_receipt"; room_id: string; user_id: string; seq: number; state: "delivered" | "read" };
+  | { type: "room_receipt"; room_id: string; user_id: string; seq: number; state: "delivered" | "read" }
+  | { type: "room_presence"; room_id: string; user_id: string; member: boolean; online: boolean };
 
 /** What `message_status` says of a message between `accepted` and its answer. */
 export type MessageProgress = "processing" | "cancelling";
@@ -104,6 +105,10 @@ export function parseServerFrame(text: string): ServerFrame | null {
         Number.isInteger(f.seq) &&
         (f.state === "delivered" || f.state === "read")
         ? { type: "room_receipt", room_id: f.room_id, user_id: f.user_id, seq: f.seq as number, state: f.state }
+        : null;
+    case "room_presence":
+      return isString(f.room_id) && isString(f.user_id) && typeof f.member === "boolean" && typeof f.online === "boolean"
+        ? { type: "room_presence", room_id: f.room_id, user_id: f.user_id, member: f.member, online: f.online }
         : null;
     case "message_status":
       return isString(f.id) && (f.status === "processing" || f.status === "cancelling")

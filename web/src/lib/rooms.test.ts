@@ -28,6 +28,22 @@ describe("rooms", () => {
     expect(r.deliveredTo(room, 2, "me")).toEqual(["carol"]);
   });
 
+  it("keeps the member list current from pushed presence, without asking", () => {
+    let s = r.detailed(r.noRooms, "R", "Team", [{ user_id: "me", online: true }], "tok");
+    s = r.presenceChanged(s, "R", "bob", true, true);
+    expect(s.byId.R?.members).toEqual([
+      { user_id: "me", online: true },
+      { user_id: "bob", online: true },
+    ]);
+    s = r.presenceChanged(s, "R", "bob", true, false);
+    expect(s.byId.R?.members.find((m) => m.user_id === "bob")?.online).toBe(false);
+    const same = r.presenceChanged(s, "R", "bob", true, false);
+    expect(same).toBe(s);
+    s = r.presenceChanged(s, "R", "bob", false, false);
+    expect(s.byId.R?.members.map((m) => m.user_id)).toEqual(["me"]);
+    expect(r.presenceChanged(s, "unknown", "bob", true, true)).toBe(s);
+  });
+
   it("puts the invitation in the fragment and reads it back", () => {
     const link = r.inviteLink({ protocol: "http:", host: "chat.test" }, "a.b+c");
     expect(link).toBe("http://chat.test/#join=a.b%2Bc");

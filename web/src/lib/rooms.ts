@@ -25,6 +25,8 @@ export type RoomView = {
 
 
 export type Rooms = {
+  /** Rooms are turned off on this server (`rooms_disabled`): none are shown. */
+  off?: boolean;
   list: RoomSummary[];
   /** The room on screen; null: the conversation with the assistant. */
   active: string | null;
@@ -50,6 +52,11 @@ function view(rooms: Rooms, id: string, name = ""): RoomView {
 
 function put(rooms: Rooms, room: RoomView): Rooms {
   return { ...rooms, byId: { ...rooms.byId, [room.id]: room } };
+}
+
+/** The server said rooms are turned off: the page hides them. */
+export function turnedOff(rooms: Rooms): Rooms {
+  return rooms.off ? rooms : { ...rooms, off: true, list: [], active: null };
 }
 
 /** The list from `GET /api/rooms` (or after creating / joining one). */
@@ -98,6 +105,21 @@ export function receiptArrived(
 /** `GET /api/rooms/{id}`: members (with presence) and an invitation. */
 export function detailed(rooms: Rooms, id: string, name: string, members: Member[], invite: string): Rooms {
   return put(rooms, { ...view(rooms, id, name), name, members, invite });
+}
+
+/** A member came online or went offline, joined or (not `member`) left:
+ * pushed by the server (`room_presence`), so the list needs no polling. */
+export function presenceChanged(rooms: Rooms, id: string, user: string, member: boolean, online: boolean): Rooms {
+  const room = rooms.byId[id];
+  if (!room) return rooms;
+  const others = room.members.filter((m) => m.user_id !== user);
+  const known = room.members.find((m) => m.user_id === user);
+  if (!member) return known ? put(rooms, { ...room, members: others }) : rooms;
+  if (known?.online === online) return rooms;
+  const members = known
+    ? room.members.map((m) => (m.user_id === user ? { ...m, online } : m))
+    : [...room.members, { user_id: user, online }];
+  return put(rooms, { ...room, members });
 }
 
 /** Members other than `me` who have read message `seq`. */

@@ -43,6 +43,8 @@ const OVERFLOW_TIMEOUT: Duration = Duration::from_secs(2);
 /// Descriptors kept free beyond the connection cap (broker, database,
 /// files, the overflow connections).
 const DESCRIPTOR_HEADROOM: u64 = 512;
+/// Below this many connections, a capped limit is worth a warning.
+const FEW_CONNECTIONS: usize = 1024;
 /// A refusal of a kind is logged at most this often.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -101,12 +103,15 @@ pub fn fit_connections(wanted: usize) -> usize {
     };
     let fits = limit.saturating_sub(DESCRIPTOR_HEADROOM) as usize;
     if fits < wanted {
-        warn!(
-            open_file_limit = limit,
-            wanted,
-            cap = fits,
-            "the open-file limit allows fewer connections than http.max_connections; capped"
-        );
+        // Usual (the default cap is sized for a raised limit); a problem
+        // only when few sockets fit.
+        let capped =
+            "the open-file limit allows fewer connections than http.max_connections; capped";
+        if fits < FEW_CONNECTIONS {
+            warn!(open_file_limit = limit, wanted, cap = fits, "{capped}");
+        } else {
+            info!(open_file_limit = limit, wanted, cap = fits, "{capped}");
+        }
     }
     wanted.min(fits).max(1)
 }

@@ -1,27 +1,77 @@
 //! The web UI: the built page from `http.web_dir` (its `index.html` for
-//! unknown paths), or a page that says how to build it.
+//! unknown paths), or a page that says how to build it. A relative
+//! `web_dir` is looked for in the working directory, then in the workspace
+//! this gateway was built from, so `cargo run` serves the page from any
+//! folder of the checkout; the log says which folder is served.
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::Html;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tower_http::services::{ServeDir, ServeFile};
+use tracing::{info, warn};
+
+/// The workspace's root, as it was when this gateway was built.
+const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 pub fn router<S: Clone + Send + Sync + 'static>(dir: &str) -> Router<S> {
-    let index = Path::new(dir).join("index.html");
-    if index.is_file() {
-        Router::new().fallback_service(ServeDir::new(dir).fallback(ServeFile::new(index)))
-    } else {
-        Router::new().fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                Html(
-                    "<!doctype html><title>Switchboard</title><p>The Switchboard gateway is running, \
-                     but the web UI is not built. Run <code>npm --prefix web ci && npm --prefix web run build</code> \
-                     or point <code>http.web_dir</code> at a built UI. The API is at <code>/api</code>, \
-                     the WebSocket at <code>/ws</code>.</p>",
-                ),
-            )
-        })
+    match find(dir, Path::new(WORKSPACE)) {
+        Some(found) => {
+            info!(web_dir = %found.display(), "serving the chat page");
+            let index = found.join("index.html");
+            Router::new().fallback_service(ServeDir::new(found).fallback(ServeFile::new(index)))
+        }
+        None => {
+            warn!(
+                web_dir = dir,
+                "the chat page is not built (no index.html there); serving a page that says how to build it"
+            );
+            Router::new().fallback(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    Html(
+                        "<!doctype html><title>Switchboard</title><p>The Switchboard gateway is running, \
+                         but the web UI is not built. Run <code>scripts/run</code> (or \
+                         <code>npm --prefix web ci && npm --prefix web run build</code>) \
+                         or point <code>http.web_dir</code> at a built UI. The API is at <code>/api</code>, \
+                         the WebSocket at <code>/ws</code>.</p>",
+                    ),
+                )
+            })
+        }
+    }
+}
+
+/// Where the built page of `dir` is: `dir` itself, or, when it is relative,
+/// the same path under `workspace`; the folder must hold an `index.html`.
+fn find(dir: &str, workspace: &Path) -> Option<PathBuf> {
+    let dir = Path::new(dir);
+    let mut candidates = vec![dir.to_path_buf()];
+    if dir.is_relative() {
+        candidates.push(workspace.join(dir));
+    }
+    candidates
+        .into_iter()
+        .find(|candidate| candidate.join("index.html").is_file())
+        .map(|found| found.canonicalize().unwrap_or(found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_dir_is_found_in_the_workspace_when_not_here() {
+        let workspace = std::env::temp_dir().join(format!("sb-web-{}", std::process::id()));
+        let built = workspace.join("web-test-only/dist");
+        std::fs::create_dir_all(&built).unwrap();
+        std::fs::write(built.join("index.html"), "<!doctype html>").unwrap();
+        let found = find("web-test-only/dist", &workspace);
+        let absolute = find(built.to_str().unwrap(), Path::new("/nowhere"));
+        let missing = find("web-test-only/none", &workspace);
+        std::fs::remove_dir_all(&workspace).unwrap();
+        assert_eq!(found, Some(built.canonicalize().unwrap_or(built.clone())));
+        assert!(absolute.is_some(), "an absolute dir is used as it is");
+        assert_eq!(missing, None);
     }
 }

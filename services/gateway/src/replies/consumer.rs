@@ -7,6 +7,7 @@ use super::context::Context;
 use super::inbound::Inbound;
 use super::local::{FirstSocket, Peers, ReplyHealth};
 use super::outbound::{OutboundReply, Receipt};
+use super::presence;
 use super::relay;
 use broker::lapin::Channel;
 use broker::lapin::message::Delivery;
@@ -113,6 +114,7 @@ async fn consume_session(
     // Boxed: set-up is short, the consumer lives long; the task must not
     // carry set-up's state for as long as the user stays connected.
     let setup = Box::pin(async {
+        let mut member_of = Vec::new();
         let _turn = context.setups.acquire().await;
         let limit = context.setup_limit();
         // Declarations and bindings on a set-up channel: one RabbitMQ
@@ -134,10 +136,12 @@ async fn consume_session(
                     for room in rooms.iter().filter(|r| !now.contains(r)) {
                         topology::bind_room(&setup, names, user, &room.id, false).await?;
                     }
+                    return Ok(now);
                 }
-                Ok(())
+                Ok(rooms)
             };
-            broker::consumer::bounded_setup(&setup, limit, bind).await?;
+            let now = broker::consumer::bounded_setup(&setup, limit, bind).await?;
+            member_of = now.into_iter().map(|room| room.id).collect();
         }
         let label = format!("gateway-{user}");
         let (tag, consumer) =
@@ -163,12 +167,16 @@ async fn consume_session(
             broker::consumer::cancel_and_requeue(&channel, &tag, consumer).await;
             return Err(e);
         }
-        Ok::<_, BrokerError>((queue.name, tag, consumer))
+        Ok::<_, BrokerError>((queue.name, tag, consumer, member_of))
     });
-    let (queue, tag, mut deliveries) = setup.await?;
+    let (queue, tag, mut deliveries, member_of) = setup.await?;
     health.set(ReplyHealth::Consuming);
     let _consuming = ConsumingGauge::up();
     debug!(user_id = %user, queue, "consuming replies");
+    if !peers.elsewhere.load(Ordering::Relaxed) {
+        // Online now (on another gateway already: the rooms know).
+        presence::announce(context, user, member_of, true, true).await;
+    }
     // Each delivery runs boxed: its future is large, and inline it would
     // size every idle user's task.
     broker::consumer::deliver_until(&mut deliveries, stop, |delivery| {
@@ -181,6 +189,10 @@ async fn consume_session(
     };
     Box::pin(stopping).await;
     debug!(user_id = %user, "stopped consuming replies");
+    if !peers.elsewhere.load(Ordering::Relaxed) {
+        let rooms = presence::rooms_of(context, user).await;
+        presence::announce(context, user, rooms, true, false).await;
+    }
     Ok(())
 }
 
@@ -205,6 +217,7 @@ async fn dispatch(
         }
         Inbound::Status(event) => (OutboundReply::status(&event), true),
         Inbound::Receipt(receipt) => (OutboundReply::receipt(receipt), true),
+        Inbound::Presence(presence) => (OutboundReply::presence(presence), true),
         Inbound::Chunk(chunk) => {
             observe(context, user, &chunk, &delivery);
             let receipt = Receipt::amqp(delivery.acker.clone());

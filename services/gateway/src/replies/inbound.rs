@@ -4,8 +4,8 @@
 
 use protocol::UserId;
 use protocol::amqp::{
-    self, ROOM_MESSAGE_TYPE, ROOM_RECEIPT_TYPE, ReplyChunk, RoomMessage, RoomReceipt, STATUS_TYPE,
-    StatusEvent,
+    self, ROOM_MESSAGE_TYPE, ROOM_PRESENCE_TYPE, ROOM_RECEIPT_TYPE, ReplyChunk, RoomMessage,
+    RoomPresence, RoomReceipt, STATUS_TYPE, StatusEvent,
 };
 
 /// A delivery for `owner`'s sockets.
@@ -19,6 +19,8 @@ pub enum Inbound {
     Status(StatusEvent),
     /// Delivered / read in a room of the owner's (advisory).
     Receipt(RoomReceipt),
+    /// A member of a room of the owner's came or went (advisory).
+    Presence(RoomPresence),
     /// Unreadable, or another user's: never delivered.
     Refused(&'static str),
 }
@@ -37,6 +39,8 @@ impl Inbound {
             },
             Some(ROOM_RECEIPT_TYPE) => amqp::decode::<RoomReceipt>(body)
                 .map_or(Self::Refused("an unreadable room receipt"), Self::Receipt),
+            Some(ROOM_PRESENCE_TYPE) => amqp::decode::<RoomPresence>(body)
+                .map_or(Self::Refused("an unreadable room presence"), Self::Presence),
             Some(ROOM_MESSAGE_TYPE) => amqp::decode::<RoomMessage>(body).map_or(
                 Self::Refused("an unreadable room message"),
                 Self::RoomMessage,

@@ -11,6 +11,7 @@
 //!   chunk only once a client has it.
 //! - `relay`: one user on several gateways.
 //! - `queues`: [`ReplyQueues`] — declaring, binding rooms, counting consumers.
+//! - `presence`: members of a user's rooms told when the user comes and goes.
 //! - `context`: what these parts share.
 //!
 //! It knows nothing of how a message was sent, nor of HTTP.
@@ -20,6 +21,7 @@ mod context;
 mod inbound;
 mod local;
 mod outbound;
+mod presence;
 mod queues;
 mod relay;
 mod router;

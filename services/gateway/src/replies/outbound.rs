@@ -7,7 +7,7 @@
 use axum::extract::ws::Utf8Bytes;
 use broker::lapin::Acker;
 use broker::lapin::options::{BasicAckOptions, BasicNackOptions};
-use protocol::amqp::{ReplyChunk, RoomMessage, RoomReceipt, StatusEvent};
+use protocol::amqp::{ReplyChunk, RoomMessage, RoomPresence, RoomReceipt, StatusEvent};
 use protocol::ws::{ReplyFrame, ServerFrame};
 use protocol::{ReplyId, RoomId};
 use std::sync::{Arc, Mutex};
@@ -95,6 +95,17 @@ impl OutboundReply {
             user_id: receipt.user_id,
             seq: receipt.seq,
             state: receipt.state,
+        };
+        Self::of(&frame, None, None, None)
+    }
+
+    /// A `room_presence` frame: not acknowledged, nothing to settle.
+    pub fn presence(presence: RoomPresence) -> Self {
+        let frame = ServerFrame::RoomPresence {
+            room_id: presence.room_id,
+            user_id: presence.user_id,
+            member: presence.member,
+            online: presence.online,
         };
         Self::of(&frame, None, None, None)
     }

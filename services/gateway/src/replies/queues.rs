@@ -4,6 +4,7 @@
 
 use super::context::Context;
 use super::local::ReplyHealth;
+use super::presence;
 use broker::topology;
 use protocol::{ErrorCode, RoomId, UserId};
 use std::collections::HashMap;
@@ -127,5 +128,12 @@ impl ReplyQueues {
         // A queue that does not exist closes the channel: offline.
         let count = async |channel: &_| topology::consumer_count(channel, &queue).await;
         matches!(session.with_channel(context.setup_limit(), count).await, Ok(n) if n > 0)
+    }
+
+    /// Tells `room`'s members that `user` joined it (with whether they are
+    /// online) or, not `member`, left it. Best effort (advisory).
+    pub async fn announce(&self, user: &UserId, room: RoomId, member: bool) {
+        let online = member && self.is_online(user).await;
+        presence::announce(&self.inner.context, user, [room], member, online).await;
     }
 }

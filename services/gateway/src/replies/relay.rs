@@ -232,6 +232,7 @@ async fn relayed(context: &Context, session: &Session, channel: &Channel, delive
                 Inbound::RoomMessage(message) => OutboundReply::room_message(message, None),
                 Inbound::Status(event) => OutboundReply::status(&event),
                 Inbound::Receipt(receipt) => OutboundReply::receipt(receipt),
+                Inbound::Presence(presence) => OutboundReply::presence(presence),
                 Inbound::Refused(what) => {
                     error!(user_id = %user, "relayed {what}; dropped");
                     return;

@@ -43,18 +43,30 @@ pub struct OpenAi {
 impl OpenAi {
     pub fn new(settings: &OpenAiSettings) -> anyhow::Result<Self> {
         let base = settings.base_url.trim_end_matches('/');
-        if !base.starts_with("http://") {
-            bail!(
-                "openai.base_url must be an http:// URL (this build has no TLS; put a local model server or a TLS-terminating proxy there), got {base:?}"
-            );
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            bail!("openai.base_url must be an http:// or https:// URL, got {base:?}");
         }
         if settings.model.trim().is_empty() {
             bail!("openai.model must name the model to use");
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(settings.first_token_timeout_ms))
-            .build()
-            .context("cannot build the HTTP client")?;
+        // https through rustls; ring as the process's provider when none is
+        // installed yet (lapin's too); the system's roots, and those of
+        // `ca_file` beside them.
+        let _already = rustls::crypto::ring::default_provider().install_default();
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(settings.first_token_timeout_ms));
+        if !settings.ca_file.is_empty() {
+            let pem = std::fs::read(&settings.ca_file)
+                .with_context(|| format!("cannot read openai.ca_file {:?}", settings.ca_file))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!(
+                    "openai.ca_file {:?} holds no PEM certificate",
+                    settings.ca_file
+                )
+            })?;
+            http = http.tls_certs_merge(roots);
+        }
+        let http = http.build().context("cannot build the HTTP client")?;
         Ok(Self {
             http,
             url: format!("{base}/chat/completions"),
@@ -209,6 +221,7 @@ mod tests {
             max_tokens: 0,
             first_token_timeout_ms: 2_000,
             idle_timeout_ms: 300,
+            ca_file: String::new(),
         }
     }
 
@@ -345,9 +358,29 @@ mod tests {
         .await;
     }
 
+    #[tokio::test]
+    async fn speaks_https_to_a_server_it_is_told_to_trust_and_only_then() {
+        let model = FakeModel::start_tls().await;
+        let mut trusting = settings(model.base_url());
+        trusting.ca_file = model.ca_file().unwrap().to_str().unwrap().into();
+        let client = OpenAi::new(&trusting).unwrap();
+        let (text, end) = run(&client, &request("over tls")).await;
+        assert!(end.is_none(), "{end:?}");
+        assert_eq!(text, model_answer("over tls"));
+        // Without the certificate, the system's roots do not know it.
+        let wary = OpenAi::new(&settings(model.base_url())).unwrap();
+        let why = failed(run(&wary, &request("hi")).await.1);
+        assert!(why.contains("unreachable"), "{why}");
+        assert_eq!(model.bodies().len(), 1, "the untrusted server got nothing");
+    }
+
     #[test]
     fn refuses_settings_it_cannot_use() {
-        assert!(OpenAi::new(&settings("https://api.example.com/v1".into())).is_err());
+        assert!(OpenAi::new(&settings("ftp://api.example.com/v1".into())).is_err());
+        assert!(OpenAi::new(&settings("https://api.example.com/v1".into())).is_ok());
+        let mut no_ca = settings("https://api.example.com/v1".into());
+        no_ca.ca_file = "/nonexistent/ca.pem".into();
+        assert!(OpenAi::new(&no_ca).is_err());
         let mut no_model = settings("http://127.0.0.1:1/v1".into());
         no_model.model.clear();
         assert!(OpenAi::new(&no_model).is_err());

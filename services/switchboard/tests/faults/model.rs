@@ -313,7 +313,7 @@ async fn run_user(
                             }
                         }
                         ServerFrame::Error { code, message, .. } => panic!("unexpected error {code}: {message}"),
-                        ServerFrame::Status { .. } | ServerFrame::MessageStatus { .. } | ServerFrame::RoomMessage { .. } | ServerFrame::RoomReceipt { .. } | ServerFrame::Pong | ServerFrame::Welcome { .. } => {}
+                        ServerFrame::Status { .. } | ServerFrame::MessageStatus { .. } | ServerFrame::RoomMessage { .. } | ServerFrame::RoomReceipt { .. } | ServerFrame::RoomPresence { .. } | ServerFrame::Pong | ServerFrame::Welcome { .. } => {}
                     }
                     if behaviour.drop_one_in.is_some_and(|n| dice.roll(n)) {
                         drop(client);

@@ -128,6 +128,7 @@ impl Stack {
         let mut env = self.common(&self.url);
         env.push(("SWITCHBOARD_HTTP__LISTEN", self.addrs[n].to_string()));
         env.push(("SWITCHBOARD_HTTP__WEB_DIR", "does-not-exist".into()));
+        env.push(("SWITCHBOARD_ROOMS__DATABASE_URL", String::new()));
         env.push(("SWITCHBOARD_RATE_LIMIT__BURST", "10000".into()));
         env.push(("SWITCHBOARD_RATE_LIMIT__PER_SECOND", "10000".into()));
         // Every user comes from 127.0.0.1.

@@ -1,5 +1,6 @@
 //! Rooms: shared conversations, delivered through each member's own reply
-//! queue (bound to the room's key), in one order, kept in PostgreSQL.
+//! queue (bound to the room's key), in one order, kept in PostgreSQL (and
+//! in SQLite, the default for one gateway).
 
 use crate::stack::{Mock, TestStack, expected_answer};
 use protocol::amqp::ReceiptState;
@@ -54,6 +55,12 @@ pub(crate) async fn join(stack: &TestStack, guest: &Guest, invite: &str) {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+pub(crate) async fn leave(stack: &TestStack, guest: &Guest, room: RoomId) {
+    let path = format!("/api/rooms/{room}/leave");
+    let (status, _) = call(stack, "POST", &path, &guest.token, Value::Null).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
 }
 
 /// Sends `text` to `room` over the socket; returns its id (after `accepted`).
@@ -272,15 +279,7 @@ async fn outsiders_forged_invites_and_former_members_are_refused() {
     );
     // Joining, then leaving: no longer a member.
     join(&stack, &mallory_guest, &invite).await;
-    let (status, _) = call(
-        &stack,
-        "POST",
-        &format!("/api/rooms/{room}/leave"),
-        &mallory_guest.token,
-        Value::Null,
-    )
-    .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    leave(&stack, &mallory_guest, room).await;
     say(&mut mallory, room, "still here?").await;
     expect_not_member(mallory.next_frame().await.unwrap());
 }
@@ -343,7 +342,7 @@ async fn members_hear_who_has_a_message_and_who_has_read_it() {
 }
 
 #[tokio::test]
-async fn without_a_database_rooms_answer_rooms_unavailable_and_the_rest_works() {
+async fn rooms_turned_off_answer_rooms_disabled_and_the_rest_works() {
     let stack = TestStack::start_with(1, Mock::default(), |settings| {
         settings.rooms.database_url.clear();
     })
@@ -359,11 +358,7 @@ async fn without_a_database_rooms_answer_rooms_unavailable_and_the_rest_works() 
     .await;
     assert_eq!(
         (status, body["code"].as_str(), body["retryable"].as_bool()),
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some("rooms_unavailable"),
-            Some(true)
-        )
+        (StatusCode::NOT_FOUND, Some("rooms_disabled"), Some(false))
     );
     let id = say(&mut client, RoomId::new_random(), "anyone?").await;
     match client.next_frame().await.unwrap() {
@@ -372,9 +367,9 @@ async fn without_a_database_rooms_answer_rooms_unavailable_and_the_rest_works() 
             id: Some(got),
             ..
         } => {
-            assert_eq!((code, got), (ErrorCode::RoomsUnavailable, id));
+            assert_eq!((code, got), (ErrorCode::RoomsDisabled, id));
         }
-        other => panic!("expected rooms_unavailable, got {other:?}"),
+        other => panic!("expected rooms_disabled, got {other:?}"),
     }
     let answer: String = client
         .ask("still here")
@@ -384,4 +379,121 @@ async fn without_a_database_rooms_answer_rooms_unavailable_and_the_rest_works() 
         .map(|c| c.text.as_str())
         .collect();
     assert_eq!(answer, expected_answer("still here"));
+}
+
+#[tokio::test]
+async fn rooms_in_sqlite_keep_one_order_history_and_membership() {
+    let file = std::env::temp_dir().join(format!(
+        "switchboard-rooms-{}/rooms.sqlite3",
+        RoomId::new_random()
+    ));
+    let url = format!("sqlite:{}", file.display());
+    let stack = TestStack::start_with(1, Mock::default(), |settings| {
+        settings.rooms.database_url = url;
+    })
+    .await;
+    let (alice_guest, mut alice) = stack.client().await;
+    let (bob_guest, mut bob) = stack.client().await;
+    let (room, invite) = create_room(&stack, &alice_guest).await;
+    join(&stack, &bob_guest, &invite).await;
+    let first = say(&mut alice, room, "alice first").await;
+    say(&mut bob, room, "bob second").await;
+    let mut seen_by_alice = room_messages(&mut alice, 2).await;
+    let mut seen_by_bob = room_messages(&mut bob, 2).await;
+    seen_by_alice.sort_by_key(|m| m.0);
+    seen_by_bob.sort_by_key(|m| m.0);
+    assert_eq!(seen_by_alice, seen_by_bob, "one order for everyone");
+    assert_eq!(
+        seen_by_alice.iter().map(|m| m.0).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    // A resend keeps its number; the id stays its sender's.
+    let again = json!({"type": "send", "id": first, "text": "alice first", "room_id": room});
+    bob.send_text(&again.to_string()).await.unwrap();
+    loop {
+        match bob.next_frame().await.unwrap() {
+            // Bob's own message's `accepted` may still be on its way.
+            ServerFrame::Accepted { id, .. } if id != first => {}
+            ServerFrame::Error { code, id, .. } => {
+                assert_eq!((code, id), (ErrorCode::IdTaken, Some(first)));
+                break;
+            }
+            other => panic!("expected id_taken, got {other:?}"),
+        }
+    }
+    let (status, history) = call(
+        &stack,
+        "GET",
+        &format!("/api/rooms/{room}/messages?after=0"),
+        &bob_guest.token,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    let texts: Vec<&str> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts.len(), 2);
+    assert!(texts.contains(&"alice first") && texts.contains(&"bob second"));
+    leave(&stack, &bob_guest, room).await;
+    let (_, rooms) = call(&stack, "GET", "/api/rooms", &bob_guest.token, Value::Null).await;
+    assert_eq!(rooms["rooms"], json!([]));
+    assert!(file.is_file(), "the rooms are in the file");
+    drop(stack);
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}
+
+#[tokio::test]
+async fn a_database_that_is_down_answers_rooms_unavailable_retryable() {
+    let stack = TestStack::start_with(1, Mock::default(), |settings| {
+        // Nothing listens on port 1.
+        settings.rooms.database_url = "postgres://postgres@127.0.0.1:1/test".into();
+    })
+    .await;
+    let (guest, _client) = stack.client().await;
+    let (status, body) = call(&stack, "GET", "/api/rooms", &guest.token, Value::Null).await;
+    assert_eq!(
+        (status, body["code"].as_str(), body["retryable"].as_bool()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("rooms_unavailable"),
+            Some(true)
+        )
+    );
+}
+
+/// The next `room_presence` about `who` that `client` hears: (member, online).
+async fn presence_of(client: &mut ChatClient, who: &UserId) -> (bool, bool) {
+    let heard = |c: &ChatClient| c.presences.iter().filter(|p| p.0 == *who).count();
+    let before = heard(client);
+    let other = client.until_set_aside(|c| heard(c) > before).await.unwrap();
+    assert!(other.is_empty(), "{other:?}");
+    let last = client.presences.iter().rev().find(|p| p.0 == *who).unwrap();
+    (last.1, last.2)
+}
+
+#[tokio::test]
+async fn members_are_told_when_someone_joins_comes_online_goes_offline_and_leaves() {
+    let stack = TestStack::start(1, Mock::default()).await;
+    let (alice_guest, mut alice) = stack.client().await;
+    let bob_guest = stack.guest().await;
+    let (room, invite) = create_room(&stack, &alice_guest).await;
+    let bob = bob_guest.user_id.clone();
+    // Joins with no socket open: a member, offline.
+    join(&stack, &bob_guest, &invite).await;
+    assert_eq!(presence_of(&mut alice, &bob).await, (true, false));
+    // Opens a socket: online.
+    let bob_socket = ChatClient::connect(stack.addr(), &bob_guest.token)
+        .await
+        .unwrap();
+    assert_eq!(presence_of(&mut alice, &bob).await, (true, true));
+    // Closes it: offline.
+    drop(bob_socket);
+    assert_eq!(presence_of(&mut alice, &bob).await, (true, false));
+    // Leaves: no longer a member.
+    leave(&stack, &bob_guest, room).await;
+    assert_eq!(presence_of(&mut alice, &bob).await, (false, false));
 }

@@ -1,32 +1,14 @@
-//! The gateway's database, where rooms live: PostgreSQL. Rooms, their members and their messages
-//! must outlive every process and every RabbitMQ queue (a member's reply
-//! queue expires after 30 minutes offline, and its bindings with it), and
-//! several gateways must agree on them and on one order per room — a row
-//! lock on the room hands out its sequence numbers. RabbitMQ carries the
-//! messages; the database remembers.
+//! Rooms in PostgreSQL: the store several gateways share. They agree on
+//! one order per room through a row lock on the room, which hands out its
+//! sequence numbers.
 
+use super::model::{Appended, RoomSummary, StoreError, StoredMessage};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use protocol::{MessageId, RoomId, UserId};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
-
-/// Why the store could not do something.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Db(#[from] tokio_postgres::Error),
-    #[error("database pool: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
-    #[error("no such room")]
-    NoSuchRoom,
-    /// Another member already sent a message with this id in this room.
-    #[error("the message id belongs to another member's message")]
-    IdTaken,
-    #[error("a stored id is invalid: {0}")]
-    Corrupt(#[from] protocol::IdError),
-}
 
 /// Created on first use; under an advisory lock, because concurrent
 /// `CREATE TABLE IF NOT EXISTS` from several gateways can collide.
@@ -60,31 +42,6 @@ CREATE TABLE IF NOT EXISTS switchboard_room_messages (
 COMMIT;
 ";
 
-/// A room as listed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RoomSummary {
-    pub id: RoomId,
-    pub name: String,
-}
-
-/// A message as stored: its number, and its text (the first one sent with
-/// its id, should it come again).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Appended {
-    pub seq: u64,
-    pub text: String,
-}
-
-/// A stored room message.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StoredMessage {
-    pub seq: u64,
-    pub id: MessageId,
-    pub from: UserId,
-    pub text: String,
-    pub sent_at_ms: u64,
-}
-
 async fn room_name(client: &deadpool_postgres::Client, room: RoomId) -> Result<String, StoreError> {
     Ok(client
         .query_opt(
@@ -96,22 +53,22 @@ async fn room_name(client: &deadpool_postgres::Client, room: RoomId) -> Result<S
         .get(0))
 }
 
-/// The rooms database.
-pub struct Store {
+/// The rooms database in PostgreSQL.
+pub struct PgStore {
     pool: Pool,
     migrated: OnceCell<()>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_struct("PgStore").finish_non_exhaustive()
     }
 }
 
-impl Store {
+impl PgStore {
     /// A pool for `url` (`postgres://user@host:port/db`). Connects lazily:
     /// a database that is down at start only makes room requests fail.
-    pub fn new(url: &str, max_connections: usize) -> Result<Self, tokio_postgres::Error> {
+    pub fn new(url: &str, max_connections: usize) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse()?;
         config.connect_timeout(Duration::from_secs(5));
         let manager = Manager::from_config(
