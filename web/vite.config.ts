@@ -15,6 +15,8 @@ export default defineConfig({
     },
   },
   test: {
-    include: ["src/**/*.test.ts"],
+    include: ["src/**/*.test.ts", "src/**/*.test.tsx"],
+    // highlight.js ships its styles as CSS files; the tests need none.
+    css: false,
   },
 });

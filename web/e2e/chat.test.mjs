@@ -44,7 +44,7 @@ describe("the chat page", () => {
       await item.getByTestId("status").getByText("processing").waitFor();
       await item.getByTestId("stop").click();
       await item.getByTestId("status").getByText("stopped").waitFor();
-      const shown = (await item.getByTestId("reply").locator("p.text").textContent()).trim();
+      const shown = (await item.getByTestId("reply").locator(".text").textContent()).trim();
       const full = answerTo(text);
       assert.ok(shown.length > 0 && shown.length < full.length, `a part of the answer stays: ${shown}`);
       assert.ok(full.startsWith(shown), `what was streamed is kept as it was: ${shown}`);
@@ -83,9 +83,9 @@ describe("the chat page", () => {
       for (const { page } of [alice, bob]) {
         const answer = page.locator('[data-testid="room-answer"][data-complete="true"]');
         await answer.waitFor();
-        assert.equal((await answer.locator("p.text").textContent()).trim(), answerTo("@assistant hi both"));
+        assert.equal((await answer.locator(".text").textContent()).trim(), answerTo("@assistant hi both"));
       }
-      const order = async (page) => page.getByTestId("room-message").locator("p.text").allTextContents();
+      const order = async (page) => page.getByTestId("room-message").locator(".text").allTextContents();
       assert.deepEqual(await order(alice.page), await order(bob.page), "one order for both");
       await alice.page.screenshot({ path: path.join(artifacts, "room.png"), fullPage: true });
       // Bob leaves: the room is gone from his list.
@@ -105,7 +105,7 @@ describe("the chat page", () => {
       await say(page, text);
       const item = exchange(page, text);
       await item.locator('[data-testid="reply"][data-complete="false"]').waitFor();
-      const before = (await item.getByTestId("reply").locator("p.text").textContent()).trim();
+      const before = (await item.getByTestId("reply").locator(".text").textContent()).trim();
       assert.ok(before.length > 0 && answerTo(text).startsWith(before), before);
       await stack.killResponder();
       // Its successor writes another answer, as a model would.

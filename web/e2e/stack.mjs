@@ -134,10 +134,10 @@ export class Stack {
     if (cleanup.status !== 0) console.error("broker cleanup failed:", cleanup.stderr);
   }
 
-  /** Opens the chat in a fresh browser context (its own identity). */
-  /** A new person (their own browser context) on the page, or on `url`. */
-  async open(browser, url = this.url) {
-    const context = await browser.newContext({ viewport: { width: 420, height: 760 } });
+  /** A new person (their own browser context) on the page, or on `url`;
+   * `contextOptions` go to Playwright (a viewport, `bypassCSP`). */
+  async open(browser, url = this.url, contextOptions = {}) {
+    const context = await browser.newContext({ viewport: { width: 420, height: 760 }, ...contextOptions });
     const page = await context.newPage();
     await page.goto(url);
     await page.getByTestId("connection").getByText("connected", { exact: true }).waitFor();
@@ -186,5 +186,5 @@ export async function completedReply(page, text) {
   const item = exchange(page, text);
   await item.locator('[data-testid="reply"][data-complete="true"]').waitFor({ timeout: WAIT_MS });
   await item.getByTestId("status").getByText("answered").waitFor({ timeout: WAIT_MS });
-  return (await item.getByTestId("reply").locator("p.text").textContent()).trim();
+  return (await item.getByTestId("reply").locator(".text").textContent()).trim();
 }

@@ -2,6 +2,7 @@ import { useEffect, useLayoutEffect, useRef, useState, useSyncExternalStore, typ
 import type { ChatClient, ConnectionState } from "./lib/client";
 import { canStop, isStreaming, type Message, type Status } from "./lib/conversation";
 import { RoomNav, RoomPane } from "./Rooms";
+import { Markdown } from "./Markdown";
 
 const STATUS_LABEL: Record<Status, string> = {
   sending: "sending…",
@@ -133,10 +134,10 @@ function MessageList({ messages, connected, onRetry, onStop }: MessageListProps)
                   and this is the new attempt.
                 </p>
               ) : null}
-              <p className="text">
-                {m.reply.text}
+              <div className="text" data-testid="reply-text">
+                <Markdown text={m.reply.text} />
                 {isStreaming(m) && <span className="typing" aria-label="assistant is typing" />}
-              </p>
+              </div>
               {m.status === "cancelled" && <p className="stopped">(stopped)</p>}
             </div>
           )}

@@ -1,6 +1,7 @@
 import { useState, type FormEvent } from "react";
 import type { ChatClient } from "./lib/client";
 import { deliveredTo, inviteLink, readBy, type Rooms } from "./lib/rooms";
+import { Markdown } from "./Markdown";
 
 /** The room list: the assistant, my rooms, and a way to create one. */
 export function RoomNav({ client, rooms }: { client: ChatClient; rooms: Rooms }) {
@@ -95,7 +96,9 @@ export function RoomPane({ client, rooms, me }: { client: ChatClient; rooms: Roo
               <p className="from">
                 <code>{m.from === me ? "you" : m.from}</code>
               </p>
-              <p className="text">{m.text}</p>
+              <div className="text">
+                <Markdown text={m.text} />
+              </div>
               {m.from === me && (
                 <p className="status" data-testid="receipt">
                   {read.length > 0 ? `read by ${read.length}` : got.length > 0 ? `delivered to ${got.length}` : "sent"}
@@ -104,7 +107,9 @@ export function RoomPane({ client, rooms, me }: { client: ChatClient; rooms: Roo
             </div>
             {answer && (
               <div className="bubble assistant" data-testid="room-answer" data-complete={answer.complete && !answer.failed}>
-                <p className="text">{answer.text}</p>
+                <div className="text">
+                  <Markdown text={answer.text} />
+                </div>
                 {answer.restarts ? (
                   <p className="restarted" data-testid="restarted">
                     The answer restarted — a responder began it again.

@@ -5,16 +5,32 @@
 //! folder of the checkout; the log says which folder is served.
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Html;
 use std::path::{Path, PathBuf};
 use tower_http::services::{ServeDir, ServeFile};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::{info, warn};
+
+/// What the page may load and run: its own scripts and styles only (no
+/// inline script, so injected markup could run nothing even if it got
+/// through), images from itself, the API and the WebSocket of its own
+/// origin; it may not be framed. The same policy as deploy/web/nginx.conf.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; object-src 'none'; \
+     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// The workspace's root, as it was when this gateway was built.
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 pub fn router<S: Clone + Send + Sync + 'static>(dir: &str) -> Router<S> {
+    page(dir).layer(SetResponseHeaderLayer::overriding(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    ))
+}
+
+fn page<S: Clone + Send + Sync + 'static>(dir: &str) -> Router<S> {
     match find(dir, Path::new(WORKSPACE)) {
         Some(found) => {
             info!(web_dir = %found.display(), "serving the chat page");
@@ -59,6 +75,17 @@ fn find(dir: &str, workspace: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nginx_image_sends_the_same_policy() {
+        let nginx = include_str!("../../../../deploy/web/nginx.conf");
+        assert!(
+            nginx.contains(&format!(
+                "Content-Security-Policy \"{CONTENT_SECURITY_POLICY}\""
+            )),
+            "deploy/web/nginx.conf must send {CONTENT_SECURITY_POLICY}"
+        );
+    }
 
     #[test]
     fn a_relative_dir_is_found_in_the_workspace_when_not_here() {

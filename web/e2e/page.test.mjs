@@ -1,0 +1,98 @@
+// The page as a reader and an attacker meet it, in a real headless Chromium
+// against the real stack: Markdown rendered safely, a Content-Security-Policy,
+// a phone-sized screen, and an automated accessibility check (axe-core).
+
+import assert from "node:assert/strict";
+import { createRequire } from "node:module";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Stack, artifacts, exchange, launchBrowser, say } from "./stack.mjs";
+
+const require = createRequire(import.meta.url);
+let browser;
+before(async () => {
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+});
+
+/** Waits for the complete reply to `text`; returns its bubble. */
+async function replyTo(page, text) {
+  const reply = exchange(page, text).getByTestId("reply");
+  await reply.and(page.locator('[data-complete="true"]')).waitFor({ timeout: 20_000 });
+  return reply;
+}
+
+/** Whether the page scrolls sideways (its layout broke out of the screen). */
+const overflows = (page) => page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+
+describe("the page, safe and accessible", () => {
+  it("renders an answer's Markdown and runs, loads and breaks nothing hostile", async () => {
+    const stack = await Stack.start({ name: "markdown", chunkDelayMs: 5 });
+    try {
+      const response = await fetch(stack.url);
+      const policy = response.headers.get("content-security-policy") ?? "";
+      assert.match(policy, /script-src 'self'(;|$)/, policy);
+      assert.match(policy, /frame-ancestors 'none'/, policy);
+      const { page } = await stack.open(browser);
+      // The mock answers with the message inside its template: what a user
+      // types reaches the answer's Markdown as a model's text would.
+      const text = [
+        "**bold** `code` [docs](https://example.com)",
+        '<img src=x onerror="window.__pwned=1">',
+        "<script>window.__pwned=2</script>",
+        "[click](javascript:window.__pwned=3)",
+        "[data](data:text/html,<script>window.__pwned=4</script>)",
+        "![pixel](https://tracker.example/p.png)",
+        "x".repeat(600),
+        "\u202Eevil\u202C",
+      ].join(" ");
+      await say(page, text);
+      const reply = await replyTo(page, text);
+      assert.equal(await reply.locator("strong").textContent(), "bold");
+      assert.equal(await reply.locator("code").first().textContent(), "code");
+      const docs = reply.locator('a[href="https://example.com"]');
+      assert.equal(await docs.getAttribute("target"), "_blank");
+      assert.match(await docs.getAttribute("rel"), /noopener/);
+      assert.equal(await reply.locator("img, script, iframe, object").count(), 0);
+      const hrefs = await reply.locator("a").evaluateAll((links) => links.map((a) => a.getAttribute("href")));
+      assert.ok(hrefs.every((h) => /^https:\/\//.test(h)), `only web links: ${hrefs}`);
+      // The user's own message is shown as typed, as text.
+      const mine = exchange(page, text).getByTestId("my-message");
+      assert.equal(await mine.locator("img, script").count(), 0);
+      assert.equal(await page.evaluate(() => window.__pwned), undefined, "no hostile script ran");
+      assert.equal(await overflows(page), false, "a 600-character word wraps inside its bubble");
+      await page.screenshot({ path: path.join(artifacts, "markdown.png"), fullPage: true });
+    } finally {
+      await stack.stop();
+    }
+  });
+
+  it("fits a 375 px phone and passes axe-core with no serious or critical violation", async () => {
+    const stack = await Stack.start({ name: "a11y", chunkDelayMs: 5 });
+    try {
+      // axe is injected as a script: let it past the page's own policy.
+      const { page } = await stack.open(browser, stack.url, {
+        viewport: { width: 375, height: 740 },
+        bypassCSP: true,
+      });
+      await say(page, "hello, small screen");
+      await replyTo(page, "hello, small screen");
+      assert.equal(await overflows(page), false, "nothing scrolls sideways at 375 px");
+      await page.addScriptTag({ path: require.resolve("axe-core/axe.min.js") });
+      // Light, then the dark theme the page takes from the system setting.
+      for (const colorScheme of ["light", "dark"]) {
+        await page.emulateMedia({ colorScheme });
+        const results = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
+        const serious = results.violations
+          .filter((v) => v.impact === "serious" || v.impact === "critical")
+          .map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+        assert.deepEqual(serious, [], `${colorScheme}: ${serious.join("\n")}`);
+        await page.screenshot({ path: path.join(artifacts, `phone-375-${colorScheme}.png`), fullPage: true });
+      }
+    } finally {
+      await stack.stop();
+    }
+  });
+});
