@@ -6,7 +6,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 use protocol::topology::Names;
-use protocol::{RoomId, UserId};
+use protocol::{MessageId, RoomId, UserId};
 use tracing::warn;
 
 fn durable_queue() -> QueueDeclareOptions {
@@ -207,6 +207,37 @@ pub async fn declare_reply_queue(
     shape: ReplyQueueShape,
 ) -> Result<ReplyQueue, BrokerError> {
     let queue = names.reply_queue(user);
+    declare_answer_queue(channel, names, queue, Names::reply_routing_key(user), shape).await
+}
+
+/// Declares the queue of one request's answer (an HTTP client's,
+/// [`Names::request_queue`]), shaped like a reply queue — one reader at a
+/// time, so two resumes of one stream cannot both take chunks — and bound
+/// with [`Names::request_routing_key`].
+pub async fn declare_request_queue(
+    channel: &Channel,
+    names: &Names,
+    id: &MessageId,
+    shape: ReplyQueueShape,
+) -> Result<ReplyQueue, BrokerError> {
+    let queue = names.request_queue(id);
+    declare_answer_queue(
+        channel,
+        names,
+        queue,
+        &Names::request_routing_key(id),
+        shape,
+    )
+    .await
+}
+
+async fn declare_answer_queue(
+    channel: &Channel,
+    names: &Names,
+    queue: String,
+    key: &str,
+    shape: ReplyQueueShape,
+) -> Result<ReplyQueue, BrokerError> {
     let declared = channel
         .queue_declare(
             queue.as_str().into(),
@@ -233,7 +264,7 @@ pub async fn declare_reply_queue(
         .queue_bind(
             queue.as_str().into(),
             names.responses_exchange().into(),
-            Names::reply_routing_key(user).into(),
+            key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )

@@ -53,6 +53,34 @@ pub struct ChatRequest {
     /// answer goes to the room (every member), not only to `user_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room_id: Option<RoomId>,
+    /// The answer goes to this request's own queue (an HTTP client's,
+    /// [`crate::topology::Names::request_queue`]), published with
+    /// [`crate::topology::Names::request_routing_key`], not to the user's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub own_queue: bool,
+    /// What the client asked of the model; the responder's own settings
+    /// where absent.
+    #[serde(default, skip_serializing_if = "ModelOptions::is_empty")]
+    pub model: ModelOptions,
+}
+
+/// A client's wishes for the model (the OpenAI API's `model`, `max_tokens`
+/// and system message).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Instead of the responder's system prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+}
+
+impl ModelOptions {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// A message sent to a room, as every member's queue receives it. `seq`
@@ -270,7 +298,17 @@ impl ChatRequest {
             sent_at_ms,
             context: Vec::new(),
             room_id: None,
+            own_queue: false,
+            model: ModelOptions::default(),
         }
+    }
+
+    /// The same request, answered into its own queue with the client's
+    /// wishes for the model (an OpenAI-API request).
+    pub fn to_own_queue(mut self, model: ModelOptions) -> Self {
+        self.own_queue = true;
+        self.model = model;
+        self
     }
 
     /// The same request, to be answered to `room`.

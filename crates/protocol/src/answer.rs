@@ -159,6 +159,36 @@ impl ShownAnswer {
         text
     }
 
+    /// The highest seq of the shown attempt with every chunk before it in
+    /// (what [`ShownAnswer::text`] ends with); `None` before chunk 0.
+    pub fn through(&self) -> Option<u32> {
+        let attempt = self.on_screen()?;
+        let mut through = None;
+        for (expected, seq) in (0u32..).zip(attempt.chunks.keys()) {
+            if expected != *seq {
+                break;
+            }
+            through = Some(expected);
+        }
+        through
+    }
+
+    /// The shown attempt's text of chunks 0..=`seq` (as far as they are in
+    /// without a gap): what a client that has them was shown.
+    pub fn text_through(&self, seq: u32) -> String {
+        let Some(attempt) = self.on_screen() else {
+            return String::new();
+        };
+        let mut text = String::new();
+        for (expected, (s, chunk)) in (0u32..=seq).zip(&attempt.chunks) {
+            if expected != *s {
+                break;
+            }
+            text.push_str(chunk);
+        }
+        text
+    }
+
     /// Whether the answer is whole: failed, or one attempt's final chunk
     /// and every one before it are in.
     pub fn is_complete(&self) -> bool {

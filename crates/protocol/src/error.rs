@@ -65,6 +65,10 @@ pub enum ErrorCode {
     /// This deployment has rooms turned off (`rooms.database_url` empty):
     /// asking again will not help.
     RoomsDisabled,
+    /// An answer streamed over Server-Sent Events (the OpenAI API) began
+    /// again after a responder failed, and what was sent cannot be taken
+    /// back: ask again.
+    AnswerRestarted,
     /// A text (a message, a room name) holds a character that is never
     /// allowed (NUL, or another control character than tab and newlines).
     InvalidText,
@@ -100,6 +104,7 @@ impl ErrorCode {
                 | Self::RateLimited
                 | Self::ModelFailed
                 | Self::RoomsUnavailable
+                | Self::AnswerRestarted
                 | Self::TooManyPending
                 | Self::RequestTimeout
         )
@@ -142,6 +147,7 @@ impl ErrorCode {
             Self::InvalidRoomToken => "the invitation is invalid or expired; ask for a new one",
             Self::RoomsUnavailable => "rooms are unavailable right now; try again later",
             Self::RoomsDisabled => "rooms are turned off on this server",
+            Self::AnswerRestarted => "the answer was restarted after a responder failed; ask again",
             Self::InvalidText => {
                 "the text holds a character that is not allowed (NUL or a control character)"
             }
@@ -179,7 +185,7 @@ impl ErrorCode {
             Self::TextTooLong => 413,
             Self::TooManySockets | Self::RateLimited | Self::TooManyPending => 429,
             Self::RequestFailed | Self::Internal => 500,
-            Self::ModelFailed => 502,
+            Self::ModelFailed | Self::AnswerRestarted => 502,
             Self::BrokerUnavailable
             | Self::PublishRejected
             | Self::GatewayFull
@@ -214,6 +220,7 @@ impl ErrorCode {
             Self::InvalidRoomToken => "invalid_room_token",
             Self::RoomsUnavailable => "rooms_unavailable",
             Self::RoomsDisabled => "rooms_disabled",
+            Self::AnswerRestarted => "answer_restarted",
             Self::InvalidText => "invalid_text",
             Self::TooManyPending => "too_many_pending",
             Self::InvalidQuery => "invalid_query",
@@ -227,7 +234,7 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         Self::InvalidJson,
         Self::InvalidFrame,
         Self::UnknownType,
@@ -252,6 +259,7 @@ impl ErrorCode {
         Self::InvalidRoomToken,
         Self::RoomsUnavailable,
         Self::RoomsDisabled,
+        Self::AnswerRestarted,
         Self::InvalidText,
         Self::TooManyPending,
         Self::InvalidQuery,

@@ -2,7 +2,8 @@
 //! configurable prefix (empty by default) so that several deployments or test
 //! runs can share one broker without colliding.
 
-use crate::{RoomId, UserId};
+use crate::amqp::ChatRequest;
+use crate::{MessageId, RoomId, UserId};
 
 /// Durable quorum queue of [`ChatRequest`](crate::amqp::ChatRequest)s.
 pub const CHAT_QUEUE: &str = "chat_queue";
@@ -96,6 +97,52 @@ impl Names {
     /// exchange. The exchange is already prefixed, so the key is the bare id.
     pub fn reply_routing_key(user: &UserId) -> &str {
         user.as_str()
+    }
+
+    /// The queue of one HTTP request's answer (`POST /v1/chat/completions`),
+    /// bound to the responses exchange with [`Names::request_routing_key`]:
+    /// `chat_responses.req.<message id>` (user ids have no dot: never a
+    /// user's queue).
+    pub fn request_queue(&self, id: &MessageId) -> String {
+        format!("{}{RESPONSES_EXCHANGE}.req.{id}", self.prefix)
+    }
+
+    /// Routing key of the answer to request `id` when it has its own queue.
+    pub fn request_routing_key(id: &MessageId) -> String {
+        format!("req.{id}")
+    }
+
+    /// Where the chunks (and statuses) answering `request` are published on
+    /// the responses exchange: its own queue's key, its room's, or its
+    /// user's.
+    pub fn answer_routing_key(request: &ChatRequest) -> String {
+        if request.own_queue {
+            Self::request_routing_key(&request.id)
+        } else if let Some(room) = &request.room_id {
+            Self::room_routing_key(room)
+        } else {
+            Self::reply_routing_key(&request.user_id).to_owned()
+        }
+    }
+
+    /// Where a status of `request` (`processing`) goes: to its asker only —
+    /// its own queue, or the user's, never a room's.
+    pub fn status_routing_key(request: &ChatRequest) -> String {
+        if request.own_queue {
+            Self::request_routing_key(&request.id)
+        } else {
+            Self::reply_routing_key(&request.user_id).to_owned()
+        }
+    }
+
+    /// The queue that reads the answer to `request` for its asker: its own
+    /// queue, or the user's. Once it is gone, nobody is left to read.
+    pub fn answer_queue(&self, request: &ChatRequest) -> String {
+        if request.own_queue {
+            self.request_queue(&request.id)
+        } else {
+            self.reply_queue(&request.user_id)
+        }
     }
 
     /// Routing key of `room`'s messages and answers on the responses

@@ -417,6 +417,23 @@ pub struct ReplyFrame {
     pub room_id: Option<RoomId>,
 }
 
+impl From<crate::amqp::ReplyChunk> for ReplyFrame {
+    /// A chunk as a client gets it: the same fields, less the routing ones.
+    fn from(chunk: crate::amqp::ReplyChunk) -> Self {
+        Self {
+            id: chunk.id,
+            in_reply_to: chunk.in_reply_to,
+            seq: chunk.seq,
+            attempt: chunk.attempt,
+            text: chunk.text,
+            r#final: chunk.r#final,
+            error: chunk.error,
+            cancelled: chunk.cancelled,
+            room_id: chunk.room_id,
+        }
+    }
+}
+
 impl ServerFrame {
     /// The frame's `type`, for metrics.
     pub fn kind(&self) -> &'static str {

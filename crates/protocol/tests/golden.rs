@@ -32,6 +32,30 @@ where
 }
 
 #[test]
+fn a_request_with_its_own_queue_and_model_wishes() {
+    let request = ChatRequest::new(MessageId::parse(MSG).unwrap(), alice(), "hi".into(), 1)
+        .to_own_queue(amqp::ModelOptions {
+            name: Some("big".into()),
+            max_tokens: Some(200),
+            system: None,
+        });
+    assert_golden(
+        &request,
+        &format!(
+            r#"{{"v":1,"id":"{MSG}","user_id":"alice","text":"hi","sent_at_ms":1,"own_queue":true,"model":{{"name":"big","max_tokens":200}}}}"#
+        ),
+    );
+    assert_eq!(
+        protocol::topology::Names::answer_routing_key(&request),
+        format!("req.{MSG}")
+    );
+    assert_eq!(
+        protocol::topology::Names::new("p.").answer_queue(&request),
+        format!("p.chat_responses.req.{MSG}")
+    );
+}
+
+#[test]
 fn client_frames() {
     let limits = FrameLimits::default();
     let send = format!(r#"{{"type":"send","id":"{MSG}","text":"Hello"}}"#);

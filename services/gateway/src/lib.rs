@@ -166,6 +166,10 @@ impl Gateway {
                 },
                 max_body_bytes: settings.websocket.max_message_bytes,
             },
+            models: http::ApiModels(match settings.openai_api.models.as_slice() {
+                [] => vec![http::openai_default_model()].into(),
+                models => models.into(),
+            }),
             sockets: Sockets {
                 admission: admission.clone(),
                 replies: replies.clone(),

@@ -9,7 +9,7 @@
 use crate::replies::{AnswerWatcher, ReplyQueues};
 use crate::rooms::{Posted, Rooms};
 use broker::{Broker, properties};
-use protocol::amqp::{self, CancelRequest, ChatRequest, Turn};
+use protocol::amqp::{self, CancelRequest, ChatRequest, ModelOptions, Turn};
 use protocol::trace::TraceParent;
 use protocol::{ErrorCode, MessageId, RoomId, UserId};
 use std::collections::HashMap;
@@ -111,21 +111,44 @@ impl Messages {
                 Posted::AlsoToAssistant { context } => context,
             },
         };
-        self.submit(user, id, text, context, room, trace).await
+        let request =
+            ChatRequest::new(id, user.clone(), text, properties::now_ms()).with_context(context);
+        let request = match room {
+            Some(room) => request.in_room(room),
+            None => request,
+        };
+        self.submit(request, trace).await
     }
 
-    /// Publishes the request persistently to `chat_queue` and waits for
-    /// RabbitMQ's confirm — unless the user has as many messages waiting as
-    /// a user may (`too_many_pending`).
-    async fn submit(
+    /// Sends `message` for `user` with its answer going to a queue of its
+    /// own (an OpenAI-API request: docs/protocol.md §9), declared first;
+    /// `model` carries the client's wishes for the model.
+    pub async fn send_own(
         &self,
         user: &UserId,
-        id: MessageId,
-        text: String,
-        context: Vec<Turn>,
-        room: Option<RoomId>,
+        message: Outgoing,
+        model: ModelOptions,
         trace: &TraceParent,
     ) -> Result<(), ErrorCode> {
+        self.inner.queues.declare_own(&message.id).await?;
+        let request =
+            ChatRequest::new(message.id, user.clone(), message.text, properties::now_ms())
+                .with_context(message.context)
+                .to_own_queue(model);
+        self.submit(request, trace).await
+    }
+
+    /// The answer to message `id` of `user` is over (read from its own
+    /// queue, which no consumer of the user's watches).
+    pub fn answered(&self, user: &UserId, id: MessageId) {
+        self.inner.in_progress.finish(user, id);
+    }
+
+    /// Publishes `request` persistently to `chat_queue` and waits for
+    /// RabbitMQ's confirm — unless its user has as many messages waiting as
+    /// a user may (`too_many_pending`).
+    async fn submit(&self, request: ChatRequest, trace: &TraceParent) -> Result<(), ErrorCode> {
+        let (user, id) = (&request.user_id, request.id);
         let broker = &self.inner.broker;
         let session = broker.current().ok_or(ErrorCode::BrokerUnavailable)?;
         let fairness = self.inner.fairness;
@@ -134,12 +157,6 @@ impl Messages {
             metrics::counter!("switchboard_gateway_pending_refused_total").increment(1);
             return Err(ErrorCode::TooManyPending);
         }
-        let request =
-            ChatRequest::new(id, user.clone(), text, properties::now_ms()).with_context(context);
-        let request = match room {
-            Some(room) => request.in_room(room),
-            None => request,
-        };
         session
             .publisher()
             .publish(

@@ -24,6 +24,15 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub messages: MessagesSettings,
     pub rooms: RoomsSettings,
+    pub openai_api: OpenAiApiSettings,
+}
+
+/// The OpenAI-compatible API (`/v1`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpenAiApiSettings {
+    /// What `GET /v1/models` lists; the first is the model named in
+    /// answers to requests that name none.
+    pub models: Vec<String>,
 }
 
 /// Fairness between users.
@@ -43,7 +52,7 @@ impl Settings {
         platform::settings::load(
             DEFAULTS,
             &[RESPONDER_DEFAULTS],
-            &["http.allowed_origins", "amqp.urls"],
+            &["http.allowed_origins", "amqp.urls", "openai_api.models"],
         )
     }
 }

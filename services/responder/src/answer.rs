@@ -106,10 +106,9 @@ impl Answer<'_> {
             answer: self,
             exchange: self.names.responses_exchange(),
             // An answer to a room goes to every member's queue through the room's key.
-            routing_key: match &request.room_id {
-                Some(room) => Names::room_routing_key(room),
-                None => Names::reply_routing_key(&request.user_id).to_owned(),
-            },
+            // Its own queue (an HTTP client's), its room (every member), or
+            // its user.
+            routing_key: Names::answer_routing_key(request),
             attempt,
             seq: 0,
             pending: Vec::new(),
@@ -209,7 +208,7 @@ impl Answer<'_> {
             // Nobody is in the room right now: the room's history has it.
             Some(_) if request.room_id.is_some() => {}
             Some(_) if self.reply_queue_gone().await => {
-                warn!("the user's reply queue is gone (expired); answer dropped");
+                warn!("the queue that reads this answer is gone (expired); answer dropped");
             }
             // The queue exists but could not take it (its node is down, say):
             // that can heal, so the answer is tried again.
@@ -218,12 +217,13 @@ impl Answer<'_> {
         Ok(())
     }
 
-    /// Whether the user's reply queue no longer exists — it expired after
-    /// 30 minutes without a socket, and nobody is left to read an answer —
+    /// Whether the queue that reads the answer no longer exists — the
+    /// user's expired after 30 minutes without a socket, a request's own
+    /// after its client went for good — and nobody is left to read it —
     /// as opposed to existing but being out of reach for now. Asked with a
     /// passive declare; anything but "no queue" counts as not gone.
     async fn reply_queue_gone(&self) -> bool {
-        let queue = self.names.reply_queue(&self.request.user_id);
+        let queue = self.names.answer_queue(self.request);
         let count = async |channel: &_| broker::topology::consumer_count(channel, &queue).await;
         match self
             .session
@@ -249,7 +249,7 @@ impl Answer<'_> {
             .publisher()
             .publish_best_effort(
                 &self.names.responses_exchange(),
-                Names::reply_routing_key(&request.user_id),
+                &Names::status_routing_key(request),
                 &amqp::encode(&event),
                 properties::status_event(&event, self.trace),
             )

@@ -40,15 +40,18 @@ impl Serve for DeadLetters {
     }
 }
 
-/// Whose request it was and its id: from the body if it is readable, else
-/// from the properties every request carries.
-fn owner(delivery: &Delivery) -> Option<(UserId, MessageId)> {
+/// Whose request it was, its id and where its answer goes: from the body
+/// if it is readable, else from the properties every request carries (and
+/// then to the user's queue).
+fn owner(delivery: &Delivery) -> Option<(UserId, MessageId, String)> {
     if let Ok(request) = amqp::decode::<ChatRequest>(&delivery.data) {
-        return Some((request.user_id, request.id));
+        let key = Names::status_routing_key(&request);
+        return Some((request.user_id, request.id, key));
     }
     let user = UserId::parse(properties::user_header(&delivery.properties)?).ok()?;
     let id = MessageId::parse(delivery.properties.message_id().as_ref()?.as_str()).ok()?;
-    Some((user, id))
+    let key = Names::reply_routing_key(&user).to_owned();
+    Some((user, id, key))
 }
 
 impl DeadLetters {
@@ -58,7 +61,7 @@ impl DeadLetters {
             .to_owned();
         metrics::counter!("switchboard_responder_dead_letters_total", "reason" => reason.clone())
             .increment(1);
-        let Some((user, id)) = owner(&delivery) else {
+        let Some((user, id, key)) = owner(&delivery) else {
             error!(%reason, "dead-lettered request with no known owner; kept in the dead-letter queue");
             self.settle(&delivery).await;
             return;
@@ -80,7 +83,7 @@ impl DeadLetters {
             .publisher()
             .publish(
                 &self.broker.names().responses_exchange(),
-                Names::reply_routing_key(&user),
+                &key,
                 &amqp::encode(&chunk),
                 properties::reply_chunk(
                     &chunk,

@@ -39,7 +39,13 @@ pub struct HttpContext {
     /// Whether `X-Forwarded-For` / `-Proto` are believed (a proxy in front
     /// sets them).
     pub trust_forwarded: TrustForwarded,
+    /// The models `GET /v1/models` lists (the first is the default name).
+    pub models: ApiModels,
 }
+
+/// The models the OpenAI API lists (`openai_api.models`; never empty).
+#[derive(Debug, Clone)]
+pub struct ApiModels(pub Arc<[String]>);
 
 /// A token bucket per user over HTTP API requests.
 #[derive(Debug, Clone)]
@@ -114,4 +120,5 @@ handles!(
     api_rates: ApiRates,
     guest_rates: GuestRates,
     trust_forwarded: TrustForwarded,
+    models: ApiModels,
 );

@@ -72,6 +72,11 @@ impl ApiError {
     pub fn code(&self) -> ErrorCode {
         self.code
     }
+
+    /// What a person reads.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl From<ErrorCode> for ApiError {

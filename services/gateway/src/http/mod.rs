@@ -4,7 +4,8 @@
 //! - `context`: [`HttpContext`], what the handlers share.
 //! - `error`: [`ApiError`], the one error type of every handler.
 //! - `extract`: [`Authenticated`], who a request acts for.
-//! - `session`, `messages`, `rooms`, `ws`, `web`: the handlers, each with
+//! - `session`, `messages`, `openai` (with `openai_wire`, `openai_answer`),
+//!   `rooms`, `ws`, `web`: the handlers, each with
 //!   its own `router()`, merged here.
 //! - `listener`: binding and the accept loop.
 //!
@@ -17,13 +18,17 @@ mod error;
 mod extract;
 pub mod listener;
 mod messages;
+mod openai;
+mod openai_answer;
+mod openai_wire;
 mod rooms;
 mod session;
 mod web;
 mod ws;
 
 pub use context::{
-    ApiRates, GuestRates, GuestSessions, HttpContext, MessageLimits, Sockets, TrustForwarded,
+    ApiModels, ApiRates, GuestRates, GuestSessions, HttpContext, MessageLimits, Sockets,
+    TrustForwarded,
 };
 pub use error::{ApiError, ErrorBody};
 pub use extract::{Authenticated, TOKEN_SUBPROTOCOL_PREFIX};
@@ -33,6 +38,11 @@ use axum::Router;
 use axum::routing::any;
 use platform::health::Readiness;
 use protocol::ErrorCode;
+
+/// The model named when none is configured.
+pub fn openai_default_model() -> String {
+    openai_wire::DEFAULT_MODEL.to_owned()
+}
 
 async fn not_found() -> ApiError {
     ErrorCode::NotFound.into()
@@ -48,6 +58,7 @@ pub fn router(context: HttpContext, ready: Readiness, web_dir: &str) -> Router {
     Router::new()
         .merge(session::router())
         .merge(messages::router(context.message_limits))
+        .merge(openai::router(context.message_limits))
         .merge(rooms::router())
         .merge(ws::router())
         // Under /api, a wrong path or method gets a JSON error like any other.

@@ -11,6 +11,7 @@
 //!   chunk only once a client has it.
 //! - `relay`: one user on several gateways.
 //! - `queues`: [`ReplyQueues`] — declaring, binding rooms, counting consumers.
+//! - `own_queue`: [`OwnQueue`] — one HTTP request's own reply queue.
 //! - `presence`: members of a user's rooms told when the user comes and goes.
 //! - `context`: what these parts share.
 //!
@@ -21,6 +22,7 @@ mod context;
 mod inbound;
 mod local;
 mod outbound;
+mod own_queue;
 mod presence;
 mod queues;
 mod relay;
@@ -29,5 +31,6 @@ mod router;
 pub use context::{AnswerWatcher, ReplySetup};
 pub use local::ReplyHealth;
 pub use outbound::{OutboundReply, Outbox, Receipt, Settlement};
+pub use own_queue::OwnQueue;
 pub use queues::ReplyQueues;
 pub use router::{ReplyRouter, Subscription};

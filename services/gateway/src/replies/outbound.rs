@@ -56,17 +56,7 @@ impl OutboundReply {
     /// A `reply` frame, acknowledged by its reply id and `seq`.
     pub fn chunk(chunk: ReplyChunk, receipt: Option<Receipt>) -> Self {
         let key = (chunk.id, chunk.seq);
-        let frame = ServerFrame::Reply(ReplyFrame {
-            id: chunk.id,
-            in_reply_to: chunk.in_reply_to,
-            seq: chunk.seq,
-            attempt: chunk.attempt,
-            text: chunk.text,
-            r#final: chunk.r#final,
-            error: chunk.error,
-            cancelled: chunk.cancelled,
-            room_id: chunk.room_id,
-        });
+        let frame = ServerFrame::Reply(ReplyFrame::from(chunk));
         Self::of(&frame, Some(key), None, receipt)
     }
 

@@ -79,11 +79,15 @@ impl OpenAi {
         })
     }
 
-    /// The request body for `request`.
+    /// The request body for `request`: the client's model, system prompt
+    /// and `max_tokens` where it asked for them (the OpenAI API), else the
+    /// settings'.
     fn body(&self, request: &ChatRequest) -> Value {
+        let wishes = &request.model;
         let mut messages = Vec::with_capacity(request.context.len() + 2);
-        if !self.system_prompt.is_empty() {
-            messages.push(json!({"role": "system", "content": self.system_prompt}));
+        let system = wishes.system.as_deref().unwrap_or(&self.system_prompt);
+        if !system.is_empty() {
+            messages.push(json!({"role": "system", "content": system}));
         }
         for turn in &request.context {
             let role = match turn.role {
@@ -93,9 +97,11 @@ impl OpenAi {
             messages.push(json!({"role": role, "content": turn.text}));
         }
         messages.push(json!({"role": "user", "content": request.text}));
-        let mut body = json!({"model": self.model, "stream": true, "messages": messages});
-        if self.max_tokens > 0 {
-            body["max_tokens"] = json!(self.max_tokens);
+        let model = wishes.name.as_deref().unwrap_or(&self.model);
+        let mut body = json!({"model": model, "stream": true, "messages": messages});
+        let max_tokens = wishes.max_tokens.unwrap_or(self.max_tokens);
+        if max_tokens > 0 {
+            body["max_tokens"] = json!(max_tokens);
         }
         body
     }
@@ -206,183 +212,4 @@ fn short(error: &reqwest::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use protocol::amqp::Turn;
-    use protocol::{MessageId, UserId};
-    use testkit::fake_model::{FakeModel, model_answer};
-
-    fn settings(base_url: String) -> OpenAiSettings {
-        OpenAiSettings {
-            base_url,
-            model: "fake-7b".into(),
-            api_key: "sk-test".into(),
-            system_prompt: "Be brief.".into(),
-            max_tokens: 0,
-            first_token_timeout_ms: 2_000,
-            idle_timeout_ms: 300,
-            ca_file: String::new(),
-        }
-    }
-
-    fn request(text: &str) -> ChatRequest {
-        ChatRequest::new(
-            MessageId::new_random(),
-            UserId::parse("alice").unwrap(),
-            text.into(),
-            0,
-        )
-    }
-
-    /// Every piece, and how the stream ended.
-    async fn run(client: &OpenAi, request: &ChatRequest) -> (String, Option<EngineError>) {
-        let mut pieces = client.answer(request);
-        let mut text = String::new();
-        while let Some(piece) = tokio::time::timeout(testkit::WAIT, pieces.next())
-            .await
-            .unwrap()
-        {
-            match piece {
-                Ok(piece) => text.push_str(&piece.text),
-                Err(e) => return (text, Some(e)),
-            }
-        }
-        (text, None)
-    }
-
-    fn failed(outcome: Option<EngineError>) -> String {
-        match outcome {
-            Some(EngineError::Failed(why)) => why,
-            other => panic!("expected a failure, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn streams_the_answer_with_the_conversation_as_context() {
-        let model = FakeModel::start().await;
-        let client = OpenAi::new(&settings(model.base_url())).unwrap();
-        let turn = |role, text: &str| Turn {
-            role,
-            text: text.into(),
-        };
-        let request = request("and now?")
-            .with_context(vec![turn(Role::User, "hi"), turn(Role::Assistant, "hello")]);
-        let (text, end) = run(&client, &request).await;
-        assert_eq!(
-            (text.as_str(), end),
-            (model_answer("and now?").as_str(), None)
-        );
-        let body = &model.bodies()[0];
-        assert_eq!(body["model"], json!("fake-7b"));
-        assert_eq!(body["stream"], json!(true));
-        assert_eq!(
-            body["messages"],
-            json!([
-                {"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "hello"},
-                {"role": "user", "content": "and now?"},
-            ])
-        );
-        assert_eq!(
-            model.seen.authorizations.lock().unwrap()[0].as_deref(),
-            Some("Bearer sk-test")
-        );
-    }
-
-    #[tokio::test]
-    async fn an_error_status_is_a_failure_with_the_servers_reason() {
-        let model = FakeModel::start().await;
-        let client = OpenAi::new(&settings(model.base_url())).unwrap();
-        let (text, end) = run(&client, &request("[[500]]")).await;
-        let why = failed(end);
-        assert!(text.is_empty());
-        assert!(
-            why.contains("500") && why.contains("the fake model is down"),
-            "{why}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_cut_off_stream_keeps_what_came_and_fails() {
-        let model = FakeModel::start().await;
-        let client = OpenAi::new(&settings(model.base_url())).unwrap();
-        let (text, end) = run(&client, &request("[[cut]] x")).await;
-        assert_eq!(text, "Model says: ");
-        assert!(failed(end).contains("cut off"));
-    }
-
-    #[tokio::test]
-    async fn a_stalled_stream_fails_after_the_idle_timeout() {
-        let model = FakeModel::start().await;
-        let client = OpenAi::new(&settings(model.base_url())).unwrap();
-        let (text, end) = run(&client, &request("[[stall]]")).await;
-        assert_eq!(text, "Model ");
-        assert!(failed(end).contains("timed out"));
-    }
-
-    #[tokio::test]
-    async fn an_error_event_fails_with_its_message() {
-        let model = FakeModel::start().await;
-        let client = OpenAi::new(&settings(model.base_url())).unwrap();
-        let (_, end) = run(&client, &request("[[error]]")).await;
-        assert_eq!(failed(end), "the model failed: overloaded");
-    }
-
-    #[tokio::test]
-    async fn an_unreachable_server_fails_without_naming_the_url() {
-        // A port nothing listens on: bind one, then let it go.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let client = OpenAi::new(&settings(format!("http://127.0.0.1:{port}/v1"))).unwrap();
-        let why = failed(run(&client, &request("hi")).await.1);
-        assert!(
-            why.contains("unreachable") && !why.contains("127.0.0.1"),
-            "{why}"
-        );
-    }
-
-    #[tokio::test]
-    async fn dropping_the_answer_closes_the_upstream_stream() {
-        let model = FakeModel::start().await;
-        let client = OpenAi::new(&settings(model.base_url())).unwrap();
-        let mut pieces = client.answer(&request("[[slow]] a b c d e f g h"));
-        assert!(pieces.next().await.unwrap().is_ok());
-        drop(pieces);
-        testkit::wait_until("the fake model sees the stream abandoned", || {
-            model.abandoned() == 1
-        })
-        .await;
-    }
-
-    #[tokio::test]
-    async fn speaks_https_to_a_server_it_is_told_to_trust_and_only_then() {
-        let model = FakeModel::start_tls().await;
-        let mut trusting = settings(model.base_url());
-        trusting.ca_file = model.ca_file().unwrap().to_str().unwrap().into();
-        let client = OpenAi::new(&trusting).unwrap();
-        let (text, end) = run(&client, &request("over tls")).await;
-        assert!(end.is_none(), "{end:?}");
-        assert_eq!(text, model_answer("over tls"));
-        // Without the certificate, the system's roots do not know it.
-        let wary = OpenAi::new(&settings(model.base_url())).unwrap();
-        let why = failed(run(&wary, &request("hi")).await.1);
-        assert!(why.contains("unreachable"), "{why}");
-        assert_eq!(model.bodies().len(), 1, "the untrusted server got nothing");
-    }
-
-    #[test]
-    fn refuses_settings_it_cannot_use() {
-        assert!(OpenAi::new(&settings("ftp://api.example.com/v1".into())).is_err());
-        assert!(OpenAi::new(&settings("https://api.example.com/v1".into())).is_ok());
-        let mut no_ca = settings("https://api.example.com/v1".into());
-        no_ca.ca_file = "/nonexistent/ca.pem".into();
-        assert!(OpenAi::new(&no_ca).is_err());
-        let mut no_model = settings("http://127.0.0.1:1/v1".into());
-        no_model.model.clear();
-        assert!(OpenAi::new(&no_model).is_err());
-    }
-}
+mod tests;

@@ -13,6 +13,7 @@ mod delivery;
 mod failures;
 mod identity;
 mod model;
+mod openai;
 mod rest;
 mod rooms;
 mod round_trip;

@@ -1,0 +1,344 @@
+//! The OpenAI chat-completions API over the queue (docs/protocol.md §9):
+//! `POST /v1/chat/completions` (streaming as Server-Sent Events, or one
+//! JSON body), `GET /v1/chat/completions/{id}/stream` to resume a stream
+//! that broke, and `GET /v1/models`. A request goes through `chat_queue`
+//! like any message — the same validation, limits and codes, errors in
+//! OpenAI's shape — and its answer comes back through a queue of its own,
+//! so it never takes chunks from the user's sockets, nor they from it.
+
+use super::context::{ApiModels, HttpContext, MessageLimits, Sockets};
+use super::error::ApiError;
+use super::extract::Authenticated;
+use super::openai_answer::{Emit, EventId, StreamedAnswer};
+use super::openai_wire::{self as wire, CompletionRequest};
+use crate::messages::{Messages, Outgoing};
+use crate::replies::{OwnQueue, ReplyQueues};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use futures_util::stream;
+use protocol::answer::ShownAnswer;
+use protocol::ws::ReplyFrame;
+use protocol::ws::{ClientFrame, FrameLimits};
+use protocol::{ErrorCode, MessageId, UserId};
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tracing::{debug, info_span};
+
+/// How long an answer whose stream broke goes on for a client to resume it;
+/// after that, with nobody reading, it is cancelled (the model stops).
+const RESUME_WINDOW: Duration = Duration::from_secs(30);
+
+pub fn router(limits: MessageLimits) -> Router<HttpContext> {
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(complete).layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+        )
+        .route("/v1/chat/completions/{id}/stream", get(resume))
+        .route("/v1/models", get(models))
+        .route("/v1/{*rest}", any(not_found))
+}
+
+/// An error as OpenAI's clients read it.
+#[derive(Debug)]
+pub struct OpenAiError(ApiError);
+
+impl From<ApiError> for OpenAiError {
+    fn from(error: ApiError) -> Self {
+        Self(error)
+    }
+}
+
+impl From<ErrorCode> for OpenAiError {
+    fn from(code: ErrorCode) -> Self {
+        Self(code.into())
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let code = self.0.code();
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        metrics::counter!("switchboard_gateway_errors_total", "code" => code.as_str()).increment(1);
+        (status, Json(wire::error_body(code, self.0.message()))).into_response()
+    }
+}
+
+fn refused(code: ErrorCode, message: impl Into<String>) -> OpenAiError {
+    OpenAiError(ApiError::new(code, message.into()))
+}
+
+async fn not_found() -> OpenAiError {
+    ErrorCode::NotFound.into()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `GET /v1/models`: the models this deployment offers (`openai_api.models`).
+async fn models(
+    auth: Result<Authenticated, ApiError>,
+    State(ApiModels(models)): State<ApiModels>,
+) -> Result<Json<Value>, OpenAiError> {
+    auth?;
+    let data: Vec<Value> = models
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "switchboard"}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// `POST /v1/chat/completions`.
+async fn complete(
+    auth: Result<Authenticated, ApiError>,
+    State(messages): State<Messages>,
+    State(limits): State<MessageLimits>,
+    State(ApiModels(models)): State<ApiModels>,
+    State(sockets): State<Sockets>,
+    body: Bytes,
+) -> Result<Response, OpenAiError> {
+    let user = auth?.0.user;
+    let request: CompletionRequest = serde_json::from_slice(&body).map_err(|e| {
+        refused(
+            ErrorCode::InvalidJson,
+            format!("not a chat-completions request: {e}"),
+        )
+    })?;
+    let asked = request.asked().map_err(|(code, why)| refused(code, why))?;
+    let id = MessageId::new_random();
+    let message = validated(id, asked.text, asked.context, &limits.frames)?;
+    let model = asked
+        .options
+        .name
+        .clone()
+        .unwrap_or_else(|| models[0].clone());
+    let span = info_span!("request", trace_id = tracing::field::Empty, user_id = %user, message_id = %id, via = "openai");
+    let trace = platform::telemetry::start_trace(&span);
+    span.record("trace_id", tracing::field::display(trace.trace_id()));
+    messages
+        .send_own(&user, message, asked.options, &trace)
+        .await?;
+    let (answer, queue) = Reading::open(user, id, model, messages, &sockets).await?;
+    if request.stream {
+        Ok(answer
+            .stream(queue, StreamedAnswer::new(None))
+            .into_response())
+    } else {
+        answer.whole(queue).await
+    }
+}
+
+/// `GET /v1/chat/completions/{id}/stream` with `Last-Event-ID` (or none:
+/// from the start): the rest of an answer whose stream broke.
+async fn resume(
+    auth: Result<Authenticated, ApiError>,
+    State(messages): State<Messages>,
+    State(ApiModels(models)): State<ApiModels>,
+    State(sockets): State<Sockets>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, OpenAiError> {
+    let user = auth?.0.user;
+    let id = id
+        .strip_prefix("chatcmpl-")
+        .and_then(|id| MessageId::parse(id).ok())
+        .ok_or_else(|| {
+            refused(
+                ErrorCode::InvalidId,
+                "not a completion id (chatcmpl-<uuid>)",
+            )
+        })?;
+    let after = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        None | Some("") => None,
+        Some(raw) => Some(raw.parse::<EventId>().map_err(|()| {
+            refused(
+                ErrorCode::InvalidFrame,
+                "Last-Event-ID is not an event id of this API",
+            )
+        })?),
+    };
+    let model = models[0].clone();
+    let (answer, queue) = Reading::open(user, id, model, messages, &sockets).await?;
+    Ok(answer
+        .stream(queue, StreamedAnswer::new(after))
+        .into_response())
+}
+
+/// The text and context validated exactly as a socket's `send` is.
+fn validated(
+    id: MessageId,
+    text: String,
+    context: Vec<protocol::amqp::Turn>,
+    limits: &FrameLimits,
+) -> Result<Outgoing, OpenAiError> {
+    let frame = json!({"type": "send", "id": id, "text": text, "context": context});
+    match ClientFrame::decode(&frame.to_string(), limits) {
+        Ok(ClientFrame::Send {
+            id, text, context, ..
+        }) => Ok(Outgoing {
+            id,
+            text,
+            context,
+            room: None,
+        }),
+        Ok(_) => Err(ErrorCode::InvalidFrame.into()),
+        Err(e) => Err(OpenAiError(ApiError::from(e))),
+    }
+}
+
+/// One answer being read from its own queue for its client.
+struct Reading {
+    user: UserId,
+    id: MessageId,
+    model: String,
+    created: u64,
+    messages: Messages,
+    queues: ReplyQueues,
+}
+
+impl Reading {
+    /// Starts reading the answer to `id` from its own queue.
+    async fn open(
+        user: UserId,
+        id: MessageId,
+        model: String,
+        messages: Messages,
+        sockets: &Sockets,
+    ) -> Result<(Self, OwnQueue), OpenAiError> {
+        let queues = sockets.replies.queues();
+        let queue = queues.read_own(&user, &id).await?;
+        let reading = Self {
+            user,
+            id,
+            model,
+            created: now_secs(),
+            messages,
+            queues,
+        };
+        Ok((reading, queue))
+    }
+
+    /// Everything, then one `chat.completion`: nothing was shown before,
+    /// so it is simply the newest attempt, whole.
+    async fn whole(self, mut queue: OwnQueue) -> Result<Response, OpenAiError> {
+        let mut answer = ShownAnswer::default();
+        while !answer.is_complete() {
+            match queue.next().await {
+                Ok(chunk) => {
+                    answer.add(&ReplyFrame::from(chunk));
+                }
+                Err(code) => {
+                    queue.abandon().await;
+                    return Err(code.into());
+                }
+            }
+        }
+        queue.finish().await;
+        self.messages.answered(&self.user, self.id);
+        if let Some(error) = answer.error() {
+            return Err(refused(error.code, error.message.clone()));
+        }
+        let body = wire::completion(&self.id, &self.model, self.created, &answer.text(), "stop");
+        Ok(Json(body).into_response())
+    }
+
+    /// Server-Sent Events as the answer streams: `chat.completion.chunk`s
+    /// with ids to resume from, then `[DONE]`.
+    fn stream(self, queue: OwnQueue, answer: StreamedAnswer) -> impl IntoResponse {
+        let (tx, rx) = mpsc::channel::<Event>(64);
+        tokio::spawn(self.pump(queue, answer, tx));
+        let events = stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|event| (Ok::<_, Infallible>(event), rx))
+        });
+        Sse::new(events).keep_alive(KeepAlive::default())
+    }
+
+    /// Reads the queue and writes events until the answer ends or the
+    /// client goes.
+    async fn pump(self, mut queue: OwnQueue, mut answer: StreamedAnswer, tx: mpsc::Sender<Event>) {
+        let mut first = true;
+        loop {
+            let chunk = tokio::select! {
+                next = queue.next() => match next {
+                    Ok(chunk) => chunk,
+                    Err(code) => {
+                        let _ = tx.send(error_event(code, code.describe())).await;
+                        queue.abandon().await;
+                        return;
+                    }
+                },
+                () = tx.closed() => break,
+            };
+            for emit in answer.take(chunk) {
+                let (event, end) = match emit {
+                    Emit::Text { id, text } => {
+                        let mut delta = json!({"content": text});
+                        if std::mem::take(&mut first) {
+                            delta["role"] = json!("assistant");
+                        }
+                        let data =
+                            wire::chunk_event(&self.id, &self.model, self.created, delta, None);
+                        (
+                            Event::default().id(id.to_string()).data(data.to_string()),
+                            false,
+                        )
+                    }
+                    Emit::Done { .. } => {
+                        let data = wire::chunk_event(
+                            &self.id,
+                            &self.model,
+                            self.created,
+                            json!({}),
+                            Some("stop"),
+                        );
+                        (Event::default().data(data.to_string()), true)
+                    }
+                    Emit::Failed(error) => (error_event(error.code, &error.message), true),
+                    Emit::Restarted => {
+                        // The text sent cannot be taken back: stop this
+                        // attempt's generation and say so.
+                        let _ = self.messages.cancel(&self.user, self.id).await;
+                        let why = "the answer was restarted after a responder failed; ask again";
+                        (error_event(ErrorCode::AnswerRestarted, why), true)
+                    }
+                };
+                if tx.send(event).await.is_err() {
+                    break;
+                }
+                if end {
+                    let _ = tx.send(Event::default().data("[DONE]")).await;
+                    queue.finish().await;
+                    self.messages.answered(&self.user, self.id);
+                    return;
+                }
+            }
+        }
+        // The client went before the end: everything goes back to the
+        // queue, and the answer is cancelled unless someone resumes it.
+        queue.abandon().await;
+        debug!(message_id = %self.id, "stream left before its end; kept for a resume");
+        tokio::spawn(async move {
+            tokio::time::sleep(RESUME_WINDOW).await;
+            if self.queues.own_readers(&self.id).await == Some(0) {
+                let _ = self.messages.cancel(&self.user, self.id).await;
+            }
+        });
+    }
+}
+
+fn error_event(code: ErrorCode, message: &str) -> Event {
+    Event::default().data(wire::error_body(code, message).to_string())
+}
