@@ -34,6 +34,9 @@ use tracing::{debug, info_span};
 /// How long an answer whose stream broke goes on for a client to resume it;
 /// after that, with nobody reading, it is cancelled (the model stops).
 const RESUME_WINDOW: Duration = Duration::from_secs(30);
+/// The header naming a streamed completion (`chatcmpl-<uuid>`), sent before
+/// any event.
+pub const COMPLETION_ID_HEADER: &str = "x-completion-id";
 
 pub fn router(limits: MessageLimits) -> Router<HttpContext> {
     Router::new()
@@ -256,6 +259,7 @@ impl Reading {
     /// Server-Sent Events as the answer streams: `chat.completion.chunk`s
     /// with ids to resume from, then `[DONE]`.
     fn stream(self, queue: OwnQueue, answer: StreamedAnswer) -> impl IntoResponse {
+        let id = wire::completion_id(&self.id);
         let (tx, rx) = mpsc::channel::<Event>(64);
         tokio::spawn(self.pump(queue, answer, tx));
         let events = stream::unfold(rx, |mut rx| async move {
@@ -263,7 +267,12 @@ impl Reading {
                 .await
                 .map(|event| (Ok::<_, Infallible>(event), rx))
         });
-        Sse::new(events).keep_alive(KeepAlive::default())
+        // The id in a header too: a client whose stream breaks before the
+        // first event can still resume it.
+        (
+            [(COMPLETION_ID_HEADER, id)],
+            Sse::new(events).keep_alive(KeepAlive::default()),
+        )
     }
 
     /// Reads the queue and writes events until the answer ends or the

@@ -19,3 +19,4 @@ mod model;
 mod processes;
 mod random_model;
 mod scenarios;
+mod sse;
