@@ -16,6 +16,9 @@
 //! with 0 users), and the time to declare, bind and consume `queues`
 //! per-user queues (`docs/bench/baseline-queues-<queues>.json`).
 //!
+//! `--sse` drives the OpenAI-compatible API instead: streamed completions
+//! read as Server-Sent Events, closed loop (see `sse.rs`).
+//!
 //! Open loop (`--rate`, messages per second over all users) or closed loop
 //! (`--in-flight`, messages each user keeps outstanding). Every run is
 //! bounded by `--seconds` and `--messages`; the targets must be loopback
@@ -26,6 +29,7 @@ mod flood;
 mod idle;
 mod machine;
 mod run;
+mod sse;
 
 use anyhow::{Context, bail};
 use std::time::Duration;
@@ -44,11 +48,13 @@ pub struct Plan {
     pub text: String,
     pub out: Option<String>,
     pub label: String,
+    /// Through the OpenAI API's streams instead of WebSockets.
+    pub sse: bool,
 }
 
 fn usage() -> &'static str {
     "usage: loadgen --gateway URL [--gateway URL …] [--users N] (--rate MSGS_PER_S | --in-flight K) \
-     [--seconds S] [--messages M] [--text TEXT] [--out FILE.json] [--label NAME] [--allow-remote]"
+     [--seconds S] [--messages M] [--text TEXT] [--out FILE.json] [--label NAME] [--sse] [--allow-remote]"
 }
 
 fn parse() -> anyhow::Result<Plan> {
@@ -62,6 +68,7 @@ fn parse() -> anyhow::Result<Plan> {
         text: "How are you?".into(),
         out: None,
         label: "run".into(),
+        sse: false,
     };
     let mut allow_remote = false;
     let mut args = std::env::args().skip(1);
@@ -83,6 +90,7 @@ fn parse() -> anyhow::Result<Plan> {
             "--out" => plan.out = Some(value()?),
             "--label" => plan.label = value()?,
             "--allow-remote" => allow_remote = true,
+            "--sse" => plan.sse = true,
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -192,7 +200,11 @@ async fn main() -> anyhow::Result<()> {
         return write(&report, plan.out.as_deref());
     }
     let plan = parse()?;
-    let report = run::run(&plan).await?;
+    let report = if plan.sse {
+        sse::run(&plan).await?
+    } else {
+        run::run(&plan).await?
+    };
     report.print();
     write(&report, plan.out.as_deref())
 }

@@ -17,28 +17,28 @@ use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Message;
 
 /// How long to wait for answers still outstanding when the run ends.
-const DRAIN: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
-struct Counters {
-    sent: AtomicU64,
-    answered: AtomicU64,
-    errors: AtomicU64,
-    reconnects: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) answered: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
     /// `reply` frames received (repeats included).
-    chunks: AtomicU64,
+    pub(crate) chunks: AtomicU64,
     /// `message_status` frames received.
-    statuses: AtomicU64,
+    pub(crate) statuses: AtomicU64,
     /// Answers a newer attempt replaced while they streamed.
-    restarts: AtomicU64,
+    pub(crate) restarts: AtomicU64,
     /// `error` frames by code.
-    error_codes: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    pub(crate) error_codes: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Messages that may still be sent (the run's `--messages` bound).
-    budget: AtomicU64,
+    pub(crate) budget: AtomicU64,
 }
 
 impl Counters {
-    fn take_one(&self) -> bool {
+    pub(crate) fn take_one(&self) -> bool {
         self.budget
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
             .is_ok()
@@ -316,7 +316,7 @@ pub(crate) fn socket_url(gateway: &str, token: &str) -> String {
     format!("{}/ws?token={token}", gateway.replacen("http", "ws", 1))
 }
 
-async fn progress(counters: Arc<Counters>, t0: Instant, until: Instant) {
+pub(crate) async fn progress(counters: Arc<Counters>, t0: Instant, until: Instant) {
     let mut tick = tokio::time::interval_at(t0 + Duration::from_secs(1), Duration::from_secs(1));
     let mut answered_before = 0;
     while tick.tick().await < until {
