@@ -166,10 +166,13 @@ impl Gateway {
                 },
                 max_body_bytes: settings.websocket.max_message_bytes,
             },
-            models: http::ApiModels(match settings.openai_api.models.as_slice() {
-                [] => vec![http::openai_default_model()].into(),
-                models => models.into(),
-            }),
+            openai_api: http::OpenAiApi {
+                models: match settings.openai_api.models.as_slice() {
+                    [] => vec![http::openai_default_model()].into(),
+                    models => models.into(),
+                },
+                resume_window: Duration::from_millis(settings.openai_api.resume_window_ms),
+            },
             sockets: Sockets {
                 admission: admission.clone(),
                 replies: replies.clone(),

@@ -33,6 +33,9 @@ pub struct OpenAiApiSettings {
     /// What `GET /v1/models` lists; the first is the model named in
     /// answers to requests that name none.
     pub models: Vec<String>,
+    /// How long an answer whose stream broke goes on for its client to
+    /// resume it; then, with nobody reading, it is cancelled.
+    pub resume_window_ms: u64,
 }
 
 /// Fairness between users.

@@ -39,13 +39,18 @@ pub struct HttpContext {
     /// Whether `X-Forwarded-For` / `-Proto` are believed (a proxy in front
     /// sets them).
     pub trust_forwarded: TrustForwarded,
-    /// The models `GET /v1/models` lists (the first is the default name).
-    pub models: ApiModels,
+    /// The OpenAI-compatible API's settings.
+    pub openai_api: OpenAiApi,
 }
 
-/// The models the OpenAI API lists (`openai_api.models`; never empty).
+/// The OpenAI-compatible API (`openai_api.*`).
 #[derive(Debug, Clone)]
-pub struct ApiModels(pub Arc<[String]>);
+pub struct OpenAiApi {
+    /// What `GET /v1/models` lists; never empty (the first names answers).
+    pub models: Arc<[String]>,
+    /// How long an answer whose stream broke goes on for a resume.
+    pub resume_window: std::time::Duration,
+}
 
 /// A token bucket per user over HTTP API requests.
 #[derive(Debug, Clone)]
@@ -120,5 +125,5 @@ handles!(
     api_rates: ApiRates,
     guest_rates: GuestRates,
     trust_forwarded: TrustForwarded,
-    models: ApiModels,
+    openai_api: OpenAiApi,
 );

@@ -27,7 +27,7 @@ mod web;
 mod ws;
 
 pub use context::{
-    ApiModels, ApiRates, GuestRates, GuestSessions, HttpContext, MessageLimits, Sockets,
+    ApiRates, GuestRates, GuestSessions, HttpContext, MessageLimits, OpenAiApi, Sockets,
     TrustForwarded,
 };
 pub use error::{ApiError, ErrorBody};

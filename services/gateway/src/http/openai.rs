@@ -6,7 +6,7 @@
 //! OpenAI's shape — and its answer comes back through a queue of its own,
 //! so it never takes chunks from the user's sockets, nor they from it.
 
-use super::context::{ApiModels, HttpContext, MessageLimits, Sockets};
+use super::context::{HttpContext, MessageLimits, OpenAiApi, Sockets};
 use super::error::ApiError;
 use super::extract::Authenticated;
 use super::openai_answer::{Emit, EventId, StreamedAnswer};
@@ -31,9 +31,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::{debug, info_span};
 
-/// How long an answer whose stream broke goes on for a client to resume it;
-/// after that, with nobody reading, it is cancelled (the model stops).
-const RESUME_WINDOW: Duration = Duration::from_secs(30);
 /// The header naming a streamed completion (`chatcmpl-<uuid>`), sent before
 /// any event.
 pub const COMPLETION_ID_HEADER: &str = "x-completion-id";
@@ -92,10 +89,11 @@ fn now_secs() -> u64 {
 /// `GET /v1/models`: the models this deployment offers (`openai_api.models`).
 async fn models(
     auth: Result<Authenticated, ApiError>,
-    State(ApiModels(models)): State<ApiModels>,
+    State(api): State<OpenAiApi>,
 ) -> Result<Json<Value>, OpenAiError> {
     auth?;
-    let data: Vec<Value> = models
+    let data: Vec<Value> = api
+        .models
         .iter()
         .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "switchboard"}))
         .collect();
@@ -107,7 +105,7 @@ async fn complete(
     auth: Result<Authenticated, ApiError>,
     State(messages): State<Messages>,
     State(limits): State<MessageLimits>,
-    State(ApiModels(models)): State<ApiModels>,
+    State(api): State<OpenAiApi>,
     State(sockets): State<Sockets>,
     body: Bytes,
 ) -> Result<Response, OpenAiError> {
@@ -125,14 +123,14 @@ async fn complete(
         .options
         .name
         .clone()
-        .unwrap_or_else(|| models[0].clone());
+        .unwrap_or_else(|| api.models[0].clone());
     let span = info_span!("request", trace_id = tracing::field::Empty, user_id = %user, message_id = %id, via = "openai");
     let trace = platform::telemetry::start_trace(&span);
     span.record("trace_id", tracing::field::display(trace.trace_id()));
     messages
         .send_own(&user, message, asked.options, &trace)
         .await?;
-    let (answer, queue) = Reading::open(user, id, model, messages, &sockets).await?;
+    let (answer, queue) = Reading::open(user, id, model, messages, &sockets, &api).await?;
     if request.stream {
         Ok(answer
             .stream(queue, StreamedAnswer::new(None))
@@ -147,7 +145,7 @@ async fn complete(
 async fn resume(
     auth: Result<Authenticated, ApiError>,
     State(messages): State<Messages>,
-    State(ApiModels(models)): State<ApiModels>,
+    State(api): State<OpenAiApi>,
     State(sockets): State<Sockets>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -171,8 +169,8 @@ async fn resume(
             )
         })?),
     };
-    let model = models[0].clone();
-    let (answer, queue) = Reading::open(user, id, model, messages, &sockets).await?;
+    let model = api.models[0].clone();
+    let (answer, queue) = Reading::open(user, id, model, messages, &sockets, &api).await?;
     Ok(answer
         .stream(queue, StreamedAnswer::new(after))
         .into_response())
@@ -208,6 +206,8 @@ struct Reading {
     created: u64,
     messages: Messages,
     queues: ReplyQueues,
+    /// How long a broken stream's answer goes on for a resume.
+    resume_window: Duration,
 }
 
 impl Reading {
@@ -218,6 +218,7 @@ impl Reading {
         model: String,
         messages: Messages,
         sockets: &Sockets,
+        api: &OpenAiApi,
     ) -> Result<(Self, OwnQueue), OpenAiError> {
         let queues = sockets.replies.queues();
         let queue = queues.read_own(&user, &id).await?;
@@ -228,6 +229,7 @@ impl Reading {
             created: now_secs(),
             messages,
             queues,
+            resume_window: api.resume_window,
         };
         Ok((reading, queue))
     }
@@ -336,11 +338,12 @@ impl Reading {
             }
         }
         // The client went before the end: everything goes back to the
-        // queue, and the answer is cancelled unless someone resumes it.
+        // queue, and the answer is cancelled unless someone resumes it
+        // within `openai_api.resume_window_ms`.
         queue.abandon().await;
         debug!(message_id = %self.id, "stream left before its end; kept for a resume");
         tokio::spawn(async move {
-            tokio::time::sleep(RESUME_WINDOW).await;
+            tokio::time::sleep(self.resume_window).await;
             if self.queues.own_readers(&self.id).await == Some(0) {
                 let _ = self.messages.cancel(&self.user, self.id).await;
             }

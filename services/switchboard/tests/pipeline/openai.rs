@@ -2,7 +2,7 @@
 //! streamed, a broken stream resumed with nothing lost or twice, an HTTP
 //! stream and the user's socket side by side, and errors in OpenAI's shape.
 
-use crate::stack::{Mock, TestStack, expected_answer};
+use crate::stack::{Mock, TestStack, expected_answer, wait_counters};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -62,6 +62,24 @@ async fn post(stack: &TestStack, token: &str, body: Value) -> reqwest::Response 
         .send()
         .await
         .unwrap()
+}
+
+/// `GET /v1/chat/completions/{completion}/stream`, after `last_id` if given.
+async fn resume(
+    stack: &TestStack,
+    token: &str,
+    completion: &str,
+    last_id: Option<&str>,
+) -> reqwest::Response {
+    let url = format!(
+        "http://{}/v1/chat/completions/{completion}/stream",
+        stack.addr()
+    );
+    let mut request = reqwest::Client::new().get(url).bearer_auth(token);
+    if let Some(id) = last_id {
+        request = request.header("Last-Event-ID", id);
+    }
+    request.send().await.unwrap()
 }
 
 fn asking(text: &str, stream: bool) -> Value {
@@ -160,30 +178,13 @@ async fn a_broken_stream_resumes_from_its_last_event_with_nothing_lost_or_twice(
         !got.is_empty() && got.len() < expected_answer(text).len(),
         "{got:?}"
     );
-    let resumed = reqwest::Client::new()
-        .get(format!(
-            "http://{}/v1/chat/completions/{completion}/stream",
-            stack.addr()
-        ))
-        .bearer_auth(&guest.token)
-        .header("Last-Event-ID", &last_id)
-        .send()
-        .await
-        .unwrap();
+    let resumed = resume(&stack, &guest.token, &completion, Some(&last_id)).await;
     assert_eq!(resumed.status(), StatusCode::OK);
     let (rest, _) = events(&resumed.text().await.unwrap());
     assert_eq!(rest.last().unwrap().data, "[DONE]");
     assert_eq!(format!("{got}{}", content(&rest)), expected_answer(text));
     // Read to the end: the answer's queue is gone, a resume finds nothing.
-    let again = reqwest::Client::new()
-        .get(format!(
-            "http://{}/v1/chat/completions/{completion}/stream",
-            stack.addr()
-        ))
-        .bearer_auth(&guest.token)
-        .send()
-        .await
-        .unwrap();
+    let again = resume(&stack, &guest.token, &completion, None).await;
     assert_eq!(again.status(), StatusCode::NOT_FOUND);
 }
 
@@ -268,4 +269,56 @@ async fn errors_come_in_openais_shape_with_our_codes() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_stream_nobody_resumes_is_cancelled_after_the_window_and_one_resumed_is_not() {
+    let slow = Mock {
+        words_per_chunk: 1,
+        chunk_delay_ms: 60,
+        ..Mock::default()
+    };
+    let mut stack = TestStack::start_with(0, slow, |s| s.openai_api.resume_window_ms = 300).await;
+    let mut counters = stack.start_responder(slow).await;
+    let guest = stack.guest().await;
+    // Read the first event, then go.
+    let response = post(
+        &stack,
+        &guest.token,
+        asking("left behind, then stopped", true),
+    )
+    .await;
+    let mut body = response.bytes_stream();
+    let mut raw = String::new();
+    while events(&raw).0.is_empty() {
+        let bytes = tokio::time::timeout(testkit::WAIT, body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        raw.push_str(std::str::from_utf8(&bytes).unwrap());
+    }
+    drop(body);
+    // Nobody resumes: the window passes, the answer is cancelled and the
+    // model stops (the mock would take over 2 s to finish).
+    wait_counters(&mut counters, "the abandoned answer is cancelled", |c| {
+        c.cancelled == 1
+    })
+    .await;
+    // A stream broken and resumed within the window runs to its end.
+    let text = "broken, resumed, whole";
+    let response = post(&stack, &guest.token, asking(text, true)).await;
+    let completion = response.headers()["x-completion-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    drop(response);
+    let resumed = resume(&stack, &guest.token, &completion, None).await;
+    let (all, _) = events(&resumed.text().await.unwrap());
+    assert_eq!(content(&all), expected_answer(text));
+    assert_eq!(
+        counters.borrow().cancelled,
+        1,
+        "the resumed answer was not cancelled"
+    );
 }
