@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { Stack, artifacts, exchange, launchBrowser, say } from "./stack.mjs";
+import { Stack, artifacts, exchange, launchBrowser, say, waitFor } from "./stack.mjs";
 
 const require = createRequire(import.meta.url);
 let browser;
@@ -91,6 +91,39 @@ describe("the page, safe and accessible", () => {
         assert.deepEqual(serious, [], `${colorScheme}: ${serious.join("\n")}`);
         await page.screenshot({ path: path.join(artifacts, `phone-375-${colorScheme}.png`), fullPage: true });
       }
+    } finally {
+      await stack.stop();
+    }
+  });
+
+  it("copies, regenerates and edits, and announces each answer once, when whole", async () => {
+    const stack = await Stack.start({ name: "actions", chunkDelayMs: 5 });
+    try {
+      const { page, context } = await stack.open(browser);
+      await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: stack.url });
+      const text = "what can I do with an answer?";
+      await say(page, text);
+      const reply = await replyTo(page, text);
+      const answer = (await reply.locator(".text").textContent()).trim();
+      // Screen readers hear the answer once it is whole, not chunk by chunk.
+      assert.equal(await page.locator("ol.messages[aria-live]").count(), 0, "the list is not a live region");
+      const announcer = page.getByTestId("announcer");
+      assert.equal(await announcer.getAttribute("aria-live"), "polite");
+      assert.equal((await announcer.textContent()).trim(), `The assistant answered: ${answer}`);
+      // Copy: the answer's text is on the clipboard.
+      await reply.getByTestId("copy").click();
+      await reply.getByTestId("copy").getByText("Copied").waitFor();
+      assert.equal(await page.evaluate(() => navigator.clipboard.readText()), answer);
+      // Regenerate: the same question again, as a new message, answered too.
+      await reply.getByTestId("regenerate").click();
+      await page.locator("li.exchange").nth(1).locator('[data-testid="reply"][data-complete="true"]').waitFor();
+      assert.equal(await exchange(page, text).count(), 2, "asked twice, both kept");
+      // Edit: my last message back in the composer, with the keyboard.
+      await exchange(page, text).nth(1).getByTestId("edit").focus();
+      await page.keyboard.press("Enter");
+      await waitFor("the message is back in the composer", async () => (await page.getByLabel("Message").inputValue()) === text);
+      assert.equal(await page.evaluate(() => document.activeElement?.id), "message-input");
+      await page.screenshot({ path: path.join(artifacts, "actions.png"), fullPage: true });
     } finally {
       await stack.stop();
     }

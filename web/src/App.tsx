@@ -27,6 +27,8 @@ export function App({ client }: { client: ChatClient }) {
   const messages = conversation.order
     .map((id) => conversation.messages[id])
     .filter((m): m is Message => m !== undefined);
+  // "Edit" puts a message back in the composer.
+  const [draft, setDraft] = useState<Draft | null>(null);
 
   return (
     <div className="app">
@@ -58,16 +60,37 @@ export function App({ client }: { client: ChatClient }) {
         connected={connection === "connected"}
         onRetry={(id) => client.retry(id)}
         onStop={(id) => client.cancel(id)}
+        onRegenerate={(text) => client.send(text)}
+        onEdit={(text) => setDraft({ text, at: Date.now() })}
       />
+      <Announcer messages={messages} />
       <Composer
         connected={connection === "connected"}
         pending={messages.filter((m) => m.status === "sending").length}
         failed={messages.filter((m) => m.status === "failed").length}
         onSend={(text) => client.send(text)}
+        draft={draft}
       />
         </>
       )}
     </div>
+  );
+}
+
+/** Text to put back in the composer (`at` makes each request new). */
+type Draft = { text: string; at: number };
+
+/**
+ * Tells screen readers of each answer once, when it is whole — not every
+ * chunk as it streams (the list itself is not a live region).
+ */
+function Announcer({ messages }: { messages: Message[] }) {
+  const last = [...messages].reverse().find((m) => m.reply?.complete);
+  const said = last?.reply ? `The assistant answered: ${last.reply.text}` : "";
+  return (
+    <p className="visually-hidden" aria-live="polite" data-testid="announcer">
+      {said}
+    </p>
   );
 }
 
@@ -77,9 +100,13 @@ type MessageListProps = {
   connected: boolean;
   onRetry: (id: string) => void;
   onStop: (id: string) => void;
+  /** Ask the same again (a new message with the same text). */
+  onRegenerate: (text: string) => void;
+  /** Put my message back in the composer to change and send again. */
+  onEdit: (text: string) => void;
 };
 
-function MessageList({ messages, connected, onRetry, onStop }: MessageListProps) {
+function MessageList({ messages, connected, onRetry, onStop, onRegenerate, onEdit }: MessageListProps) {
   const list = useRef<HTMLOListElement>(null);
   const pinned = useRef(true);
   // Follow the conversation while the reader is at the bottom; leave them
@@ -88,11 +115,11 @@ function MessageList({ messages, connected, onRetry, onStop }: MessageListProps)
     const el = list.current;
     if (el && pinned.current) el.scrollTop = el.scrollHeight;
   });
+  const lastMine = [...messages].reverse().find((m) => m.text !== null)?.id;
   return (
     <ol
       className="messages"
       ref={list}
-      aria-live="polite"
       aria-label="Conversation"
       onScroll={(e) => {
         const el = e.currentTarget;
@@ -105,6 +132,11 @@ function MessageList({ messages, connected, onRetry, onStop }: MessageListProps)
           {m.text !== null && (
             <div className="bubble mine" data-testid="my-message">
               <p className="text">{m.text}</p>
+              {m.id === lastMine && m.status !== "sending" && (
+                <button type="button" className="edit" data-testid="edit" onClick={() => onEdit(m.text ?? "")}>
+                  Edit
+                </button>
+              )}
               <p className={`status status-${m.status}`} data-testid="status">
                 {STATUS_LABEL[m.status]}
                 {m.error && m.status !== "answered" && <span className="why"> — {m.error.message}</span>}
@@ -139,6 +171,16 @@ function MessageList({ messages, connected, onRetry, onStop }: MessageListProps)
                 {isStreaming(m) && <span className="typing" aria-label="assistant is typing" />}
               </div>
               {m.status === "cancelled" && <p className="stopped">(stopped)</p>}
+              {m.reply.complete && (
+                <p className="actions">
+                  <CopyButton text={m.reply.text} />
+                  {m.text !== null && (
+                    <button type="button" data-testid="regenerate" onClick={() => onRegenerate(m.text ?? "")}>
+                      Regenerate
+                    </button>
+                  )}
+                </p>
+              )}
             </div>
           )}
           {!m.reply && (m.status === "queued" || m.status === "processing") && (
@@ -158,12 +200,19 @@ type ComposerProps = {
   pending: number;
   failed: number;
   onSend: (text: string) => void;
+  /** Text to edit, put here by an Edit button. */
+  draft: Draft | null;
 };
 
-function Composer({ connected, pending, failed, onSend }: ComposerProps) {
+function Composer({ connected, pending, failed, onSend, draft }: ComposerProps) {
   const [text, setText] = useState("");
   const input = useRef<HTMLTextAreaElement>(null);
   useEffect(() => input.current?.focus(), []);
+  useEffect(() => {
+    if (!draft) return;
+    setText(draft.text);
+    input.current?.focus();
+  }, [draft]);
 
   const submit = (e?: FormEvent) => {
     e?.preventDefault();
@@ -207,4 +256,20 @@ function sendState(connected: boolean, pending: number, failed: number): string 
   if (failed > 0) return `${failed} failed`;
   if (pending === 0) return "";
   return connected ? "sending…" : `${pending} waiting`;
+}
+
+/** Copies an answer's text (its Markdown source) to the clipboard. */
+function CopyButton({ text }: { text: string }) {
+  const [copied, setCopied] = useState(false);
+  const copy = () => {
+    void navigator.clipboard?.writeText(text).then(() => {
+      setCopied(true);
+      window.setTimeout(() => setCopied(false), 1500);
+    });
+  };
+  return (
+    <button type="button" data-testid="copy" onClick={copy}>
+      {copied ? "Copied" : "Copy"}
+    </button>
+  );
 }
