@@ -29,6 +29,8 @@ struct Tally {
     wrong: AtomicUsize,
     lost: AtomicUsize,
     resumes: AtomicUsize,
+    /// Streams open now (their response began, their end not yet read).
+    open: AtomicUsize,
 }
 
 /// Reads a stream's events into `text`, remembering the last event id;
@@ -72,6 +74,11 @@ async fn read(
 
 /// One request, to its end: posted, read, resumed as often as it breaks.
 async fn ask(addr: SocketAddr, token: &str, question: &str, tally: &Tally) {
+    asked(addr, token, question, tally).await;
+    tally.open.fetch_sub(1, Ordering::SeqCst);
+}
+
+async fn asked(addr: SocketAddr, token: &str, question: &str, tally: &Tally) {
     let http = reqwest::Client::new();
     let body = json!({"stream": true, "messages": [{"role": "user", "content": question}]});
     let deadline = tokio::time::Instant::now() + PER_REQUEST;
@@ -90,6 +97,7 @@ async fn ask(addr: SocketAddr, token: &str, question: &str, tally: &Tally) {
         match posted {
             Ok(r) if r.status() == 200 => {
                 let id = r.headers()["x-completion-id"].to_str().unwrap().to_owned();
+                tally.open.fetch_add(1, Ordering::SeqCst);
                 break (r, id);
             }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -169,6 +177,8 @@ async fn under_fault(
         cleanup.track_user(&guest.user_id);
         let tally = tally.clone();
         users.push(tokio::spawn(async move {
+            // Out of step, so that a fault finds streams at every stage.
+            tokio::time::sleep(Duration::from_millis(70 * user as u64)).await;
             for n in 0..REQUESTS {
                 ask(
                     addr,
@@ -187,6 +197,11 @@ async fn under_fault(
     };
     testkit::wait_until("a third of the requests ended", || {
         ended(&tally) >= USERS * REQUESTS / 3
+    })
+    .await;
+    // Strike while streams are open, so that it breaks some.
+    testkit::wait_until("half the users have a stream open", || {
+        tally.open.load(Ordering::SeqCst) >= USERS / 2
     })
     .await;
     strike(&stack, &mut gateways, &mut responders).await;
