@@ -146,17 +146,7 @@ impl ShownAnswer {
     /// The text that can be shown: the shown attempt's chunks from seq 0
     /// without a gap.
     pub fn text(&self) -> String {
-        let mut text = String::new();
-        let Some(attempt) = self.on_screen() else {
-            return text;
-        };
-        for (expected, (seq, chunk)) in (0u32..).zip(&attempt.chunks) {
-            if expected != *seq {
-                break;
-            }
-            text.push_str(chunk);
-        }
-        text
+        self.text_through(u32::MAX)
     }
 
     /// The highest seq of the shown attempt with every chunk before it in
