@@ -22,10 +22,20 @@ struct Running {
 
 impl Running {
     fn start(env: &[(&str, String)]) -> Self {
+        // A built page of its own, so the log does not depend on whether
+        // `web/` was built before the tests ran (it is not on a clean clone).
+        let web_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("start_stop_web");
+        std::fs::create_dir_all(&web_dir).unwrap();
+        std::fs::write(
+            web_dir.join("index.html"),
+            "<!doctype html><title>t</title>",
+        )
+        .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
         command
             .env("SWITCHBOARD_HTTP__LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD_ROOMS__DATABASE_URL", "")
+            .env("SWITCHBOARD_HTTP__WEB_DIR", &web_dir)
             .env(
                 "SWITCHBOARD_AUTH__JWT_SECRET",
                 "a-test-secret-that-is-long-enough-0123456789",
