@@ -27,6 +27,14 @@ async function replyTo(page, text) {
 /** Whether the page scrolls sideways (its layout broke out of the screen). */
 const overflows = (page) => page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
 
+/** axe-core's serious and critical violations on the page as it is now (axe injected). */
+async function axeSerious(page) {
+  const results = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
+  return results.violations
+    .filter((v) => v.impact === "serious" || v.impact === "critical")
+    .map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+}
+
 describe("the page, safe and accessible", () => {
   it("renders an answer's Markdown and runs, loads and breaks nothing hostile", async () => {
     const stack = await Stack.start({ name: "markdown", chunkDelayMs: 5 });
@@ -84,13 +92,21 @@ describe("the page, safe and accessible", () => {
       // Light, then the dark theme the page takes from the system setting.
       for (const colorScheme of ["light", "dark"]) {
         await page.emulateMedia({ colorScheme });
-        const results = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
-        const serious = results.violations
-          .filter((v) => v.impact === "serious" || v.impact === "critical")
-          .map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+        const serious = await axeSerious(page);
         assert.deepEqual(serious, [], `${colorScheme}: ${serious.join("\n")}`);
         await page.screenshot({ path: path.join(artifacts, `phone-375-${colorScheme}.png`), fullPage: true });
       }
+      // The side list folds away on a phone, behind the Menu button.
+      const side = page.getByRole("complementary", { name: "Conversations and rooms" });
+      assert.equal(await side.isVisible(), false);
+      await page.getByRole("button", { name: "Menu" }).click();
+      await side.waitFor();
+      assert.equal(await overflows(page), false, "the open side list fits too");
+      const serious = await axeSerious(page);
+      assert.deepEqual(serious, [], `side list open: ${serious.join("\n")}`);
+      await page.screenshot({ path: path.join(artifacts, "phone-375-menu.png"), fullPage: true });
+      await page.getByTestId("new-conversation").click();
+      await side.waitFor({ state: "hidden" });
     } finally {
       await stack.stop();
     }

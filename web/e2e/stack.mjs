@@ -137,7 +137,7 @@ export class Stack {
   /** A new person (their own browser context) on the page, or on `url`;
    * `contextOptions` go to Playwright (a viewport, `bypassCSP`). */
   async open(browser, url = this.url, contextOptions = {}) {
-    const context = await browser.newContext({ viewport: { width: 420, height: 760 }, ...contextOptions });
+    const context = await browser.newContext({ viewport: { width: 1024, height: 760 }, ...contextOptions });
     const page = await context.newPage();
     await page.goto(url);
     await page.getByTestId("connection").getByText("connected", { exact: true }).waitFor();

@@ -1,8 +1,10 @@
-import { useEffect, useLayoutEffect, useRef, useState, useSyncExternalStore, type FormEvent, type KeyboardEvent } from "react";
+import { Fragment, useEffect, useLayoutEffect, useRef, useState, useSyncExternalStore, type FormEvent, type KeyboardEvent } from "react";
 import type { ChatClient, ConnectionState } from "./lib/client";
 import { canStop, isStreaming, type Message, type Status } from "./lib/conversation";
+import { activeThread } from "./lib/conversations";
+import { ConversationNav } from "./Conversations";
 import { RoomNav, RoomPane } from "./Rooms";
-import { Markdown } from "./Markdown";
+import { RichText } from "./RichText";
 
 const STATUS_LABEL: Record<Status, string> = {
   sending: "sending…",
@@ -23,16 +25,35 @@ const CONNECTION_LABEL: Record<ConnectionState, string> = {
 
 export function App({ client }: { client: ChatClient }) {
   const snapshot = useSyncExternalStore(client.subscribe, client.getSnapshot);
-  const { conversation, connection, userId, notice, brokerUp, rooms } = snapshot;
+  const { conversations, conversation, connection, userId, notice, brokerUp, rooms } = snapshot;
+  const thread = activeThread(conversations);
   const messages = conversation.order
     .map((id) => conversation.messages[id])
     .filter((m): m is Message => m !== undefined);
   // "Edit" puts a message back in the composer.
   const [draft, setDraft] = useState<Draft | null>(null);
+  const [draftFor, setDraftFor] = useState(conversations.active);
+  if (draftFor !== conversations.active) {
+    // A draft from Edit belongs to the conversation it came from.
+    setDraftFor(conversations.active);
+    setDraft(null);
+  }
+  // On a phone the side list folds away behind a button.
+  const [sideOpen, setSideOpen] = useState(false);
+  const chosen = () => setSideOpen(false);
 
   return (
     <div className="app">
       <header className="bar">
+        <button
+          type="button"
+          className="side-toggle"
+          aria-expanded={sideOpen}
+          aria-controls="side"
+          onClick={() => setSideOpen(!sideOpen)}
+        >
+          Menu
+        </button>
         <h1>Switchboard</h1>
         <p className="identity">
           You are <code data-testid="user-id">{userId ?? "…"}</code>
@@ -50,29 +71,40 @@ export function App({ client }: { client: ChatClient }) {
           </button>
         </div>
       )}
-      <RoomNav client={client} rooms={rooms} />
-      {rooms.active !== null ? (
-        <RoomPane client={client} rooms={rooms} me={userId} />
-      ) : (
-        <>
-      <MessageList
-        messages={messages}
-        connected={connection === "connected"}
-        onRetry={(id) => client.retry(id)}
-        onStop={(id) => client.cancel(id)}
-        onRegenerate={(text) => client.send(text)}
-        onEdit={(text) => setDraft({ text, at: Date.now() })}
-      />
-      <Announcer messages={messages} />
-      <Composer
-        connected={connection === "connected"}
-        pending={messages.filter((m) => m.status === "sending").length}
-        failed={messages.filter((m) => m.status === "failed").length}
-        onSend={(text) => client.send(text)}
-        draft={draft}
-      />
-        </>
-      )}
+      <div className="layout">
+        <aside id="side" className={sideOpen ? "side open" : "side"} aria-label="Conversations and rooms">
+          <ConversationNav client={client} conversations={conversations} showing={rooms.active === null} onChosen={chosen} />
+          <RoomNav client={client} rooms={rooms} onChosen={chosen} />
+        </aside>
+        <main className="main">
+          {rooms.active !== null ? (
+            <RoomPane client={client} rooms={rooms} me={userId} />
+          ) : (
+            // Keyed by conversation: a switch starts at the bottom, with an empty composer.
+            <Fragment key={thread.id}>
+              <h2 className="title" data-testid="conversation-title">
+                {thread.title}
+              </h2>
+              <MessageList
+                messages={messages}
+                connected={connection === "connected"}
+                onRetry={(id) => client.retry(id)}
+                onStop={(id) => client.cancel(id)}
+                onRegenerate={(text) => client.send(text)}
+                onEdit={(text) => setDraft({ text, at: Date.now() })}
+              />
+              <Announcer messages={messages} />
+              <Composer
+                connected={connection === "connected"}
+                pending={messages.filter((m) => m.status === "sending").length}
+                failed={messages.filter((m) => m.status === "failed").length}
+                onSend={(text) => client.send(text)}
+                draft={draft}
+              />
+            </Fragment>
+          )}
+        </main>
+      </div>
     </div>
   );
 }
@@ -82,11 +114,13 @@ type Draft = { text: string; at: number };
 
 /**
  * Tells screen readers of each answer once, when it is whole — not every
- * chunk as it streams (the list itself is not a live region).
+ * chunk as it streams (the list itself is not a live region) — and not
+ * the answers already there when a conversation is opened.
  */
 function Announcer({ messages }: { messages: Message[] }) {
   const last = [...messages].reverse().find((m) => m.reply?.complete);
-  const said = last?.reply ? `The assistant answered: ${last.reply.text}` : "";
+  const [there] = useState(last?.id);
+  const said = last?.reply && last.id !== there ? `The assistant answered: ${last.reply.text}` : "";
   return (
     <p className="visually-hidden" aria-live="polite" data-testid="announcer">
       {said}
@@ -167,7 +201,7 @@ function MessageList({ messages, connected, onRetry, onStop, onRegenerate, onEdi
                 </p>
               ) : null}
               <div className="text" data-testid="reply-text">
-                <Markdown text={m.reply.text} />
+                <RichText text={m.reply.text} />
                 {isStreaming(m) && <span className="typing" aria-label="assistant is typing" />}
               </div>
               {m.status === "cancelled" && <p className="stopped">(stopped)</p>}

@@ -1,38 +1,40 @@
 import { useState, type FormEvent } from "react";
 import type { ChatClient } from "./lib/client";
 import { deliveredTo, inviteLink, readBy, type Rooms } from "./lib/rooms";
-import { Markdown } from "./Markdown";
+import { RichText } from "./RichText";
 
-/** The room list: the assistant, my rooms, and a way to create one. */
-export function RoomNav({ client, rooms }: { client: ChatClient; rooms: Rooms }) {
+/** My rooms, and a way to create one. */
+export function RoomNav({ client, rooms, onChosen }: { client: ChatClient; rooms: Rooms; onChosen: () => void }) {
   const [name, setName] = useState("");
   const create = (e: FormEvent) => {
     e.preventDefault();
     if (!name.trim()) return;
     void client.createRoom(name.trim());
     setName("");
+    onChosen();
   };
   if (rooms.off) return null;
   return (
-    <nav className="rooms" aria-label="Conversations">
-      <button
-        type="button"
-        className={rooms.active === null ? "room-tab active" : "room-tab"}
-        onClick={() => void client.openRoom(null)}
-      >
-        Assistant
-      </button>
-      {rooms.list.map((room) => (
-        <button
-          key={room.id}
-          type="button"
-          data-testid="room-tab"
-          className={rooms.active === room.id ? "room-tab active" : "room-tab"}
-          onClick={() => void client.openRoom(room.id)}
-        >
-          # {room.name}
-        </button>
-      ))}
+    <nav className="side-section" aria-labelledby="rooms-heading">
+      <h2 id="rooms-heading">Rooms</h2>
+      <ul className="side-list">
+        {rooms.list.map((room) => (
+          <li key={room.id} className={rooms.active === room.id ? "current" : undefined}>
+            <button
+              type="button"
+              data-testid="room-tab"
+              className="side-item"
+              aria-current={rooms.active === room.id ? "page" : undefined}
+              onClick={() => {
+                void client.openRoom(room.id);
+                onChosen();
+              }}
+            >
+              # {room.name}
+            </button>
+          </li>
+        ))}
+      </ul>
       <form className="new-room" onSubmit={create}>
         <label htmlFor="room-name" className="visually-hidden">
           New room name
@@ -97,7 +99,7 @@ export function RoomPane({ client, rooms, me }: { client: ChatClient; rooms: Roo
                 <code>{m.from === me ? "you" : m.from}</code>
               </p>
               <div className="text">
-                <Markdown text={m.text} />
+                <RichText text={m.text} />
               </div>
               {m.from === me && (
                 <p className="status" data-testid="receipt">
@@ -108,7 +110,7 @@ export function RoomPane({ client, rooms, me }: { client: ChatClient; rooms: Roo
             {answer && (
               <div className="bubble assistant" data-testid="room-answer" data-complete={answer.complete && !answer.failed}>
                 <div className="text">
-                  <Markdown text={answer.text} />
+                  <RichText text={answer.text} />
                 </div>
                 {answer.restarts ? (
                   <p className="restarted" data-testid="restarted">

@@ -3,10 +3,12 @@ import { createRoot } from "react-dom/client";
 import { App } from "./App";
 import { ChatClient, browserEnv } from "./lib/client";
 import { inviteFromHash } from "./lib/rooms";
+import { preloadMarkdown } from "./RichText";
 import "./styles.css";
 
 const client = new ChatClient(browserEnv());
 client.start();
+preloadMarkdown();
 // A room invitation link (#join=<token>): join once connected, then forget it.
 const invite = inviteFromHash(window.location.hash);
 if (invite) {

@@ -1,6 +1,7 @@
 import { beforeEach, describe, expect, it } from "vitest";
 import { ChatClient, type ClientEnv, type SocketLike } from "./client";
-import { HISTORY_LIMIT, STORAGE_KEY, submitted, emptyConversation, save } from "./conversation";
+import { HISTORY_LIMIT, STORAGE_KEY, accepted, submitted, emptyConversation, save } from "./conversation";
+import * as threads from "./conversations";
 
 class FakeSocket implements SocketLike {
   onmessage: SocketLike["onmessage"] = null;
@@ -117,6 +118,21 @@ const fire = (h: Harness, ms: number) => {
 };
 const welcome = (h: Harness, user = "g-1") => last(h).frame({ type: "welcome", user_id: user });
 
+/** A client connected and welcomed. */
+async function welcomed(): Promise<[Harness, ChatClient]> {
+  const h = harness();
+  const client = new ChatClient(h.env);
+  client.start();
+  await settle();
+  welcome(h);
+  return [h, client];
+}
+/** The gateway accepts message `id` and answers it with `text`, whole. */
+const answer = (h: Harness, id: string, text: string) => {
+  last(h).frame({ type: "accepted", id });
+  last(h).frame({ type: "reply", id: `r-${id}`, in_reply_to: id, seq: 0, text, final: true });
+};
+
 describe("ChatClient", () => {
   let h: Harness;
   let client: ChatClient;
@@ -144,13 +160,13 @@ describe("ChatClient", () => {
   it("queues messages typed while offline and sends them once connected, once", () => {
     client.send("early");
     expect(sends(last(h))).toEqual([]);
-    expect(client.getSnapshot().conversation.messages.m1?.status).toBe("sending");
+    expect(client.getSnapshot().conversation.messages.m2?.status).toBe("sending");
     welcome(h);
-    expect(sends(last(h))).toEqual([{ type: "send", id: "m1", text: "early" }]);
+    expect(sends(last(h))).toEqual([{ type: "send", id: "m2", text: "early" }]);
     client.send("now");
     expect(sends(last(h))).toEqual([
-      { type: "send", id: "m1", text: "early" },
-      { type: "send", id: "m2", text: "now" },
+      { type: "send", id: "m2", text: "early" },
+      { type: "send", id: "m3", text: "now" },
     ]);
   });
 
@@ -158,7 +174,7 @@ describe("ChatClient", () => {
     welcome(h);
     client.send("a");
     client.send("b");
-    last(h).frame({ type: "accepted", id: "m1" });
+    last(h).frame({ type: "accepted", id: "m2" });
     last(h).drop();
     await settle();
     expect(client.getSnapshot().connection).toBe("reconnecting");
@@ -166,7 +182,7 @@ describe("ChatClient", () => {
     await settle();
     expect(h.sockets.length).toBe(2);
     welcome(h);
-    expect(sends(last(h))).toEqual([{ type: "send", id: "m2", text: "b" }]);
+    expect(sends(last(h))).toEqual([{ type: "send", id: "m3", text: "b" }]);
   });
 
   it("backs off further on every failed attempt and starts over once connected", async () => {
@@ -189,7 +205,7 @@ describe("ChatClient", () => {
   it("acknowledges every reply chunk, repeats included, and shows each once", () => {
     welcome(h);
     client.send("q");
-    const chunk = { type: "reply", id: "r", in_reply_to: "m1", seq: 0, text: "hi", final: true };
+    const chunk = { type: "reply", id: "r", in_reply_to: "m2", seq: 0, text: "hi", final: true };
     last(h).frame(chunk);
     last(h).frame(chunk);
     const acks = last(h).sent.filter((f) => (f as { type: string }).type === "ack");
@@ -197,7 +213,7 @@ describe("ChatClient", () => {
       { type: "ack", id: "r", seq: 0 },
       { type: "ack", id: "r", seq: 0 },
     ]);
-    const m = client.getSnapshot().conversation.messages.m1;
+    const m = client.getSnapshot().conversation.messages.m2;
     expect(m?.reply?.text).toBe("hi");
     expect(m?.status).toBe("answered");
   });
@@ -205,47 +221,47 @@ describe("ChatClient", () => {
   it("retries a retryable refusal later and shows a final one", () => {
     welcome(h);
     client.send("q");
-    last(h).frame({ type: "error", code: "broker_unavailable", message: "later", id: "m1", retryable: true });
-    expect(client.getSnapshot().conversation.messages.m1?.status).toBe("sending");
+    last(h).frame({ type: "error", code: "broker_unavailable", message: "later", id: "m2", retryable: true });
+    expect(client.getSnapshot().conversation.messages.m2?.status).toBe("sending");
     fire(h, 1_000);
     expect(sends(last(h)).length).toBe(2);
-    last(h).frame({ type: "error", code: "text_too_long", message: "too long", id: "m1", retryable: false });
-    expect(client.getSnapshot().conversation.messages.m1?.status).toBe("failed");
+    last(h).frame({ type: "error", code: "text_too_long", message: "too long", id: "m2", retryable: false });
+    expect(client.getSnapshot().conversation.messages.m2?.status).toBe("failed");
     expect(client.getSnapshot().notice).toContain("too long");
-    client.retry("m1");
+    client.retry("m2");
     expect(sends(last(h)).length).toBe(3);
   });
 
   it("does not send twice when a retry timer outlives its connection", async () => {
     welcome(h);
     client.send("q");
-    last(h).frame({ type: "error", code: "broker_unavailable", message: "later", id: "m1", retryable: true });
+    last(h).frame({ type: "error", code: "broker_unavailable", message: "later", id: "m2", retryable: true });
     const resend = h.timers.find((t) => t.ms === 1_000)!;
     last(h).drop();
     await settle();
     fire(h, 50);
     await settle();
     welcome(h);
-    expect(sends(last(h))).toEqual([{ type: "send", id: "m1", text: "q" }]);
+    expect(sends(last(h))).toEqual([{ type: "send", id: "m2", text: "q" }]);
     resend.fn(); // even if it fired anyway
-    expect(sends(last(h))).toEqual([{ type: "send", id: "m1", text: "q" }]);
+    expect(sends(last(h))).toEqual([{ type: "send", id: "m2", text: "q" }]);
   });
 
   it("stops an answer: sends cancel, shows stopping, then stopped", () => {
     welcome(h);
     client.send("q");
-    client.cancel("m1"); // not accepted yet: nothing to stop
+    client.cancel("m2"); // not accepted yet: nothing to stop
     expect(last(h).sent.filter((f) => (f as { type: string }).type === "cancel")).toEqual([]);
-    last(h).frame({ type: "accepted", id: "m1" });
-    last(h).frame({ type: "message_status", id: "m1", status: "processing" });
-    last(h).frame({ type: "reply", id: "r", in_reply_to: "m1", seq: 0, text: "hi", final: false });
-    expect(client.getSnapshot().conversation.messages.m1?.status).toBe("processing");
-    client.cancel("m1");
-    expect(last(h).sent.filter((f) => (f as { type: string }).type === "cancel")).toEqual([{ type: "cancel", id: "m1" }]);
-    last(h).frame({ type: "message_status", id: "m1", status: "cancelling" });
-    expect(client.getSnapshot().conversation.messages.m1?.status).toBe("cancelling");
-    last(h).frame({ type: "reply", id: "r", in_reply_to: "m1", seq: 1, text: "", final: true, cancelled: true });
-    const m = client.getSnapshot().conversation.messages.m1;
+    last(h).frame({ type: "accepted", id: "m2" });
+    last(h).frame({ type: "message_status", id: "m2", status: "processing" });
+    last(h).frame({ type: "reply", id: "r", in_reply_to: "m2", seq: 0, text: "hi", final: false });
+    expect(client.getSnapshot().conversation.messages.m2?.status).toBe("processing");
+    client.cancel("m2");
+    expect(last(h).sent.filter((f) => (f as { type: string }).type === "cancel")).toEqual([{ type: "cancel", id: "m2" }]);
+    last(h).frame({ type: "message_status", id: "m2", status: "cancelling" });
+    expect(client.getSnapshot().conversation.messages.m2?.status).toBe("cancelling");
+    last(h).frame({ type: "reply", id: "r", in_reply_to: "m2", seq: 1, text: "", final: true, cancelled: true });
+    const m = client.getSnapshot().conversation.messages.m2;
     expect(m?.status).toBe("cancelled");
     expect(m?.reply?.text).toBe("hi");
   });
@@ -253,10 +269,10 @@ describe("ChatClient", () => {
   it("takes nothing_to_cancel calmly: no notice, the answer goes on", () => {
     welcome(h);
     client.send("q");
-    last(h).frame({ type: "accepted", id: "m1" });
-    last(h).frame({ type: "message_status", id: "m1", status: "cancelling" });
-    last(h).frame({ type: "error", code: "nothing_to_cancel", message: "not running", id: "m1", retryable: false });
-    expect(client.getSnapshot().conversation.messages.m1?.status).toBe("processing");
+    last(h).frame({ type: "accepted", id: "m2" });
+    last(h).frame({ type: "message_status", id: "m2", status: "cancelling" });
+    last(h).frame({ type: "error", code: "nothing_to_cancel", message: "not running", id: "m2", retryable: false });
+    expect(client.getSnapshot().conversation.messages.m2?.status).toBe("processing");
     expect(client.getSnapshot().notice).toBeNull();
   });
 
@@ -289,9 +305,9 @@ describe("ChatClient", () => {
   it("ignores an error about a message that was already accepted", () => {
     welcome(h);
     client.send("q");
-    last(h).frame({ type: "accepted", id: "m1" });
-    last(h).frame({ type: "error", code: "publish_timeout", message: "slow", id: "m1", retryable: true });
-    expect(client.getSnapshot().conversation.messages.m1?.status).toBe("queued");
+    last(h).frame({ type: "accepted", id: "m2" });
+    last(h).frame({ type: "error", code: "publish_timeout", message: "slow", id: "m2", retryable: true });
+    expect(client.getSnapshot().conversation.messages.m2?.status).toBe("queued");
     expect(client.getSnapshot().notice).toBeNull();
     expect(h.timers.some((t) => t.ms === 1_000)).toBe(false);
   });
@@ -363,17 +379,83 @@ describe("ChatClient", () => {
   it("keeps its conversation across a reload", () => {
     welcome(h);
     client.send("remember");
-    last(h).frame({ type: "accepted", id: "m1" });
+    last(h).frame({ type: "accepted", id: "m2" });
     const reloaded = new ChatClient(h.env);
-    expect(reloaded.getSnapshot().conversation.messages.m1?.status).toBe("queued");
+    expect(reloaded.getSnapshot().conversation.messages.m2?.status).toBe("queued");
   });
 
   it("shows what another tab of the same user stored", () => {
-    const other = submitted(emptyConversation, "x1", "from the other tab", 5);
-    save(h.env.storage, { ...other, messages: { x1: { ...other.messages.x1!, status: "queued" } } });
+    const theirs = threads.submitted(threads.load(h.env.storage, h.env.newId, 5), "x1", "from the other tab", 5);
+    threads.save(h.env.storage, threads.about(theirs, "x1", (c) => accepted(c, "x1")));
     for (const listener of h.storageListeners) listener();
-    expect(client.getSnapshot().conversation.messages.x1?.text).toBe("from the other tab");
-    expect(h.store.has(STORAGE_KEY)).toBe(true);
+    expect(client.getSnapshot().conversation.messages.x1?.status).toBe("queued");
+    expect(h.store.has(threads.STORAGE_KEY)).toBe(true);
+  });
+
+  it("takes a conversation kept before there were several as the first of the list", () => {
+    const before = harness();
+    save(before.env.storage, submitted(emptyConversation, "old", "kept from before", 5));
+    const reloaded = new ChatClient(before.env);
+    const list = threads.listed(reloaded.getSnapshot().conversations);
+    expect(list.map((t) => t.title)).toEqual(["kept from before"]);
+    expect(reloaded.getSnapshot().conversation.messages.old?.text).toBe("kept from before");
+    expect(before.store.has(STORAGE_KEY)).toBe(false);
+    expect(before.store.has(threads.STORAGE_KEY)).toBe(true);
+  });
+});
+
+describe("several conversations", () => {
+  it("sends in the one on screen, answers land in their own, and each has its own context", async () => {
+    const [h, client] = await welcomed();
+    const first = client.getSnapshot().conversations.active;
+    const a = client.send("about cats");
+    answer(h, a, "cats purr");
+    client.newConversation();
+    const second = client.getSnapshot().conversations.active;
+    expect(second).not.toBe(first);
+    const b = client.send("about dogs");
+    // B's context has nothing of A's.
+    expect(sends(last(h)).at(-1)).toEqual({ type: "send", id: b, text: "about dogs" });
+    const a2 = (() => {
+      client.openConversation(first);
+      return client.send("and kittens?");
+    })();
+    expect(sends(last(h)).at(-1)).toEqual({
+      type: "send",
+      id: a2,
+      text: "and kittens?",
+      context: [
+        { role: "user", text: "about cats" },
+        { role: "assistant", text: "cats purr" },
+      ],
+    });
+    // B's answer arrives while A is on screen: it goes to B.
+    answer(h, b, "dogs bark");
+    expect(client.getSnapshot().conversation.messages[b]).toBeUndefined();
+    expect(client.getSnapshot().conversations.threads[second]?.conversation.messages[b]?.reply?.text).toBe("dogs bark");
+    // Kept across a reload, with titles from their first messages.
+    const reloaded = new ChatClient(h.env);
+    expect(threads.listed(reloaded.getSnapshot().conversations).map((t) => t.title)).toEqual(["about cats", "about dogs"]);
+  });
+
+  it("renames, and deletes a conversation: its answer is stopped and a late chunk of it is dropped", async () => {
+    const [h, client] = await welcomed();
+    const first = client.getSnapshot().conversations.active;
+    const kept = client.send("keep me");
+    client.newConversation();
+    const doomed = client.getSnapshot().conversations.active;
+    client.renameConversation(doomed, "  Scratch   pad ");
+    expect(client.getSnapshot().conversations.threads[doomed]?.title).toBe("Scratch pad");
+    const m = client.send("write a long story");
+    last(h).frame({ type: "accepted", id: m });
+    client.deleteConversation(doomed);
+    expect(last(h).sent).toContainEqual({ type: "cancel", id: m });
+    expect(client.getSnapshot().conversations.active).toBe(first);
+    expect(Object.keys(client.getSnapshot().conversations.threads)).toEqual([first]);
+    last(h).frame({ type: "reply", id: "late", in_reply_to: m, seq: 0, text: "once upon", final: false });
+    expect(last(h).sent).toContainEqual({ type: "ack", id: "late", seq: 0 });
+    expect(client.getSnapshot().conversation.messages[m]).toBeUndefined();
+    expect(client.getSnapshot().conversation.messages[kept]?.text).toBe("keep me");
   });
 });
 
@@ -390,16 +472,6 @@ describe("history trimming", () => {
 });
 
 describe("the broker link", () => {
-  /** A client connected and welcomed. */
-  async function welcomed(): Promise<[Harness, ChatClient]> {
-    const h = harness();
-    const client = new ChatClient(h.env);
-    client.start();
-    await settle();
-    welcome(h);
-    return [h, client];
-  }
-
   it("holds messages while the gateway's broker is away and sends them when it is back", async () => {
     const [h, client] = await welcomed();
     last(h).frame({ type: "status", broker: "down" });
@@ -408,7 +480,7 @@ describe("the broker link", () => {
     client.send("held");
     expect(sends(last(h))).toEqual([]);
     last(h).frame({ type: "status", broker: "up" });
-    expect(sends(last(h))).toEqual([{ type: "send", id: "m1", text: "held" }]);
+    expect(sends(last(h))).toEqual([{ type: "send", id: "m2", text: "held" }]);
     expect(client.getSnapshot().notice).toBeNull();
   });
 
@@ -438,11 +510,11 @@ describe("the broker link", () => {
   it("shows a request the service gave up on as failed, with what was streamed", async () => {
     const [h, client] = await welcomed();
     client.send("poison");
-    last(h).frame({ type: "accepted", id: "m1" });
-    last(h).frame({ type: "reply", id: "r", in_reply_to: "m1", seq: 0, text: "par", final: false });
+    last(h).frame({ type: "accepted", id: "m2" });
+    last(h).frame({ type: "reply", id: "r", in_reply_to: "m2", seq: 0, text: "par", final: false });
     const failure = { code: "request_failed", message: "it failed on every attempt" };
-    last(h).frame({ type: "reply", id: "r", in_reply_to: "m1", seq: 4294967295, text: "", final: true, error: failure });
-    const m = client.getSnapshot().conversation.messages.m1!;
+    last(h).frame({ type: "reply", id: "r", in_reply_to: "m2", seq: 4294967295, text: "", final: true, error: failure });
+    const m = client.getSnapshot().conversation.messages.m2!;
     expect(m.status).toBe("failed");
     expect(m.error?.message).toBe("it failed on every attempt");
     expect(m.reply?.text).toBe("par");

@@ -5,6 +5,7 @@
 
 import { backoffDelay, defaultBackoff, type BackoffOptions } from "./backoff";
 import * as conv from "./conversation";
+import * as threads from "./conversations";
 import { Pacer } from "./pacer";
 import * as rooms from "./rooms";
 import {
@@ -25,6 +26,9 @@ type ApiAnswer = { ok: true; json: unknown } | { ok: false; code?: string; messa
 export type ConnectionState = "connecting" | "connected" | "reconnecting" | "stopped";
 
 export type Snapshot = {
+  /** My conversations with the assistant, and the one on screen. */
+  conversations: threads.Conversations;
+  /** The one on screen. */
   conversation: conv.Conversation;
   connection: ConnectionState;
   userId: string | null;
@@ -113,8 +117,10 @@ export class ChatClient {
   private stopped = true;
 
   constructor(private env: ClientEnv) {
+    const conversations = threads.load(env.storage, env.newId, env.now());
     this.snapshot = {
-      conversation: conv.load(env.storage),
+      conversations,
+      conversation: threads.activeThread(conversations).conversation,
       connection: "stopped",
       userId: env.storage.getItem(USER_KEY),
       notice: null,
@@ -122,8 +128,15 @@ export class ChatClient {
       brokerUp: true,
       rooms: rooms.noRooms,
     };
-    env.watchStorage(conv.STORAGE_KEY, () => {
-      this.updateConversation(conv.merged(this.snapshot.conversation, conv.load(env.storage)), false);
+    if (env.storage.getItem(threads.STORAGE_KEY) === null) {
+      // Kept at once: a second tab opens the same first conversation, and
+      // one kept before there were several is now the first of the list.
+      threads.save(env.storage, conversations);
+      env.storage.removeItem(conv.STORAGE_KEY);
+    }
+    env.watchStorage(threads.STORAGE_KEY, () => {
+      const theirs = threads.load(env.storage, env.newId, env.now());
+      this.updateConversations(threads.merged(this.snapshot.conversations, theirs, env.newId, env.now()), false);
     });
   }
 
@@ -152,10 +165,13 @@ export class ChatClient {
     this.update({ connection: "stopped", reconnectAt: null });
   }
 
-  /** Shows the message at once and sends it now, or as soon as connected. */
+  /**
+   * Shows the message at once, in the conversation on screen, and sends it
+   * now or as soon as connected.
+   */
   send(text: string): string {
     const id = this.env.newId();
-    this.updateConversation(conv.submitted(this.snapshot.conversation, id, text, this.env.now()));
+    this.updateConversations(threads.submitted(this.snapshot.conversations, id, text, this.env.now()));
     this.flush();
     return id;
   }
@@ -163,15 +179,43 @@ export class ChatClient {
   /** Sends a failed message again, with its original id. */
   retry(id: string): void {
     this.sentHere.delete(id);
-    this.updateConversation(conv.retried(this.snapshot.conversation, id));
+    this.updateAbout(id, (c) => conv.retried(c, id));
     this.flush();
   }
 
   /** Stop generating the answer to message `id` (the Stop button). */
   cancel(id: string): void {
-    const m = this.snapshot.conversation.messages[id];
+    const m = threads.threadOf(this.snapshot.conversations, id)?.conversation.messages[id];
     if (!m || !conv.canStop(m) || !this.socket || this.snapshot.connection !== "connected") return;
     this.socket.send(cancelFrame(id));
+  }
+
+  // --- conversations with the assistant (conversations.ts)
+
+  /** Opens a new, empty conversation (or the empty one already there). */
+  newConversation(): void {
+    this.updateConversations(threads.created(this.snapshot.conversations, this.env.newId(), this.env.now()));
+    this.updateRooms(rooms.opened(this.snapshot.rooms, null));
+  }
+
+  /** Puts a conversation on screen (leaving the room, if one was). */
+  openConversation(id: string): void {
+    this.updateConversations(threads.opened(this.snapshot.conversations, id));
+    this.updateRooms(rooms.opened(this.snapshot.rooms, null));
+  }
+
+  renameConversation(id: string, title: string): void {
+    this.updateConversations(threads.renamed(this.snapshot.conversations, id, title, this.env.now()));
+  }
+
+  /** Deletes a conversation; the answers still being written for it are stopped. */
+  deleteConversation(id: string): void {
+    const gone = this.snapshot.conversations.threads[id];
+    if (!gone) return;
+    if (this.socket && this.snapshot.connection === "connected") {
+      for (const m of Object.values(gone.conversation.messages)) if (conv.canStop(m)) this.socket.send(cancelFrame(m.id));
+    }
+    this.updateConversations(threads.deleted(this.snapshot.conversations, id, this.env.newId(), this.env.now()));
   }
 
   // --- rooms (docs/protocol.md §8)
@@ -206,7 +250,7 @@ export class ChatClient {
     await this.loadRooms();
   }
 
-  /** Shows a room (its history, members and presence); null: the assistant. */
+  /** Shows a room (its history, members and presence); null: the conversation. */
   async openRoom(id: string | null): Promise<void> {
     this.updateRooms(rooms.opened(this.snapshot.rooms, id));
     if (id === null) return;
@@ -296,10 +340,15 @@ export class ChatClient {
     for (const listener of this.listeners) listener();
   }
 
-  private updateConversation(conversation: conv.Conversation, persist = true): void {
-    if (conversation === this.snapshot.conversation) return;
-    if (persist) conv.save(this.env.storage, conversation);
-    this.update({ conversation });
+  private updateConversations(conversations: threads.Conversations, persist = true): void {
+    if (conversations === this.snapshot.conversations) return;
+    if (persist) threads.save(this.env.storage, conversations);
+    this.update({ conversations, conversation: threads.activeThread(conversations).conversation });
+  }
+
+  /** Applies `change` to the conversation that holds message `id`. */
+  private updateAbout(id: string, change: (c: conv.Conversation) => conv.Conversation): void {
+    this.updateConversations(threads.about(this.snapshot.conversations, id, change));
   }
 
   private later(fn: () => void, ms: number): void {
@@ -438,7 +487,6 @@ export class ChatClient {
     this.framesHeard += 1;
     const frame = parseServerFrame(text);
     if (!frame) return null; // something newer than this page understands
-    const c = this.snapshot.conversation;
     switch (frame.type) {
       case "welcome": {
         this.attempt = 0;
@@ -466,32 +514,33 @@ export class ChatClient {
         this.updateRooms(rooms.presenceChanged(this.snapshot.rooms, frame.room_id, frame.user_id, frame.member, frame.online));
         break;
       case "accepted":
-        this.updateConversation(conv.accepted(c, frame.id));
+        this.updateAbout(frame.id, (c) => conv.accepted(c, frame.id));
         break;
       case "reply":
         // Acknowledge every chunk, repeats included: the gateway keeps it
         // for redelivery until we do.
         this.socket?.send(JSON.stringify({ type: "ack", id: frame.id, seq: frame.seq }));
         if (frame.room_id) this.updateRooms(rooms.answerChunk(this.snapshot.rooms, frame.room_id, frame));
-        else this.updateConversation(conv.replied(c, frame, this.env.now()));
+        else this.updateAbout(frame.in_reply_to, (c) => conv.replied(c, frame, this.env.now()));
         break;
       case "message_status":
-        this.updateConversation(conv.progressed(c, frame.id, frame.status));
+        this.updateAbout(frame.id, (c) => conv.progressed(c, frame.id, frame.status));
         break;
       case "error": {
-        if (frame.code === "nothing_to_cancel" && frame.id) {
+        const id = frame.id;
+        if (frame.code === "nothing_to_cancel" && id) {
           // Harmless: the answer had ended (or was never known here).
-          this.updateConversation(conv.notCancelled(c, frame.id));
+          this.updateAbout(id, (c) => conv.notCancelled(c, id));
           break;
         }
-        if (!frame.id || !(frame.id in c.messages)) {
+        if (!id || !threads.threadOf(this.snapshot.conversations, id)) {
           this.update({ notice: frame.message });
           break;
         }
-        const next = conv.refused(c, frame.id, frame);
-        if (next === c) break; // already queued or answered: nothing to do
-        this.updateConversation(next);
-        if (frame.retryable) this.resendLater(frame.id);
+        const before = this.snapshot.conversations;
+        this.updateAbout(id, (c) => conv.refused(c, id, frame));
+        if (this.snapshot.conversations === before) break; // already queued or answered: nothing to do
+        if (frame.retryable) this.resendLater(id);
         else this.update({ notice: `Message not sent: ${frame.message}` });
         break;
       }
@@ -525,7 +574,7 @@ export class ChatClient {
   private flush(): void {
     const socket = this.socket;
     if (!socket || this.snapshot.connection !== "connected" || !this.snapshot.brokerUp) return;
-    for (const m of conv.pending(this.snapshot.conversation)) {
+    for (const { message: m, thread } of threads.pending(this.snapshot.conversations)) {
       if (this.sentHere.has(m.id) || m.text === null) continue;
       const now = this.env.now();
       if (!this.pacer.take(now)) {
@@ -539,7 +588,7 @@ export class ChatClient {
         return;
       }
       this.sentHere.add(m.id);
-      socket.send(sendFrame(m.id, m.text, conv.contextFor(this.snapshot.conversation, m.id)));
+      socket.send(sendFrame(m.id, m.text, conv.contextFor(thread.conversation, m.id)));
     }
   }
 }

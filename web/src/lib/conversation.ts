@@ -218,6 +218,10 @@ export function isStreaming(m: Message): boolean {
   return IN_PROGRESS.has(m.status) && m.reply !== null && !m.reply.complete;
 }
 
+/**
+ * Where the page kept its one conversation before there were several;
+ * conversations.ts reads it once and moves it into its own list.
+ */
 export const STORAGE_KEY = "switchboard.conversation.v1";
 
 export function save(storage: Pick<Storage, "setItem">, c: Conversation): void {
