@@ -8,7 +8,8 @@
 //! - HTTP/1.1 only: no HTTP/2 prefaces or idle h2c connections to hold
 //!   open (put a proxy in front for HTTP/2 and TLS);
 //! - at most `max_connections` at once, below the process's descriptor
-//!   limit (raised to its hard limit at start): beyond it a connection is
+//!   limit (raised to its hard limit at start), a WebSocket counted for as
+//!   long as it is open ([`ConnectionSlot`]): beyond it a connection is
 //!   answered by a small overflow service — `/healthz` still `200`,
 //!   anything else `503 gateway_full` — and closed, and beyond that closed
 //!   at once; every kind of refusal is logged at most every 10 s;
@@ -51,6 +52,19 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// The peer of a request's connection, in its extensions.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// A connection's place under the cap, in each of its requests' extensions.
+/// The place is given back when the connection and every holder of this are
+/// gone: an upgraded WebSocket keeps it, since its connection task ends at
+/// the upgrade while its descriptor stays open.
+#[derive(Clone)]
+pub struct ConnectionSlot(#[allow(dead_code)] Arc<Held>);
+
+impl std::fmt::Debug for ConnectionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionSlot")
+    }
+}
 
 /// The listener's bounds on clients.
 #[derive(Debug, Clone, Copy)]
@@ -155,10 +169,8 @@ pub async fn serve(
             continue;
         };
         let stop = stop.clone();
-        connections.spawn(async move {
-            let _held = held;
-            serve_connection(stream, peer, app, limits, stop).await;
-        });
+        let slot = ConnectionSlot(Arc::new(held));
+        connections.spawn(serve_connection(stream, peer, slot, app, limits, stop));
     }
     connections.close();
     connections.wait().await;
@@ -167,6 +179,7 @@ pub async fn serve(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    slot: ConnectionSlot,
     app: Router,
     limits: ConnectionLimits,
     stop: CancellationToken,
@@ -184,6 +197,7 @@ async fn serve_connection(
     }
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(PeerAddr(peer));
+        request.extensions_mut().insert(slot.clone());
         let deadline = Instant::now() + limits.request_body;
         let request = request.map(|body| Body::new(DeadlineBody::new(body, deadline)));
         app.clone().oneshot(request)

@@ -7,13 +7,14 @@ use super::body::QueryParams;
 use super::context::{HttpContext, Sockets};
 use super::error::ApiError;
 use super::extract::{authenticate, origin_allowed};
+use super::listener::ConnectionSlot;
 use crate::auth::{self, Tokens};
 use crate::messages::{Messages, Outgoing};
 use crate::rooms::Rooms;
 use crate::socket::{self, Chat, Connection, Limits};
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{Extension, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use axum::routing::get;
@@ -75,6 +76,8 @@ async fn upgrade(
     State(tokens): State<Arc<Tokens>>,
     QueryParams(params): QueryParams<WsParams>,
     headers: HeaderMap,
+    // Absent only when the router is served by something else than the listener.
+    place: Option<Extension<ConnectionSlot>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     if !origin_allowed(&headers, &sockets.allowed_origins, sockets.trust_forwarded) {
@@ -122,6 +125,8 @@ async fn upgrade(
                 socket::serve(socket, connection, chat).await;
                 drop(subscription);
                 drop(slot);
+                // Its descriptor is closed: the place under the connection cap is free.
+                drop(place);
             })
         });
     Ok(response)

@@ -122,6 +122,55 @@ async fn beyond_the_connection_cap_new_ones_are_refused_and_healthz_still_answer
     drop(held);
 }
 
+#[tokio::test]
+async fn an_open_websocket_keeps_its_place_under_the_connection_cap() {
+    // The connection task ends at the upgrade; the socket's descriptor does not.
+    let stack = TestStack::start_with(0, Mock::default(), |s| {
+        s.http.max_connections = 2;
+    })
+    .await;
+    let (alice, bob) = (stack.guest().await, stack.guest().await);
+    let mut sockets = Vec::new();
+    for guest in [&alice, &bob] {
+        // The sessions' own connections may still hold places for a moment.
+        let mut socket = None;
+        for _ in 0..200 {
+            if let Ok(client) = ChatClient::connect(stack.addr(), &guest.token).await {
+                socket = Some(client);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sockets.push(socket.expect("a socket once the sessions' connections are gone"));
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let health = || http.get(format!("http://{}/healthz", stack.addr())).send();
+    // Any route but /healthz (guest sessions have a rate limit of their own).
+    let api = || {
+        http.get(format!("http://{}/api/openapi.json", stack.addr()))
+            .send()
+    };
+    // Two sockets open, two places taken: a request is answered by the overflow service.
+    let refused = api().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(&refused.json().await.unwrap()), "gateway_full");
+    assert_eq!(health().await.unwrap().status(), StatusCode::OK);
+    // Closed: the places are free again.
+    drop(sockets);
+    let mut admitted = false;
+    for _ in 0..200 {
+        if api().await.unwrap().status() == StatusCode::OK {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(admitted, "closed sockets give their places back");
+}
+
 // --- 2. One user cannot starve the others.
 
 #[tokio::test]
