@@ -226,15 +226,20 @@ where
     Fut: Future<Output = Result<(), BrokerError>>,
 {
     loop {
-        tokio::select! {
+        // The waiting and the handling are apart, so an idle consumer's
+        // future holds neither the handler's state nor a delivery: it lives
+        // as long as its user is connected.
+        let next = tokio::select! {
             biased;
             _ = stop.cancelled() => return Ok(()),
-            next = deliveries.next() => match next {
-                Some(Ok(delivery)) => handle(delivery).await?,
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(BrokerError::ConsumerEnded),
-            }
-        }
+            next = deliveries.next() => next,
+        };
+        let delivery = match next {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(BrokerError::ConsumerEnded),
+        };
+        handle(delivery).await?;
     }
 }
 

@@ -18,6 +18,7 @@ use axum::extract::{Extension, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use axum::routing::get;
+use futures_util::FutureExt;
 use protocol::trace::TraceParent;
 use protocol::{ErrorCode, MessageId, RoomId, UserId};
 use serde::Deserialize;
@@ -105,29 +106,31 @@ async fn upgrade(
         // being written; no cap on it, or a large reply chunk could not go out.
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
-            let tracker = sockets.tracker.clone();
-            tracker.track_future(async move {
-                let (outbox, replies) = mpsc::channel(sockets.limits.outbound_buffer);
-                let subscription = sockets.replies.subscribe(&verified.user, outbox);
-                let connection = Connection {
-                    token_expires: token_deadline(verified.expires_at),
-                    user: verified.user,
-                    limits: Limits::clone(&sockets.limits),
-                    link: sockets.link.clone(),
-                    health: subscription.health.clone(),
-                    replies,
-                    stop: sockets.stop.clone(),
-                };
-                let chat = GatewayChat {
-                    messages: sockets.messages.clone(),
-                    rooms: sockets.rooms.clone(),
-                };
-                socket::serve(socket, connection, chat).await;
+            let (outbox, replies) = mpsc::channel(sockets.limits.outbound_buffer);
+            let subscription = sockets.replies.subscribe(&verified.user, outbox);
+            let connection = Connection {
+                token_expires: token_deadline(verified.expires_at),
+                user: verified.user,
+                limits: Limits::clone(&sockets.limits),
+                link: sockets.link.clone(),
+                health: subscription.health.clone(),
+                replies,
+                stop: sockets.stop.clone(),
+            };
+            let chat = GatewayChat {
+                messages: sockets.messages.clone(),
+                rooms: sockets.rooms.clone(),
+            };
+            // The served socket as it is (a future that lives as long as the
+            // socket, not copied into another), then what it held let go:
+            // its subscription, its place among the user's sockets and,
+            // its descriptor closed, its place under the connection cap.
+            let served = socket::serve(socket, connection, chat).map(move |()| {
                 drop(subscription);
                 drop(slot);
-                // Its descriptor is closed: the place under the connection cap is free.
                 drop(place);
-            })
+            });
+            sockets.tracker.track_future(served)
         });
     Ok(response)
 }

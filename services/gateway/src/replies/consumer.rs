@@ -109,7 +109,7 @@ async fn consume_session(
     peers: &Peers,
 ) -> Result<(), BrokerError> {
     let shard = context.shard_hasher.hash_one(user) as usize;
-    let channel = session.consumer_channel(shard, context.prefetch).await?;
+    let channel = Box::pin(session.consumer_channel(shard, context.prefetch)).await?;
     let names = context.broker.names();
     // Boxed: set-up is short, the consumer lives long; the task must not
     // carry set-up's state for as long as the user stays connected.
@@ -173,9 +173,11 @@ async fn consume_session(
     health.set(ReplyHealth::Consuming);
     let _consuming = ConsumingGauge::up();
     debug!(user_id = %user, queue, "consuming replies");
+    // Presence (a database read, a publish) is boxed like set-up: inline,
+    // its state would size every idle user's task.
     if !peers.elsewhere.load(Ordering::Relaxed) {
         // Online now (on another gateway already: the rooms know).
-        presence::announce(context, user, member_of, true, true).await;
+        Box::pin(presence::announce(context, user, member_of, true, true)).await;
     }
     // Each delivery runs boxed: its future is large, and inline it would
     // size every idle user's task.
@@ -186,13 +188,13 @@ async fn consume_session(
     let stopping = async {
         broker::consumer::cancel_and_requeue(&channel, &tag, deliveries).await;
         relay::leave(context, &channel, session, user, peers).await;
+        debug!(user_id = %user, "stopped consuming replies");
+        if !peers.elsewhere.load(Ordering::Relaxed) {
+            let rooms = presence::rooms_of(context, user).await;
+            presence::announce(context, user, rooms, true, false).await;
+        }
     };
     Box::pin(stopping).await;
-    debug!(user_id = %user, "stopped consuming replies");
-    if !peers.elsewhere.load(Ordering::Relaxed) {
-        let rooms = presence::rooms_of(context, user).await;
-        presence::announce(context, user, rooms, true, false).await;
-    }
     Ok(())
 }
 

@@ -13,6 +13,7 @@
 //! (`tests.rs`), without a network or a broker.
 
 pub mod admission;
+mod end;
 mod limits;
 mod step;
 mod writer;
@@ -21,6 +22,7 @@ use crate::messages::Outgoing;
 use crate::rate::TokenBucket;
 use crate::replies::{OutboundReply, ReplyHealth};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use end::{End, close_reason, read_failure};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use protocol::amqp::MessageStatus;
@@ -89,16 +91,26 @@ pub struct Connection {
 
 type Answering = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
-/// Why the loop ended, and so how the socket is closed.
-enum End {
-    /// The client closed or vanished; nothing more to send.
-    ClientGone,
-    /// Close with this code and reason.
-    Close(CloseCode, &'static str),
+/// What the socket's loop woke up for.
+enum Event {
+    Stop,
+    TokenExpired,
+    /// The broker link or the user's reply queue went up or down.
+    LinkChanged,
+    PingDue,
+    /// A sent message's outcome: `accepted` or an error.
+    Answered(ServerFrame),
+    Reply(Option<OutboundReply>),
+    Incoming(Option<Result<Message, axum::Error>>),
 }
 
 /// Serves one authenticated socket until it closes or the gateway stops.
-pub async fn serve<S, C>(socket: S, connection: Connection, chat: C)
+///
+/// Not an `async fn`: one of those keeps its arguments and their moved
+/// copies side by side for its whole life, and this future lives as long
+/// as the socket — in every idle socket, the socket would be there twice.
+/// The block below captures each part once and uses it in place.
+pub fn serve<S, C>(socket: S, connection: Connection, chat: C) -> impl Future<Output = ()> + Send
 where
     S: Sink<Message, Error = axum::Error>
         + Stream<Item = Result<Message, axum::Error>>
@@ -116,189 +128,221 @@ where
         stop,
     } = connection;
     let mut socket = Writer::new(socket, limits.send_timeout);
-    let welcome = ServerFrame::Welcome {
-        user_id: user.clone(),
-    };
-    if socket.frame(&welcome).await.is_err() {
-        return;
-    }
-    // Tell the client when the broker link (or the user's reply queue) goes
-    // down and comes back, so it holds its messages instead of collecting
-    // `broker_unavailable`s.
-    let up = |link: &mut watch::Receiver<bool>, health: &mut watch::Receiver<ReplyHealth>| {
-        *link.borrow_and_update() && *health.borrow_and_update() != ReplyHealth::Failing
-    };
-    let mut link_up = up(&mut link, &mut health);
-    if !link_up && socket.frame(&link_status(false)).await.is_err() {
-        return;
-    }
-    // Confirms complete in publish order; FuturesOrdered keeps `accepted`
-    // frames in the order the client sent its messages regardless.
-    let mut sending: FuturesOrdered<Answering> = FuturesOrdered::new();
-    let mut bucket = TokenBucket::new(limits.rate);
-    let mut heard_at = Instant::now();
-    // Pings sent and not yet answered: that many pongs are free.
-    let mut pings_unanswered: u32 = 0;
-    let mut pings = tokio::time::interval(limits.ping_interval);
-    pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let token_expiry = tokio::time::sleep_until(token_expires);
-    tokio::pin!(token_expiry);
+    async move {
+        let welcome = ServerFrame::Welcome {
+            user_id: user.clone(),
+        };
+        let greeted = socket.frame(&welcome).await;
+        drop(welcome);
+        if greeted.is_err() {
+            return;
+        }
+        // Tell the client when the broker link (or the user's reply queue) goes
+        // down and comes back, so it holds its messages instead of collecting
+        // `broker_unavailable`s.
+        let up = |link: &mut watch::Receiver<bool>, health: &mut watch::Receiver<ReplyHealth>| {
+            *link.borrow_and_update() && *health.borrow_and_update() != ReplyHealth::Failing
+        };
+        let mut link_up = up(&mut link, &mut health);
+        if !link_up && socket.frame(&link_status(false)).await.is_err() {
+            return;
+        }
+        // Confirms complete in publish order; FuturesOrdered keeps `accepted`
+        // frames in the order the client sent its messages regardless.
+        let mut sending: FuturesOrdered<Answering> = FuturesOrdered::new();
+        let mut bucket = TokenBucket::new(limits.rate);
+        let mut heard_at = Instant::now();
+        // Pings sent and not yet answered: that many pongs are free.
+        let mut pings_unanswered: u32 = 0;
+        let mut pings = tokio::time::interval(limits.ping_interval);
+        pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let token_expiry = tokio::time::sleep_until(token_expires);
+        tokio::pin!(token_expiry);
 
-    let end = loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => {
-                // Hand over what is already buffered; the rest is requeued.
-                while let Ok(reply) = replies.try_recv() {
-                    if socket.reply(&reply).await.is_err() {
-                        break;
+        let end = loop {
+            // Waiting and handling are apart: while a frame is written, the
+            // futures of the wait are gone, and an idle socket's task is sized
+            // by the larger of the two, not their sum.
+            let event = tokio::select! {
+                biased;
+                _ = stop.cancelled() => Event::Stop,
+                _ = &mut token_expiry => Event::TokenExpired,
+                Ok(()) = link.changed() => Event::LinkChanged,
+                Ok(()) = health.changed() => Event::LinkChanged,
+                _ = pings.tick() => Event::PingDue,
+                Some(answer) = sending.next(), if !sending.is_empty() => Event::Answered(answer),
+                reply = replies.recv() => Event::Reply(reply),
+                incoming = socket.recv(), if sending.len() < limits.max_in_flight => Event::Incoming(incoming),
+            };
+            match event {
+                Event::Stop => {
+                    // Hand over what is already buffered; the rest is requeued.
+                    while let Ok(reply) = replies.try_recv() {
+                        if socket.reply(&reply).await.is_err() {
+                            break;
+                        }
+                    }
+                    break End::Close(CloseCode::GoingAway, "gateway shutting down");
+                }
+                Event::TokenExpired => break End::Close(CloseCode::TokenExpired, "token expired"),
+                Event::LinkChanged => {
+                    let up = up(&mut link, &mut health);
+                    if up != link_up {
+                        link_up = up;
+                        if socket.frame(&link_status(up)).await.is_err() {
+                            break End::ClientGone;
+                        }
                     }
                 }
-                break End::Close(CloseCode::GoingAway, "gateway shutting down");
-            }
-            _ = &mut token_expiry => break End::Close(CloseCode::TokenExpired, "token expired"),
-            Ok(()) = link.changed() => {
-                let up = up(&mut link, &mut health);
-                if up != link_up {
-                    link_up = up;
-                    if socket.frame(&link_status(up)).await.is_err() {
+                Event::PingDue => {
+                    if heard_at.elapsed() >= limits.idle_timeout {
+                        info!(user_id = %user, "no sign of life from the client; closing");
+                        break End::Close(CloseCode::IdleTimeout, "idle timeout");
+                    }
+                    if socket
+                        .send(Message::Ping(Default::default()))
+                        .await
+                        .is_err()
+                    {
+                        break End::ClientGone;
+                    }
+                    pings_unanswered = pings_unanswered.saturating_add(1);
+                }
+                Event::Answered(answer) => {
+                    if socket.frame(&answer).await.is_err() {
                         break End::ClientGone;
                     }
                 }
-            }
-            Ok(()) = health.changed() => {
-                let up = up(&mut link, &mut health);
-                if up != link_up {
-                    link_up = up;
-                    if socket.frame(&link_status(up)).await.is_err() {
-                        break End::ClientGone;
+                Event::Reply(reply) => match reply {
+                    Some(reply) => {
+                        if socket.reply(&reply).await.is_err() {
+                            break End::ClientGone;
+                        }
                     }
-                }
-            }
-            _ = pings.tick() => {
-                if heard_at.elapsed() >= limits.idle_timeout {
-                    info!(user_id = %user, "no sign of life from the client; closing");
-                    break End::Close(CloseCode::IdleTimeout, "idle timeout");
-                }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break End::ClientGone;
-                }
-                pings_unanswered = pings_unanswered.saturating_add(1);
-            }
-            Some(answer) = sending.next(), if !sending.is_empty() => {
-                if socket.frame(&answer).await.is_err() {
-                    break End::ClientGone;
-                }
-            }
-            reply = replies.recv() => match reply {
-                Some(reply) => {
-                    if socket.reply(&reply).await.is_err() {
-                        break End::ClientGone;
+                    // The router cut this socket loose: it could not keep up.
+                    None => {
+                        break End::Close(
+                            CloseCode::SlowConsumer,
+                            "too slow to read replies; reconnect",
+                        );
                     }
-                }
-                // The router cut this socket loose: it could not keep up.
-                None => break End::Close(CloseCode::SlowConsumer, "too slow to read replies; reconnect"),
-            },
-            incoming = socket.recv(), if sending.len() < limits.max_in_flight => {
-                heard_at = Instant::now();
-                let message = match incoming {
-                    Some(Ok(message)) => message,
-                    Some(Err(e)) => break read_failure(&e),
-                    None => break End::ClientGone,
-                };
-                let step = match message {
-                    Message::Text(text) if text.len() > limits.max_message_bytes => {
-                        break End::Close(CloseCode::MessageTooBig, "message too big");
-                    }
-                    Message::Binary(bytes) if bytes.len() > limits.max_message_bytes => {
-                        break End::Close(CloseCode::MessageTooBig, "message too big");
-                    }
-                    Message::Text(text) => step::step(&text, &limits.frames),
-                    Message::Binary(_) => Step::Binary,
-                    // A pong answering one of our pings is proof of life
-                    // and free; pings (the WebSocket layer answers them) and
-                    // unasked-for pongs are frames like any other and spend
-                    // from the bucket.
-                    Message::Pong(_) if pings_unanswered > 0 => {
-                        pings_unanswered -= 1;
+                },
+                Event::Incoming(incoming) => {
+                    heard_at = Instant::now();
+                    let message = match incoming {
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => break read_failure(&e),
+                        None => break End::ClientGone,
+                    };
+                    let step = match message {
+                        Message::Text(text) if text.len() > limits.max_message_bytes => {
+                            break End::Close(CloseCode::MessageTooBig, "message too big");
+                        }
+                        Message::Binary(bytes) if bytes.len() > limits.max_message_bytes => {
+                            break End::Close(CloseCode::MessageTooBig, "message too big");
+                        }
+                        Message::Text(text) => step::step(&text, &limits.frames),
+                        Message::Binary(_) => Step::Binary,
+                        // A pong answering one of our pings is proof of life
+                        // and free; pings (the WebSocket layer answers them) and
+                        // unasked-for pongs are frames like any other and spend
+                        // from the bucket.
+                        Message::Pong(_) if pings_unanswered > 0 => {
+                            pings_unanswered -= 1;
+                            continue;
+                        }
+                        Message::Ping(_) | Message::Pong(_) => Step::Control,
+                        Message::Close(_) => break End::ClientGone,
+                    };
+                    metrics::counter!("switchboard_gateway_frames_received_total", "type" => step.kind())
+                    .increment(1);
+                    // Acks of chunks this socket holds are bounded by the prefetch
+                    // and free; everything else spends from the bucket.
+                    let free =
+                        matches!(&step, Step::Acknowledge { id, seq } if socket.holds(*id, *seq));
+                    if !free && !bucket.take() {
+                        metrics::counter!("switchboard_gateway_rate_limited_total").increment(1);
+                        if bucket.refused_in_a_row() >= limits.abuse_threshold {
+                            info!(user_id = %user, "rate limit ignored; closing");
+                            break End::Close(CloseCode::PolicyViolation, "rate limit exceeded");
+                        }
+                        let refusal = ServerFrame::error(
+                            ErrorCode::RateLimited,
+                            ErrorCode::RateLimited.describe(),
+                            None,
+                        );
+                        if socket.frame(&refusal).await.is_err() {
+                            break End::ClientGone;
+                        }
                         continue;
                     }
-                    Message::Ping(_) | Message::Pong(_) => Step::Control,
-                    Message::Close(_) => break End::ClientGone,
-                };
-                metrics::counter!("switchboard_gateway_frames_received_total", "type" => step.kind())
-                    .increment(1);
-                // Acks of chunks this socket holds are bounded by the prefetch
-                // and free; everything else spends from the bucket.
-                let free = matches!(&step, Step::Acknowledge { id, seq } if socket.holds(*id, *seq));
-                if !free && !bucket.take() {
-                    metrics::counter!("switchboard_gateway_rate_limited_total").increment(1);
-                    if bucket.refused_in_a_row() >= limits.abuse_threshold {
-                        info!(user_id = %user, "rate limit ignored; closing");
-                        break End::Close(CloseCode::PolicyViolation, "rate limit exceeded");
-                    }
-                    let refusal = ServerFrame::error(ErrorCode::RateLimited, ErrorCode::RateLimited.describe(), None);
-                    if socket.frame(&refusal).await.is_err() {
+                    let answer = match step {
+                        Step::Control => None,
+                        Step::Answer(answer) => {
+                            if let ServerFrame::Error { code, .. } = &answer {
+                                debug!(user_id = %user, %code, "bad frame");
+                            }
+                            Some(answer)
+                        }
+                        Step::Binary => Some(refusal(ErrorCode::BinaryNotSupported, None)),
+                        Step::Publish(message) => {
+                            sending.push_back(send(&chat, user.clone(), message));
+                            None
+                        }
+                        // Receipts and cancels are rare and their futures large
+                        // (a database or broker round trip): boxed, so they take
+                        // memory only while they run, not in every idle socket.
+                        Step::Acknowledge { id, seq } => {
+                            if let Some((room, seq)) = socket.acknowledged(id, seq) {
+                                Box::pin(chat.delivered(user.clone(), room, seq)).await;
+                            }
+                            None
+                        }
+                        Step::Read { room_id, seq } => {
+                            Box::pin(chat.read(user.clone(), room_id, seq))
+                                .await
+                                .err()
+                                .map(|code| refusal(code, None))
+                        }
+                        Step::Cancel { id } => {
+                            Some(match Box::pin(chat.cancel(user.clone(), id)).await {
+                                Ok(()) => ServerFrame::MessageStatus {
+                                    id,
+                                    status: MessageStatus::Cancelling,
+                                },
+                                Err(code) => refusal(code, Some(id)),
+                            })
+                        }
+                    };
+                    if let Some(answer) = answer
+                        && socket.frame(&answer).await.is_err()
+                    {
                         break End::ClientGone;
                     }
-                    continue;
-                }
-                let answer = match step {
-                    Step::Control => None,
-                    Step::Answer(answer) => {
-                        if let ServerFrame::Error { code, .. } = &answer {
-                            debug!(user_id = %user, %code, "bad frame");
-                        }
-                        Some(answer)
-                    }
-                    Step::Binary => Some(refusal(ErrorCode::BinaryNotSupported, None)),
-                    Step::Publish(message) => {
-                        sending.push_back(send(&chat, user.clone(), message));
-                        None
-                    }
-                    Step::Acknowledge { id, seq } => {
-                        if let Some((room, seq)) = socket.acknowledged(id, seq) {
-                            chat.delivered(user.clone(), room, seq).await;
-                        }
-                        None
-                    }
-                    Step::Read { room_id, seq } => chat
-                        .read(user.clone(), room_id, seq)
-                        .await
-                        .err()
-                        .map(|code| refusal(code, None)),
-                    Step::Cancel { id } => Some(match chat.cancel(user.clone(), id).await {
-                        Ok(()) => ServerFrame::MessageStatus { id, status: MessageStatus::Cancelling },
-                        Err(code) => refusal(code, Some(id)),
-                    }),
-                };
-                if let Some(answer) = answer
-                    && socket.frame(&answer).await.is_err()
-                {
-                    break End::ClientGone;
                 }
             }
+        };
+        // Unacknowledged replies go back to the queue now, not after the close
+        // handshake, so the user's next socket gets them.
+        drop(replies);
+        socket.release_unacked();
+        let reason = match &end {
+            End::ClientGone => "client",
+            End::Close(code, _) => close_reason(*code),
+        };
+        metrics::counter!("switchboard_gateway_sockets_closed_total", "reason" => reason)
+            .increment(1);
+        if let End::Close(code, reason) = end {
+            let close = Message::Close(Some(CloseFrame {
+                code: code.code(),
+                reason: Utf8Bytes::from_static(reason),
+            }));
+            if socket.send(close).await.is_ok() {
+                socket.finish_closing().await;
+            }
         }
-    };
-    // Unacknowledged replies go back to the queue now, not after the close
-    // handshake, so the user's next socket gets them.
-    drop(replies);
-    socket.release_unacked();
-    let reason = match &end {
-        End::ClientGone => "client",
-        End::Close(code, _) => close_reason(*code),
-    };
-    metrics::counter!("switchboard_gateway_sockets_closed_total", "reason" => reason).increment(1);
-    if let End::Close(code, reason) = end {
-        let close = Message::Close(Some(CloseFrame {
-            code: code.code(),
-            reason: Utf8Bytes::from_static(reason),
-        }));
-        if socket.send(close).await.is_ok() {
-            socket.finish_closing().await;
-        }
+        debug!(user_id = %user, "socket closed");
     }
-    debug!(user_id = %user, "socket closed");
 }
 
 /// An `error` frame with the code's usual text.
@@ -320,9 +364,10 @@ fn send<C: Chat>(chat: &C, user: UserId, message: Outgoing) -> Answering {
     let trace = platform::telemetry::start_trace(&span);
     span.record("trace_id", tracing::field::display(trace.trace_id()));
     let trace_id = trace.trace_id().to_string();
-    let sent = chat.send(user, message, trace);
-    async move {
-        match sent.await {
+    // Mapped rather than awaited in an async block, which would hold the
+    // send's future twice.
+    chat.send(user, message, trace)
+        .map(move |sent| match sent {
             Ok(()) => {
                 debug!("message queued");
                 ServerFrame::Accepted {
@@ -331,47 +376,14 @@ fn send<C: Chat>(chat: &C, user: UserId, message: Outgoing) -> Answering {
                 }
             }
             Err(code) => refusal(code, Some(id)),
-        }
-    }
-    .instrument(span)
-    .boxed()
-}
-
-fn close_reason(code: CloseCode) -> &'static str {
-    match code {
-        CloseCode::Normal => "normal",
-        CloseCode::GoingAway => "going_away",
-        CloseCode::ProtocolError => "protocol_error",
-        CloseCode::InvalidPayload => "invalid_payload",
-        CloseCode::PolicyViolation => "rate_limit_abuse",
-        CloseCode::MessageTooBig => "message_too_big",
-        CloseCode::SlowConsumer => "slow_consumer",
-        CloseCode::TokenExpired => "token_expired",
-        CloseCode::IdleTimeout => "idle",
-    }
+        })
+        .instrument(span)
+        .boxed()
 }
 
 fn link_status(up: bool) -> ServerFrame {
     ServerFrame::Status {
         broker: if up { LinkState::Up } else { LinkState::Down },
-    }
-}
-
-/// How to end after a failed read: a too-big message gets 1009, invalid
-/// UTF-8 gets 1007, a broken WebSocket protocol 1002; anything else means
-/// the connection is gone.
-fn read_failure(error: &axum::Error) -> End {
-    use tokio_tungstenite::tungstenite::Error;
-    let cause = std::error::Error::source(error).and_then(|e| e.downcast_ref::<Error>());
-    match cause {
-        Some(Error::Capacity(_)) => End::Close(CloseCode::MessageTooBig, "message too big"),
-        Some(Error::Utf8(_)) => {
-            End::Close(CloseCode::InvalidPayload, "text frame is not valid UTF-8")
-        }
-        Some(Error::Protocol(_)) => {
-            End::Close(CloseCode::ProtocolError, "WebSocket protocol violation")
-        }
-        _ => End::ClientGone,
     }
 }
 
