@@ -77,6 +77,76 @@ describe("the page, safe and accessible", () => {
     }
   });
 
+  it("renders a table and a highlighted code block as they stream, without a flicker, and copies the code", async () => {
+    // One word a chunk, slowly: the Markdown is re-rendered dozens of times part-way.
+    const stack = await Stack.start({ name: "markdown-stream", chunkDelayMs: 25 });
+    try {
+      const { page, context } = await stack.open(browser);
+      await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: stack.url });
+      // Watch the answer as it streams: what it holds at every frame.
+      await page.evaluate(() => {
+        window.__samples = [];
+        const sample = () => {
+          const reply = document.querySelector('[data-testid="reply"]');
+          if (reply) {
+            window.__samples.push({
+              tables: reply.querySelectorAll("table").length,
+              blocks: reply.querySelectorAll("pre").length,
+              overflow: document.documentElement.scrollWidth > window.innerWidth,
+            });
+          }
+          if (reply?.getAttribute("data-complete") !== "true") requestAnimationFrame(sample);
+        };
+        requestAnimationFrame(sample);
+      });
+      const text = [
+        "here is a table and some code:",
+        "",
+        "| language | typing |",
+        "|---|---|",
+        "| Rust | static |",
+        "| Python | dynamic |",
+        "",
+        "```rust",
+        "fn main() {",
+        '    println!("hello");',
+        "}",
+        "```",
+        "",
+        "and that is all.",
+      ].join("\n");
+      await say(page, text);
+      const reply = await replyTo(page, text);
+      assert.deepEqual(
+        await reply.locator("th").allTextContents(),
+        ["language", "typing"],
+        "a table, with its header",
+      );
+      assert.deepEqual(await reply.locator("td").allTextContents(), ["Rust", "static", "Python", "dynamic"]);
+      const code = reply.locator("pre code");
+      assert.match(await code.getAttribute("class"), /language-rust/);
+      assert.ok((await code.locator(".hljs-keyword").count()) > 0, "highlighted");
+      assert.equal(await reply.locator("pre").count(), 1);
+      // Streaming: once a table or a code block is on screen it stays, and nothing overflows.
+      const samples = await page.evaluate(() => window.__samples);
+      assert.ok(samples.length >= 10, `sampled part-way (${samples.length} frames)`);
+      for (let i = 1; i < samples.length; i++) {
+        assert.ok(samples[i].tables >= samples[i - 1].tables, `the table never went away (frame ${i})`);
+        assert.ok(samples[i].blocks >= samples[i - 1].blocks, `the code block never went away (frame ${i})`);
+      }
+      assert.ok(samples.some((s) => s.blocks === 1 && s.tables === 1), "both seen part-way");
+      assert.ok(samples.every((s) => !s.overflow), "the layout held at every frame");
+      // The code block's own Copy button copies the code, not the answer.
+      await reply.getByRole("button", { name: "Copy the code" }).click();
+      await waitFor("the code is on the clipboard", async () =>
+        (await page.evaluate(() => navigator.clipboard.readText())) === 'fn main() {\n    println!("hello");\n}\n',
+      );
+      await page.screenshot({ path: path.join(artifacts, "markdown-table-code.png"), fullPage: true });
+    } finally {
+      await stack.stop();
+    }
+  });
+
   it("fits a 375 px phone and passes axe-core with no serious or critical violation", async () => {
     const stack = await Stack.start({ name: "a11y", chunkDelayMs: 5 });
     try {
