@@ -44,13 +44,24 @@ describe("the page, safe and accessible", () => {
       assert.match(policy, /script-src 'self'(;|$)/, policy);
       assert.match(policy, /frame-ancestors 'none'/, policy);
       const { page } = await stack.open(browser);
+      // Any dialog or navigation of the page is a hostile input that worked.
+      const dialogs = [];
+      page.on("dialog", (dialog) => {
+        dialogs.push(dialog.message());
+        void dialog.dismiss();
+      });
+      const loaded = page.url();
+      const navigations = [];
+      page.on("framenavigated", (frame) => {
+        if (frame === page.mainFrame()) navigations.push(frame.url());
+      });
       // The mock answers with the message inside its template: what a user
       // types reaches the answer's Markdown as a model's text would.
       const text = [
         "**bold** `code` [docs](https://example.com)",
-        '<img src=x onerror="window.__pwned=1">',
-        "<script>window.__pwned=2</script>",
-        "[click](javascript:window.__pwned=3)",
+        '<img src=x onerror="window.__pwned=1;alert(1)">',
+        "<script>window.__pwned=2;alert(2)</script>",
+        "[click](javascript:window.__pwned=3;alert(3))",
         "[data](data:text/html,<script>window.__pwned=4</script>)",
         "![pixel](https://tracker.example/p.png)",
         "x".repeat(600),
@@ -69,7 +80,13 @@ describe("the page, safe and accessible", () => {
       // The user's own message is shown as typed, as text.
       const mine = exchange(page, text).getByTestId("my-message");
       assert.equal(await mine.locator("img, script").count(), 0);
+      // What were links stays inert when clicked.
+      await reply.getByText("click", { exact: true }).click();
+      await reply.getByText("data", { exact: true }).click();
       assert.equal(await page.evaluate(() => window.__pwned), undefined, "no hostile script ran");
+      assert.deepEqual(dialogs, [], "no dialog opened");
+      assert.deepEqual(navigations, [], "the page went nowhere");
+      assert.equal(page.url(), loaded);
       assert.equal(await overflows(page), false, "a 600-character word wraps inside its bubble");
       await page.screenshot({ path: path.join(artifacts, "markdown.png"), fullPage: true });
     } finally {
