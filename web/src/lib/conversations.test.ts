@@ -102,6 +102,18 @@ describe("conversations", () => {
     expect(t.merged(both, both, next, 40)).toBe(both);
   });
 
+  it("drops the stray copy of an answer that arrived before the other tab's message", () => {
+    // The other tab sent m9 in conversation b; its answer reached this tab first.
+    const base = t.created(t.submitted(t.fresh("a", 1), "m1", "A", 2), "b", 3);
+    const theirs = t.about(t.submitted(base, "m9", "B's question", 4), "m9", (c) => replied(c, chunk("m9", "B's answer")));
+    const mine = t.about(t.opened(base, "a"), "m9", (c) => replied(c, chunk("m9", "B's answer")));
+    expect(mine.threads.a?.conversation.messages.m9?.text).toBeNull();
+    const both = t.merged(mine, theirs, ids(), 5);
+    expect(both.threads.a?.conversation.messages.m9).toBeUndefined();
+    expect(both.threads.a?.conversation.order).toEqual(["m1"]);
+    expect(both.threads.b?.conversation.messages.m9?.reply?.text).toBe("B's answer");
+  });
+
   it("loads what was saved, or starts afresh from nothing or from garbage", () => {
     const store = new Map<string, string>();
     const storage = { getItem: (k: string) => store.get(k) ?? null, setItem: (k: string, v: string) => void store.set(k, v) };

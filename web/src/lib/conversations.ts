@@ -192,6 +192,7 @@ export function merged(mine: Conversations, theirs: Conversations, newId: () => 
       conversation,
     };
   }
+  dropStrays(threads);
   const unchanged =
     deletedThreads.length === mine.deleted.threads.length &&
     Object.keys(threads).length === Object.keys(mine.threads).length &&
@@ -207,6 +208,29 @@ export function merged(mine: Conversations, theirs: Conversations, newId: () => 
     threads,
     deleted: { threads: deletedThreads.slice(-DELETED_LIMIT), messages: deletedMessages.slice(-DELETED_LIMIT) },
   });
+}
+
+/**
+ * An answer that arrived here before the other tab's message did lands, as
+ * a reply to an unknown message, in the conversation on screen; once the
+ * message itself is in (in its own conversation, with its text), that stray
+ * copy goes. The other tab's copy has every chunk too: it got them all.
+ */
+function dropStrays(threads: Record<string, Thread>): void {
+  const home = new Map<string, string>();
+  for (const t of Object.values(threads)) {
+    for (const id of t.conversation.order) if (t.conversation.messages[id]?.text != null) home.set(id, t.id);
+  }
+  for (const t of Object.values(threads)) {
+    const strays = t.conversation.order.filter((id) => {
+      const where = home.get(id);
+      return where !== undefined && where !== t.id && t.conversation.messages[id]?.text == null;
+    });
+    if (strays.length === 0) continue;
+    const messages = { ...t.conversation.messages };
+    for (const id of strays) delete messages[id];
+    threads[t.id] = { ...t, conversation: { order: t.conversation.order.filter((id) => !strays.includes(id)), messages } };
+  }
 }
 
 function sameThread(a: Thread, b: Thread): boolean {
