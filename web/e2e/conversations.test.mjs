@@ -69,6 +69,13 @@ describe("conversations", () => {
       await say(page, "what is my name?");
       await completedReply(page, "what is my name?");
       assert.deepEqual(await listed(page), ["what is my name?", "my name is Ada"]);
+      // Typed and not sent: each conversation keeps its own while switching.
+      await page.getByLabel("Message").fill("half a thought");
+      await page.getByRole("button", { name: "my name is Ada" }).click();
+      assert.equal(await page.getByLabel("Message").inputValue(), "", "the other conversation's composer is its own");
+      await page.getByRole("button", { name: "what is my name?" }).click();
+      assert.equal(await page.getByLabel("Message").inputValue(), "half a thought");
+      await page.getByLabel("Message").fill("");
       // Back to the first: its history, and its context goes with a new message.
       await page.getByRole("button", { name: "my name is Ada" }).click();
       await say(page, "and again?");

@@ -38,6 +38,8 @@ export function App({ client }: { client: ChatClient }) {
     setDraftFor(conversations.active);
     setDraft(null);
   }
+  // What was typed and not sent, per conversation, kept while switching.
+  const unsent = useRef(new Map<string, string>());
   // On a phone the side list folds away behind a button.
   const [sideOpen, setSideOpen] = useState(false);
   const chosen = () => setSideOpen(false);
@@ -100,6 +102,8 @@ export function App({ client }: { client: ChatClient }) {
                 failed={messages.filter((m) => m.status === "failed").length}
                 onSend={(text) => client.send(text)}
                 draft={draft}
+                unsent={unsent.current.get(thread.id) ?? ""}
+                onTyped={(text) => unsent.current.set(thread.id, text)}
               />
             </Fragment>
           )}
@@ -236,10 +240,17 @@ type ComposerProps = {
   onSend: (text: string) => void;
   /** Text to edit, put here by an Edit button. */
   draft: Draft | null;
+  /** What was typed here and not sent, when the conversation was last on screen. */
+  unsent: string;
+  onTyped: (text: string) => void;
 };
 
-function Composer({ connected, pending, failed, onSend, draft }: ComposerProps) {
-  const [text, setText] = useState("");
+function Composer({ connected, pending, failed, onSend, draft, unsent, onTyped }: ComposerProps) {
+  const [text, setTextState] = useState(unsent);
+  const setText = (next: string) => {
+    setTextState(next);
+    onTyped(next);
+  };
   const input = useRef<HTMLTextAreaElement>(null);
   useEffect(() => input.current?.focus(), []);
   useEffect(() => {

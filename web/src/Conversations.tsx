@@ -80,7 +80,7 @@ export function ConversationNav({ client, conversations, showing, onChosen }: Pr
                         client.deleteConversation(t.id);
                         setFocusOn(client.getSnapshot().conversations.active);
                       }}>
-                        Delete it
+                        Yes, delete
                       </AutoFocusButton>
                       <button
                         type="button"
