@@ -1,6 +1,6 @@
 import { beforeEach, describe, expect, it } from "vitest";
 import { ChatClient, type ClientEnv, type SocketLike } from "./client";
-import { HISTORY_LIMIT, STORAGE_KEY, accepted, submitted, emptyConversation, save } from "./conversation";
+import { HISTORY_LIMIT, STORAGE_KEY, accepted, submitted, emptyConversation } from "./conversation";
 import * as threads from "./conversations";
 
 class FakeSocket implements SocketLike {
@@ -394,7 +394,7 @@ describe("ChatClient", () => {
 
   it("takes a conversation kept before there were several as the first of the list", () => {
     const before = harness();
-    save(before.env.storage, submitted(emptyConversation, "old", "kept from before", 5));
+    before.store.set(STORAGE_KEY, JSON.stringify(submitted(emptyConversation, "old", "kept from before", 5)));
     const reloaded = new ChatClient(before.env);
     const list = threads.listed(reloaded.getSnapshot().conversations);
     expect(list.map((t) => t.title)).toEqual(["kept from before"]);

@@ -224,14 +224,6 @@ export function isStreaming(m: Message): boolean {
  */
 export const STORAGE_KEY = "switchboard.conversation.v1";
 
-export function save(storage: Pick<Storage, "setItem">, c: Conversation): void {
-  try {
-    storage.setItem(STORAGE_KEY, JSON.stringify(c));
-  } catch {
-    // Full or unavailable storage only costs the history on reload.
-  }
-}
-
 export function load(storage: Pick<Storage, "getItem">): Conversation {
   try {
     const raw = storage.getItem(STORAGE_KEY);

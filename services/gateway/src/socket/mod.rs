@@ -132,11 +132,11 @@ where
         let welcome = ServerFrame::Welcome {
             user_id: user.clone(),
         };
-        let greeted = socket.frame(&welcome).await;
-        drop(welcome);
-        if greeted.is_err() {
+        if socket.frame(&welcome).await.is_err() {
             return;
         }
+        // Not held for the socket's life.
+        drop(welcome);
         // Tell the client when the broker link (or the user's reply queue) goes
         // down and comes back, so it holds its messages instead of collecting
         // `broker_unavailable`s.
