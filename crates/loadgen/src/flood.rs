@@ -189,12 +189,12 @@ async fn ask_repeatedly(socket: &mut Socket, span: Duration) -> anyhow::Result<H
     let until = Instant::now() + span;
     while Instant::now() < until {
         let id = MessageId::new_random();
-        let send = ClientFrame::Send {
+        let send = ClientFrame::Send(protocol::ws::Message {
             id,
             text: "How are you?".into(),
             context: Vec::new(),
             room_id: None,
-        };
+        });
         let sent = Instant::now();
         socket.send(Message::text(send.to_json())).await?;
         let mut answer = ShownAnswer::default();
@@ -244,12 +244,12 @@ async fn flood_socket(url: String, tally: Arc<Mutex<FlooderTally>>, stop: Instan
         let (mut sink, mut stream) = socket.split();
         let sending = async {
             while Instant::now() < stop {
-                let send = ClientFrame::Send {
+                let send = ClientFrame::Send(protocol::ws::Message {
                     id: MessageId::new_random(),
                     text: "flood".into(),
                     context: Vec::new(),
                     room_id: None,
-                };
+                });
                 if sink.send(Message::text(send.to_json())).await.is_err() {
                     return;
                 }

@@ -408,12 +408,12 @@ async fn user(
             },
         );
         counters.sent.fetch_add(1, Ordering::Relaxed);
-        out.send(&ClientFrame::Send {
+        out.send(&ClientFrame::Send(protocol::ws::Message {
             id,
             text: plan.text.clone(),
             context: Vec::new(),
             room_id: None,
-        })
+        }))
     };
     if schedule.is_none() {
         sleep_until(t0).await;

@@ -4,6 +4,7 @@
 //! does not know instead of guessing; adding an optional field does not change
 //! the version, changing the meaning of one does.
 
+use crate::ws::ReplyFrame;
 use crate::{MessageId, ReplyId, RoomId, UserId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -156,39 +157,37 @@ pub const MAX_CONTEXT_TURNS: usize = 20;
 pub const MAX_CONTEXT_CHARS: usize = 32_000;
 
 /// One chunk of an answer, published by a responder to the `chat_responses`
-/// exchange with the user id as routing key, so it lands in that user's queue.
+/// exchange with the user id as routing key, so it lands in that user's queue:
+/// the chunk as clients get it ([`ReplyFrame`], whose fields it reads as its
+/// own) and what routes and measures it. On the wire its fields are side by
+/// side (docs/protocol.md §6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplyChunk {
     /// Schema version, [`SCHEMA_VERSION`].
     pub v: u16,
-    /// Derived from `user_id` and `in_reply_to`; equal for every chunk.
-    pub id: ReplyId,
-    pub in_reply_to: MessageId,
     /// The owner of the reply. The gateway delivers a chunk only to sockets of
     /// this user, whatever queue it came from.
     pub user_id: UserId,
-    pub seq: u32,
-    /// Which attempt at the answer this chunk belongs to
-    /// ([`crate::answer::attempt_number`]): an answer begun again (after a
-    /// crash, a redelivery, a failed publish) is a new attempt, and a model
-    /// writes a different text each time. 0 (left out): not numbered.
-    #[serde(default, skip_serializing_if = "crate::is_zero")]
-    pub attempt: u64,
-    pub text: String,
-    pub r#final: bool,
-    /// Set on the final chunk of a request that could not be answered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<ReplyError>,
     /// The request's `sent_at_ms`, so the gateway can measure request →
     /// first and final chunk latency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_sent_at_ms: Option<u64>,
-    /// Set on the final chunk of an answer stopped by a `cancel`.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cancelled: bool,
-    /// The room this answer goes to, when the request was made in one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub room_id: Option<RoomId>,
+    /// The chunk itself, as a client gets it.
+    #[serde(flatten)]
+    pub frame: ReplyFrame,
+}
+
+impl std::ops::Deref for ReplyChunk {
+    type Target = ReplyFrame;
+    fn deref(&self) -> &ReplyFrame {
+        &self.frame
+    }
+}
+
+impl std::ops::DerefMut for ReplyChunk {
+    fn deref_mut(&mut self) -> &mut ReplyFrame {
+        &mut self.frame
+    }
 }
 
 /// What happened to a request, on its way to being answered. Travels
@@ -267,20 +266,55 @@ pub enum BodyError {
     UnsupportedVersion { found: u16 },
 }
 
-/// Only the version, read first so that a future schema is reported as such
-/// rather than as malformed.
+/// Only the version: read when a body does not decode, so that a future
+/// schema is reported as such rather than as malformed.
 #[derive(Deserialize)]
 struct Versioned {
     v: u16,
 }
 
-/// Decodes a versioned body, checking `v` before the rest.
-pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, BodyError> {
-    let Versioned { v } = serde_json::from_slice(body)?;
-    if v != SCHEMA_VERSION {
-        return Err(BodyError::UnsupportedVersion { found: v });
+/// A body that travels through RabbitMQ: it carries its schema version.
+pub trait Body: DeserializeOwned {
+    /// Its `v`.
+    fn version(&self) -> u16;
+}
+
+macro_rules! bodies {
+    ($($body:ty),* $(,)?) => {
+        $(impl Body for $body {
+            fn version(&self) -> u16 {
+                self.v
+            }
+        })*
+    };
+}
+
+bodies!(
+    ChatRequest,
+    ReplyChunk,
+    StatusEvent,
+    CancelRequest,
+    RoomMessage,
+    RoomReceipt,
+    RoomPresence,
+);
+
+/// Decodes a versioned body, parsing it once; a body of another version
+/// is refused as such.
+pub fn decode<T: Body>(body: &[u8]) -> Result<T, BodyError> {
+    match serde_json::from_slice::<T>(body) {
+        Ok(decoded) if decoded.version() == SCHEMA_VERSION => Ok(decoded),
+        Ok(decoded) => Err(BodyError::UnsupportedVersion {
+            found: decoded.version(),
+        }),
+        // Only on failure: was it another version's schema?
+        Err(e) => match serde_json::from_slice::<Versioned>(body) {
+            Ok(Versioned { v }) if v != SCHEMA_VERSION => {
+                Err(BodyError::UnsupportedVersion { found: v })
+            }
+            _ => Err(e.into()),
+        },
     }
-    Ok(serde_json::from_slice(body)?)
 }
 
 /// Encodes a body. Serializing these plain structs cannot fail.
@@ -334,50 +368,54 @@ impl ReplyChunk {
     pub fn answering(request: &ChatRequest, seq: u32, text: String, r#final: bool) -> Self {
         Self {
             v: SCHEMA_VERSION,
-            id: request.reply_id(),
-            in_reply_to: request.id,
             user_id: request.user_id.clone(),
-            seq,
-            attempt: 0,
-            text,
-            r#final,
-            error: None,
             request_sent_at_ms: Some(request.sent_at_ms),
-            cancelled: false,
-            room_id: request.room_id,
+            frame: ReplyFrame {
+                id: request.reply_id(),
+                in_reply_to: request.id,
+                seq,
+                attempt: 0,
+                text,
+                r#final,
+                error: None,
+                cancelled: false,
+                room_id: request.room_id,
+            },
         }
     }
 
     /// The final chunk of an answer stopped by a `cancel`, at `seq`, with
     /// what the answer had left to send.
     pub fn cancelled(request: &ChatRequest, seq: u32, text: String) -> Self {
-        Self {
-            cancelled: true,
-            ..Self::answering(request, seq, text, true)
-        }
+        let mut chunk = Self::answering(request, seq, text, true);
+        chunk.cancelled = true;
+        chunk
     }
 
     /// This chunk, as part of attempt `attempt` at the answer.
     #[must_use]
-    pub fn in_attempt(self, attempt: u64) -> Self {
-        Self { attempt, ..self }
+    pub fn in_attempt(mut self, attempt: u64) -> Self {
+        self.attempt = attempt;
+        self
     }
 
     /// The final chunk telling `user` that request `id` failed.
     pub fn failure(user_id: UserId, id: MessageId, error: ReplyError) -> Self {
         Self {
             v: SCHEMA_VERSION,
-            id: ReplyId::for_request(&user_id, id),
-            in_reply_to: id,
+            frame: ReplyFrame {
+                id: ReplyId::for_request(&user_id, id),
+                in_reply_to: id,
+                seq: ERROR_SEQ,
+                attempt: 0,
+                text: String::new(),
+                r#final: true,
+                error: Some(error),
+                cancelled: false,
+                room_id: None,
+            },
             user_id,
-            seq: ERROR_SEQ,
-            attempt: 0,
-            text: String::new(),
-            r#final: true,
-            error: Some(error),
             request_sent_at_ms: None,
-            cancelled: false,
-            room_id: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - [`ids`] — validated identifiers (`UserId`, `MessageId`, `ReplyId`).
 //! - [`ws`] — WebSocket frames between browser and gateway, with a strict decoder
 //!   that turns every bad frame into a stable [`ErrorCode`].
+//! - [`message`] — a user's message, validated once for every way in.
 //! - [`amqp`] — the versioned JSON bodies that travel through RabbitMQ.
 //! - [`topology`] — exchange, queue and routing-key names under a configurable prefix.
 //! - [`trace`] — the W3C `traceparent` carried in AMQP headers.
@@ -16,6 +17,7 @@ pub mod amqp;
 pub mod answer;
 pub mod error;
 pub mod ids;
+pub mod message;
 pub mod topology;
 pub mod trace;
 pub mod ws;

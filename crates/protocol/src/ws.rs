@@ -4,52 +4,19 @@
 //! panics and maps every rejection to a stable [`ErrorCode`]. Gateway → client
 //! frames are [`ServerFrame`]s; they also deserialize, for clients written in Rust.
 
-use crate::amqp::{MAX_CONTEXT_CHARS, MAX_CONTEXT_TURNS, Role, Turn};
+use crate::message::{decode_any_id, decode_id};
 use crate::{ErrorCode, MessageId, ReplyId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Limits applied while decoding client frames (configured by the gateway).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameLimits {
-    /// Longest accepted `text`, counted in Unicode scalar values.
-    pub max_text_chars: usize,
-}
-
-impl Default for FrameLimits {
-    fn default() -> Self {
-        Self {
-            max_text_chars: 4000,
-        }
-    }
-}
-
-/// Whether `text` (a message, a room name) holds only characters a person
-/// types: no NUL, no control character but tab and line breaks. (Databases
-/// refuse NUL; control characters hide text from people.)
-pub fn text_allowed(text: &str) -> bool {
-    !text
-        .chars()
-        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-}
+pub use crate::message::{FrameError, FrameLimits, Message, text_allowed};
 
 /// A frame the client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
-    /// A chat message to be answered. `id` is chosen by the client;
-    /// `context`, optional, is the conversation's recent turns (oldest
-    /// first) for the model to see.
-    Send {
-        id: MessageId,
-        text: String,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        context: Vec<Turn>,
-        /// Send to this room (the sender must be a member) instead of to
-        /// the assistant; a text starting with `@assistant` goes to both.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        room_id: Option<RoomId>,
-    },
+    /// A chat message to be answered (or posted to a room), validated.
+    Send(Message),
     /// Liveness probe at the application level; answered with `pong`.
     Ping,
     /// The client has received reply chunk `seq` of reply `id`. Until it
@@ -64,31 +31,6 @@ pub enum ClientFrame {
     /// I have seen room `room_id` up to message `seq` (it was on screen):
     /// the other members get a `room_receipt` `read`.
     Read { room_id: RoomId, seq: u64 },
-}
-
-/// Why a client frame was rejected. Becomes an `error` frame.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct FrameError {
-    pub code: ErrorCode,
-    pub message: String,
-    /// The client's message id, when the frame carried a valid one.
-    pub id: Option<MessageId>,
-}
-
-impl FrameError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            id: None,
-        }
-    }
-
-    fn with_id(mut self, id: MessageId) -> Self {
-        self.id = Some(id);
-        self
-    }
 }
 
 impl ClientFrame {
@@ -115,10 +57,10 @@ impl ClientFrame {
         };
         match kind {
             "ping" => Ok(Self::Ping),
-            "send" => decode_send(&fields, limits),
+            "send" => Message::from_fields(&fields, limits, None).map(Self::Send),
             "ack" => decode_ack(&fields),
             "cancel" => Ok(Self::Cancel {
-                id: decode_id(&fields, "cancel", MessageId::parse)?,
+                id: decode_id(fields.get("id"), "cancel")?,
             }),
             "read" => decode_read(&fields),
             other => Err(FrameError::new(
@@ -145,134 +87,6 @@ impl ClientFrame {
     }
 }
 
-/// The frame's `id`: a missing one makes the frame invalid, one that is not
-/// a UUID string is an invalid id.
-fn decode_id<T>(
-    fields: &Map<String, Value>,
-    frame: &str,
-    parse: impl Fn(&str) -> Result<T, crate::IdError>,
-) -> Result<T, FrameError> {
-    match fields.get("id") {
-        Some(Value::String(raw)) => {
-            parse(raw).map_err(|_| FrameError::new(ErrorCode::InvalidId, "`id` must be a UUID"))
-        }
-        Some(_) => Err(FrameError::new(
-            ErrorCode::InvalidId,
-            "`id` must be a UUID string",
-        )),
-        None => Err(FrameError::new(
-            ErrorCode::InvalidFrame,
-            format!("`{frame}` needs an `id`"),
-        )),
-    }
-}
-
-fn decode_send(
-    fields: &Map<String, Value>,
-    limits: &FrameLimits,
-) -> Result<ClientFrame, FrameError> {
-    let id = decode_id(fields, "send", MessageId::parse)?;
-    let text = match fields.get("text") {
-        Some(Value::String(text)) => text,
-        Some(_) => {
-            return Err(
-                FrameError::new(ErrorCode::InvalidFrame, "`text` must be a string").with_id(id),
-            );
-        }
-        None => {
-            return Err(
-                FrameError::new(ErrorCode::InvalidFrame, "`send` needs a `text`").with_id(id),
-            );
-        }
-    };
-    if text.trim().is_empty() {
-        return Err(FrameError::new(ErrorCode::EmptyText, "`text` is empty").with_id(id));
-    }
-    if !text_allowed(text) {
-        return Err(FrameError::new(
-            ErrorCode::InvalidText,
-            "`text` holds NUL or a control character",
-        )
-        .with_id(id));
-    }
-    // Count lazily: stop as soon as the limit is passed.
-    if text.chars().nth(limits.max_text_chars).is_some() {
-        return Err(FrameError::new(
-            ErrorCode::TextTooLong,
-            format!("`text` is longer than {} characters", limits.max_text_chars),
-        )
-        .with_id(id));
-    }
-    let context = decode_context(fields.get("context")).map_err(|e| e.with_id(id))?;
-    let room_id = match fields.get("room_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(raw)) => Some(RoomId::parse(raw).map_err(|_| {
-            FrameError::new(ErrorCode::InvalidId, "`room_id` must be a UUID").with_id(id)
-        })?),
-        Some(_) => {
-            return Err(
-                FrameError::new(ErrorCode::InvalidId, "`room_id` must be a UUID string")
-                    .with_id(id),
-            );
-        }
-    };
-    Ok(ClientFrame::Send {
-        id,
-        text: text.clone(),
-        context,
-        room_id,
-    })
-}
-
-/// `context`: absent, or an array of at most [`MAX_CONTEXT_TURNS`] turns
-/// `{"role":"user"|"assistant","text":"…"}` with at most
-/// [`MAX_CONTEXT_CHARS`] characters in all.
-fn decode_context(value: Option<&Value>) -> Result<Vec<Turn>, FrameError> {
-    let Some(value) = value else {
-        return Ok(Vec::new());
-    };
-    let invalid = || {
-        FrameError::new(
-            ErrorCode::InvalidFrame,
-            "`context` must be an array of turns {\"role\": \"user\" or \"assistant\", \"text\": …}",
-        )
-    };
-    let Value::Array(items) = value else {
-        return Err(invalid());
-    };
-    if items.len() > MAX_CONTEXT_TURNS {
-        return Err(FrameError::new(
-            ErrorCode::InvalidFrame,
-            format!("`context` has more than {MAX_CONTEXT_TURNS} turns"),
-        ));
-    }
-    let mut chars = 0;
-    let mut turns = Vec::with_capacity(items.len());
-    for item in items {
-        let role = match item.get("role").and_then(Value::as_str) {
-            Some("user") => Role::User,
-            Some("assistant") => Role::Assistant,
-            _ => return Err(invalid()),
-        };
-        let text = item
-            .get("text")
-            .and_then(Value::as_str)
-            .ok_or_else(invalid)?;
-        chars += text.chars().count();
-        if chars > MAX_CONTEXT_CHARS {
-            return Err(FrameError::new(
-                ErrorCode::TextTooLong,
-                format!("`context` is longer than {MAX_CONTEXT_CHARS} characters"),
-            ));
-        }
-        turns.push(Turn {
-            role,
-            text: text.to_owned(),
-        });
-    }
-    Ok(turns)
-}
-
 fn decode_read(fields: &Map<String, Value>) -> Result<ClientFrame, FrameError> {
     let room_id = match fields.get("room_id") {
         Some(Value::String(raw)) => RoomId::parse(raw)
@@ -294,7 +108,7 @@ fn decode_read(fields: &Map<String, Value>) -> Result<ClientFrame, FrameError> {
 }
 
 fn decode_ack(fields: &Map<String, Value>) -> Result<ClientFrame, FrameError> {
-    let id = decode_id(fields, "ack", ReplyId::parse)?;
+    let id = decode_any_id(fields.get("id"), "ack", ReplyId::parse)?;
     let seq = fields
         .get("seq")
         .and_then(Value::as_u64)
@@ -388,7 +202,8 @@ pub enum LinkState {
     Down,
 }
 
-/// One chunk of an answer, as the browser sees it.
+/// One chunk of an answer, as the browser sees it: what a
+/// [`crate::amqp::ReplyChunk`] carries, less its routing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplyFrame {
     /// Same for every chunk of one answer, derived from the request.
@@ -415,23 +230,6 @@ pub struct ReplyFrame {
     /// The room this answer is in, when the assistant was addressed in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room_id: Option<RoomId>,
-}
-
-impl From<crate::amqp::ReplyChunk> for ReplyFrame {
-    /// A chunk as a client gets it: the same fields, less the routing ones.
-    fn from(chunk: crate::amqp::ReplyChunk) -> Self {
-        Self {
-            id: chunk.id,
-            in_reply_to: chunk.in_reply_to,
-            seq: chunk.seq,
-            attempt: chunk.attempt,
-            text: chunk.text,
-            r#final: chunk.r#final,
-            error: chunk.error,
-            cancelled: chunk.cancelled,
-            room_id: chunk.room_id,
-        }
-    }
 }
 
 impl ServerFrame {
@@ -474,6 +272,7 @@ impl From<FrameError> for ServerFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::amqp::{MAX_CONTEXT_CHARS, MAX_CONTEXT_TURNS, Role, Turn};
 
     fn decode(input: &str) -> Result<ClientFrame, FrameError> {
         ClientFrame::decode(input, &FrameLimits { max_text_chars: 10 })
@@ -492,12 +291,12 @@ mod tests {
             decode(&format!(
                 r#"{{"type":"send","id":"{ID}","text":"hi","extra":1}}"#
             )),
-            Ok(ClientFrame::Send {
+            Ok(ClientFrame::Send(Message {
                 id: MessageId::parse(ID).unwrap(),
                 text: "hi".into(),
                 context: Vec::new(),
                 room_id: None,
-            })
+            }))
         );
     }
 
@@ -508,7 +307,7 @@ mod tests {
                 r#"{{"type":"send","id":"{ID}","text":"hi","context":{context}}}"#
             ))
         };
-        let Ok(ClientFrame::Send { context, .. }) =
+        let Ok(ClientFrame::Send(Message { context, .. })) =
             with(r#"[{"role":"user","text":"a"},{"role":"assistant","text":"b"}]"#)
         else {
             panic!("valid context refused");

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use protocol::amqp::{self, CancelRequest, ChatRequest, MessageStatus, ReplyChunk, StatusEvent};
-use protocol::ws::{ClientFrame, FrameLimits, ReplyFrame, ServerFrame};
+use protocol::ws::{ClientFrame, FrameLimits, Message, ReplyFrame, ServerFrame};
 use protocol::{ErrorCode, MessageId, ReplyId, UserId};
 use serde_json::Value;
 
@@ -59,12 +59,12 @@ fn a_request_with_its_own_queue_and_model_wishes() {
 fn client_frames() {
     let limits = FrameLimits::default();
     let send = format!(r#"{{"type":"send","id":"{MSG}","text":"Hello"}}"#);
-    let frame = ClientFrame::Send {
+    let frame = ClientFrame::Send(Message {
         id: msg(),
         text: "Hello".into(),
         context: Vec::new(),
         room_id: None,
-    };
+    });
     assert_eq!(ClientFrame::decode(&send, &limits), Ok(frame.clone()));
     assert_eq!(
         serde_json::from_str::<Value>(&frame.to_json()).unwrap(),
@@ -246,7 +246,8 @@ fn rooms() {
         ),
     );
     let send = format!(r#"{{"type":"send","id":"{MSG}","text":"Hi","room_id":"{MSG}"}}"#);
-    let Ok(ClientFrame::Send { room_id, .. }) = ClientFrame::decode(&send, &FrameLimits::default())
+    let Ok(ClientFrame::Send(Message { room_id, .. })) =
+        ClientFrame::decode(&send, &FrameLimits::default())
     else {
         panic!("a send to a room is understood");
     };
@@ -307,12 +308,12 @@ fn context_turns() {
     let send = format!(
         r#"{{"type":"send","id":"{MSG}","text":"Hi","context":[{{"role":"assistant","text":"Earlier"}}]}}"#
     );
-    let frame = ClientFrame::Send {
+    let frame = ClientFrame::Send(Message {
         id: msg(),
         text: "Hi".into(),
         context: context.clone(),
         room_id: None,
-    };
+    });
     assert_eq!(
         ClientFrame::decode(&send, &FrameLimits::default()),
         Ok(frame.clone())

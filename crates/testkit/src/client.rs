@@ -138,12 +138,12 @@ impl ChatClient {
     /// Sends a chat message with a fresh id and returns the id.
     pub async fn send_message(&mut self, text: &str) -> anyhow::Result<MessageId> {
         let id = MessageId::new_random();
-        let frame = protocol::ws::ClientFrame::Send {
+        let frame = protocol::ws::ClientFrame::Send(protocol::ws::Message {
             id,
             text: text.to_owned(),
             context: Vec::new(),
             room_id: None,
-        };
+        });
         self.send_text(&frame.to_json()).await?;
         Ok(id)
     }

@@ -6,36 +6,45 @@
 //! It must not know how a message arrived (socket or HTTP) nor how its
 //! answer travels back (that is [`crate::replies`]).
 
-use crate::replies::{AnswerWatcher, ReplyQueues};
+mod in_progress;
+
+use in_progress::Admitted;
+pub use in_progress::{Fairness, InProgress};
+
+use crate::replies::ReplyQueues;
 use crate::rooms::{Posted, Rooms};
 use broker::{Broker, properties};
-use protocol::amqp::{self, CancelRequest, ChatRequest, ModelOptions, Turn};
+use protocol::amqp::{self, CancelRequest, ChatRequest, ModelOptions};
 use protocol::trace::TraceParent;
-use protocol::{ErrorCode, MessageId, RoomId, UserId};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tracing::warn;
+use protocol::ws::Message;
+use protocol::{ErrorCode, MessageId, UserId};
+use std::future::Future;
+use std::sync::Arc;
+use tracing::{Instrument, Span, debug, info_span, warn};
 
-/// Messages per user recorded as being answered; a cancel of any beyond
-/// gets `nothing_to_cancel`.
-const MAX_PER_USER: usize = 1024;
-/// A message with no sign of its answer for this long is forgotten (a reply
-/// queue is gone after 30 minutes without a consumer, and its answer too).
-const FORGET_AFTER: Duration = Duration::from_secs(30 * 60);
-/// Recorded messages between two sweeps of the forgotten ones.
-const SWEEP_EVERY: u64 = 4096;
+/// Which way a message came in, for its trace and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Socket,
+    Rest,
+    OpenAi,
+}
 
-/// A message as a client sends it.
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Socket => "socket",
+            Self::Rest => "rest",
+            Self::OpenAi => "openai",
+        }
+    }
+}
+
+/// A message RabbitMQ has confirmed: it will be answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    /// Chosen by the client; the message's identity from then on.
-    pub id: MessageId,
-    pub text: String,
-    /// The conversation's recent turns, for the model.
-    pub context: Vec<Turn>,
-    /// Sent to this room instead of to the assistant.
-    pub room: Option<RoomId>,
+pub struct Accepted {
+    /// The trace that follows it through the services (32 hex digits).
+    pub trace_id: String,
 }
 
 /// Sends and cancels messages. Cheap to clone.
@@ -60,13 +69,6 @@ struct Inner {
     fairness: Fairness,
 }
 
-/// The cap that keeps one user's backlog from delaying everyone else's.
-#[derive(Debug, Clone, Copy)]
-pub struct Fairness {
-    pub max_pending_per_user: usize,
-    pub pending_window: Duration,
-}
-
 impl Messages {
     pub fn new(
         broker: Broker,
@@ -86,20 +88,59 @@ impl Messages {
         }
     }
 
-    /// Sends `message` for `user`. `Ok` means RabbitMQ has confirmed it
-    /// (and a room message is stored): it will be answered, or delivered to
-    /// the room's members. Every failure is a stable code.
-    pub async fn send(
+    /// Sends `message` for `user`, in a trace of its own (one per message,
+    /// from here through the responder and back). `Ok` means RabbitMQ has
+    /// confirmed it (and a room message is stored): it will be answered,
+    /// or delivered to the room's members. Every failure is a stable code.
+    pub fn send(
+        &self,
+        user: UserId,
+        message: Message,
+        via: Via,
+    ) -> impl Future<Output = Result<Accepted, ErrorCode>> + Send + 'static {
+        let (span, trace) = begin(&user, message.id, via);
+        let messages = self.clone();
+        async move {
+            messages.publish(&user, message, &trace).await?;
+            Ok(accepted(&trace))
+        }
+        .instrument(span)
+    }
+
+    /// Sends `message` for `user` with its answer going to a queue of its
+    /// own (an OpenAI-API request: docs/protocol.md §9), declared first;
+    /// `model` carries the client's wishes for the model.
+    pub fn send_own(
+        &self,
+        user: UserId,
+        message: Message,
+        model: ModelOptions,
+    ) -> impl Future<Output = Result<Accepted, ErrorCode>> + Send + 'static {
+        let (span, trace) = begin(&user, message.id, Via::OpenAi);
+        let messages = self.clone();
+        async move {
+            messages.inner.queues.declare_own(&message.id).await?;
+            let request =
+                ChatRequest::new(message.id, user.clone(), message.text, properties::now_ms())
+                    .with_context(message.context)
+                    .to_own_queue(model);
+            messages.submit(request, &trace).await?;
+            Ok(accepted(&trace))
+        }
+        .instrument(span)
+    }
+
+    async fn publish(
         &self,
         user: &UserId,
-        message: Outgoing,
+        message: Message,
         trace: &TraceParent,
     ) -> Result<(), ErrorCode> {
-        let Outgoing {
+        let Message {
             id,
             text,
             context,
-            room,
+            room_id: room,
         } = message;
         if !self.inner.queues.ensure(user).await {
             return Err(ErrorCode::BrokerUnavailable);
@@ -117,24 +158,6 @@ impl Messages {
             Some(room) => request.in_room(room),
             None => request,
         };
-        self.submit(request, trace).await
-    }
-
-    /// Sends `message` for `user` with its answer going to a queue of its
-    /// own (an OpenAI-API request: docs/protocol.md §9), declared first;
-    /// `model` carries the client's wishes for the model.
-    pub async fn send_own(
-        &self,
-        user: &UserId,
-        message: Outgoing,
-        model: ModelOptions,
-        trace: &TraceParent,
-    ) -> Result<(), ErrorCode> {
-        self.inner.queues.declare_own(&message.id).await?;
-        let request =
-            ChatRequest::new(message.id, user.clone(), message.text, properties::now_ms())
-                .with_context(message.context)
-                .to_own_queue(model);
         self.submit(request, trace).await
     }
 
@@ -207,176 +230,25 @@ impl Messages {
     }
 }
 
-/// The messages being answered, as far as this gateway knows: accepted
-/// here, or seen streaming through it, and no final chunk yet. Bounded per
-/// user, and in time.
-#[derive(Debug, Default)]
-pub struct InProgress {
-    users: Mutex<Record>,
+/// A message's own span and trace (one per message, from here through the
+/// responder and back).
+fn begin(user: &UserId, id: MessageId, via: Via) -> (Span, TraceParent) {
+    let span = info_span!(
+        "request",
+        trace_id = tracing::field::Empty,
+        user_id = %user,
+        message_id = %id,
+        via = via.as_str(),
+    );
+    let trace = platform::telemetry::start_trace(&span);
+    span.record("trace_id", tracing::field::display(trace.trace_id()));
+    (span, trace)
 }
 
-#[derive(Debug, Default)]
-struct Record {
-    /// Per user: each message and when it last showed a sign of life.
-    messages: HashMap<UserId, HashMap<MessageId, Instant>>,
-    /// Messages recorded since the last sweep.
-    since_sweep: u64,
-}
-
-/// Whether a message may go to the responders.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Admitted {
-    /// Recorded as waiting from now on.
-    New,
-    /// Waiting already (sent again with the same id).
-    Again,
-    /// Its user has as many waiting as a user may.
-    Refused,
-}
-
-impl InProgress {
-    /// Records message `id` of `user` as waiting, if the user has fewer than
-    /// the cap waiting (counting those with a sign of life within the
-    /// window).
-    fn admit(&self, user: &UserId, id: MessageId, fairness: Fairness) -> Admitted {
-        let mut record = self.users.lock().expect("in-progress lock");
-        let messages = record.messages.entry(user.clone()).or_default();
-        if let Some(at) = messages.get_mut(&id) {
-            *at = Instant::now();
-            return Admitted::Again;
-        }
-        let waiting = messages
-            .values()
-            .filter(|at| at.elapsed() < fairness.pending_window)
-            .count();
-        if waiting >= fairness.max_pending_per_user {
-            return Admitted::Refused;
-        }
-        drop(record);
-        self.begin(user, id);
-        Admitted::New
-    }
-
-    fn begin(&self, user: &UserId, id: MessageId) {
-        let mut record = self.users.lock().expect("in-progress lock");
-        record.since_sweep += 1;
-        if record.since_sweep >= SWEEP_EVERY {
-            record.since_sweep = 0;
-            record.messages.retain(|_, messages| {
-                messages.retain(|_, at| at.elapsed() < FORGET_AFTER);
-                !messages.is_empty()
-            });
-        }
-        let messages = record.messages.entry(user.clone()).or_default();
-        if messages.len() < MAX_PER_USER || messages.contains_key(&id) {
-            messages.insert(id, Instant::now());
-        }
-    }
-
-    fn contains(&self, user: &UserId, id: MessageId) -> bool {
-        let record = self.users.lock().expect("in-progress lock");
-        record
-            .messages
-            .get(user)
-            .and_then(|messages| messages.get(&id))
-            .is_some_and(|at| at.elapsed() < FORGET_AFTER)
-    }
-
-    fn finish(&self, user: &UserId, id: MessageId) {
-        let mut record = self.users.lock().expect("in-progress lock");
-        if let Some(messages) = record.messages.get_mut(user) {
-            messages.remove(&id);
-            if messages.is_empty() {
-                record.messages.remove(user);
-            }
-        }
-    }
-}
-
-impl AnswerWatcher for InProgress {
-    fn chunk_seen(&self, user: &UserId, message: MessageId, last: bool) {
-        if last {
-            self.finish(user, message);
-        } else {
-            self.begin(user, message);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn alice() -> UserId {
-        UserId::parse("alice").unwrap()
-    }
-
-    #[test]
-    fn a_message_is_in_progress_from_acceptance_or_its_first_chunk_to_its_last() {
-        let record = InProgress::default();
-        let (sent, seen) = (MessageId::new_random(), MessageId::new_random());
-        record.begin(&alice(), sent);
-        record.chunk_seen(&alice(), seen, false);
-        assert!(record.contains(&alice(), sent) && record.contains(&alice(), seen));
-        assert!(!record.contains(&UserId::parse("bob").unwrap(), sent));
-        record.chunk_seen(&alice(), sent, true);
-        assert!(!record.contains(&alice(), sent));
-        assert!(record.contains(&alice(), seen));
-    }
-
-    #[test]
-    fn one_user_may_have_only_so_many_messages_waiting() {
-        let record = InProgress::default();
-        let fairness = Fairness {
-            max_pending_per_user: 2,
-            pending_window: Duration::from_secs(60),
-        };
-        let (a, b, c) = (
-            MessageId::new_random(),
-            MessageId::new_random(),
-            MessageId::new_random(),
-        );
-        assert_eq!(record.admit(&alice(), a, fairness), Admitted::New);
-        assert_eq!(record.admit(&alice(), b, fairness), Admitted::New);
-        assert_eq!(record.admit(&alice(), c, fairness), Admitted::Refused);
-        assert_eq!(
-            record.admit(&alice(), a, fairness),
-            Admitted::Again,
-            "a resend"
-        );
-        let bob = UserId::parse("bob").unwrap();
-        assert_eq!(
-            record.admit(&bob, c, fairness),
-            Admitted::New,
-            "others go on"
-        );
-        record.chunk_seen(&alice(), a, true);
-        assert_eq!(
-            record.admit(&alice(), c, fairness),
-            Admitted::New,
-            "a was answered"
-        );
-        // Messages without a sign of life for the window stop counting.
-        let short = Fairness {
-            pending_window: Duration::ZERO,
-            ..fairness
-        };
-        assert_eq!(
-            record.admit(&alice(), MessageId::new_random(), short),
-            Admitted::New
-        );
-    }
-
-    #[test]
-    fn the_record_is_bounded_per_user() {
-        let record = InProgress::default();
-        let ids: Vec<_> = (0..MAX_PER_USER + 5)
-            .map(|_| MessageId::new_random())
-            .collect();
-        for id in &ids {
-            record.begin(&alice(), *id);
-        }
-        assert!(record.contains(&alice(), ids[0]));
-        assert!(!record.contains(&alice(), ids[MAX_PER_USER]));
+/// What a confirmed send says.
+fn accepted(trace: &TraceParent) -> Accepted {
+    debug!("message queued");
+    Accepted {
+        trace_id: trace.trace_id().to_string(),
     }
 }

@@ -9,7 +9,7 @@ use super::body::body_refusal;
 use super::context::{HttpContext, MessageLimits};
 use super::error::ApiError;
 use super::extract::Authenticated;
-use crate::messages::{Messages, Outgoing};
+use crate::messages::{Messages, Via};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -18,11 +18,10 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::amqp::MessageStatus;
-use protocol::ws::{ClientFrame, FrameLimits};
+use protocol::ws::{FrameLimits, Message};
 use protocol::{ErrorCode, MessageId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::{Instrument, debug, info_span};
 
 /// The OpenAPI document of the HTTP API (`docs/openapi.json`).
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
@@ -61,57 +60,36 @@ async fn send(
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
     let body = body.map_err(body_refusal)?;
     let message = decode_message(&body, &limits.frames)?;
-    let (user, id) = (verified.user, message.id);
-    let span = info_span!("request", trace_id = tracing::field::Empty, user_id = %user, message_id = %id, via = "rest");
-    let trace = platform::telemetry::start_trace(&span);
-    span.record("trace_id", tracing::field::display(trace.trace_id()));
-    async {
-        messages
-            .send(&user, message, &trace)
-            .await
-            .map_err(|code| ApiError::from(code).about(id))?;
-        debug!("message queued");
-        Ok((
-            StatusCode::ACCEPTED,
-            Json(Queued {
-                id,
-                trace_id: trace.trace_id().to_string(),
-            }),
-        ))
-    }
-    .instrument(span)
-    .await
+    let id = message.id;
+    let accepted = messages
+        .send(verified.user, message, Via::Rest)
+        .await
+        .map_err(|code| ApiError::from(code).about(id))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Queued {
+            id,
+            trace_id: accepted.trace_id,
+        }),
+    ))
 }
 
 /// The body of `POST /api/messages`, validated exactly as a socket's `send`
 /// frame is (it is one, without `type`; a missing `id` is chosen here).
-fn decode_message(body: &[u8], limits: &FrameLimits) -> Result<Outgoing, ApiError> {
-    let mut value: Value = serde_json::from_slice(body)
+fn decode_message(body: &[u8], limits: &FrameLimits) -> Result<Message, ApiError> {
+    let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("not valid JSON: {e}")))?;
-    let Value::Object(fields) = &mut value else {
+    let Value::Object(fields) = value else {
         return Err(ApiError::new(
             ErrorCode::InvalidFrame,
             "the body must be a JSON object",
         ));
     };
-    fields.insert("type".into(), Value::String("send".into()));
-    fields
-        .entry("id")
-        .or_insert_with(|| Value::String(MessageId::new_random().to_string()));
-    match ClientFrame::decode(&value.to_string(), limits)? {
-        ClientFrame::Send {
-            id,
-            text,
-            context,
-            room_id,
-        } => Ok(Outgoing {
-            id,
-            text,
-            context,
-            room: room_id,
-        }),
-        _ => Err(ApiError::new(ErrorCode::InvalidFrame, "not a message")),
-    }
+    Ok(Message::from_fields(
+        &fields,
+        limits,
+        Some(MessageId::new_random()),
+    )?)
 }
 
 /// `POST /api/messages/{id}/cancel`: the socket's `cancel`.

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::extract::Authenticated;
 use super::openai_answer::{Emit, EventId, StreamedAnswer};
 use super::openai_wire::{self as wire, CompletionRequest};
-use crate::messages::{Messages, Outgoing};
+use crate::messages::Messages;
 use crate::replies::{OwnQueue, ReplyQueues};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -22,14 +22,13 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use futures_util::stream;
 use protocol::answer::ShownAnswer;
-use protocol::ws::ReplyFrame;
-use protocol::ws::{ClientFrame, FrameLimits};
+use protocol::ws::Message;
 use protocol::{ErrorCode, MessageId, UserId};
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
-use tracing::{debug, info_span};
+use tracing::debug;
 
 /// The header naming a streamed completion (`chatcmpl-<uuid>`), sent before
 /// any event.
@@ -118,17 +117,15 @@ async fn complete(
     })?;
     let asked = request.asked().map_err(|(code, why)| refused(code, why))?;
     let id = MessageId::new_random();
-    let message = validated(id, asked.text, asked.context, &limits.frames)?;
+    let message = Message::new(id, asked.text, asked.context, &limits.frames)
+        .map_err(|e| OpenAiError(ApiError::from(e)))?;
     let model = asked
         .options
         .name
         .clone()
         .unwrap_or_else(|| api.models[0].clone());
-    let span = info_span!("request", trace_id = tracing::field::Empty, user_id = %user, message_id = %id, via = "openai");
-    let trace = platform::telemetry::start_trace(&span);
-    span.record("trace_id", tracing::field::display(trace.trace_id()));
     messages
-        .send_own(&user, message, asked.options, &trace)
+        .send_own(user.clone(), message, asked.options)
         .await?;
     let (answer, queue) = Reading::open(user, id, model, messages, &sockets, &api).await?;
     if request.stream {
@@ -176,28 +173,6 @@ async fn resume(
         .into_response())
 }
 
-/// The text and context validated exactly as a socket's `send` is.
-fn validated(
-    id: MessageId,
-    text: String,
-    context: Vec<protocol::amqp::Turn>,
-    limits: &FrameLimits,
-) -> Result<Outgoing, OpenAiError> {
-    let frame = json!({"type": "send", "id": id, "text": text, "context": context});
-    match ClientFrame::decode(&frame.to_string(), limits) {
-        Ok(ClientFrame::Send {
-            id, text, context, ..
-        }) => Ok(Outgoing {
-            id,
-            text,
-            context,
-            room: None,
-        }),
-        Ok(_) => Err(ErrorCode::InvalidFrame.into()),
-        Err(e) => Err(OpenAiError(ApiError::from(e))),
-    }
-}
-
 /// One answer being read from its own queue for its client.
 struct Reading {
     user: UserId,
@@ -241,7 +216,7 @@ impl Reading {
         while !answer.is_complete() {
             match queue.next().await {
                 Ok(chunk) => {
-                    answer.add(&ReplyFrame::from(chunk));
+                    answer.add(&chunk);
                 }
                 Err(code) => {
                     queue.abandon().await;

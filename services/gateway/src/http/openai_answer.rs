@@ -8,7 +8,6 @@
 
 use protocol::amqp::{ReplyChunk, ReplyError};
 use protocol::answer::{Arrival, ShownAnswer};
-use protocol::ws::ReplyFrame;
 use std::fmt;
 use std::str::FromStr;
 
@@ -73,7 +72,7 @@ impl StreamedAnswer {
 
     /// Takes one chunk in; what to tell the client because of it.
     pub fn take(&mut self, chunk: ReplyChunk) -> Vec<Emit> {
-        match self.shown.add(&ReplyFrame::from(chunk)) {
+        match self.shown.add(&chunk) {
             Arrival::Repeat | Arrival::Stale | Arrival::AfterEnd => Vec::new(),
             Arrival::Failed => self
                 .shown

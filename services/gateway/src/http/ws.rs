@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::extract::{authenticate, origin_allowed};
 use super::listener::ConnectionSlot;
 use crate::auth::{self, Tokens};
-use crate::messages::{Messages, Outgoing};
+use crate::messages::{Accepted, Messages, Via};
 use crate::rooms::Rooms;
 use crate::socket::{self, Chat, Connection, Limits};
 use axum::Router;
@@ -19,7 +19,6 @@ use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use axum::routing::get;
 use futures_util::FutureExt;
-use protocol::trace::TraceParent;
 use protocol::{ErrorCode, MessageId, RoomId, UserId};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -43,11 +42,9 @@ impl Chat for GatewayChat {
     fn send(
         &self,
         user: UserId,
-        message: Outgoing,
-        trace: TraceParent,
-    ) -> impl Future<Output = Result<(), ErrorCode>> + Send + 'static {
-        let messages = self.messages.clone();
-        async move { messages.send(&user, message, &trace).await }
+        message: protocol::ws::Message,
+    ) -> impl Future<Output = Result<Accepted, ErrorCode>> + Send + 'static {
+        self.messages.send(user, message, Via::Socket)
     }
 
     async fn cancel(&self, user: UserId, id: MessageId) -> Result<(), ErrorCode> {

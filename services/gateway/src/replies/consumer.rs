@@ -211,23 +211,23 @@ async fn dispatch(
     delivery: Delivery,
 ) -> Result<(), BrokerError> {
     let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
-    let (frame, advisory) = match Inbound::decode(user, kind, &delivery.data) {
-        Inbound::Refused(what) => {
+    let inbound = Inbound::decode(user, kind, &delivery.data);
+    if let Inbound::Chunk(chunk) = &inbound {
+        observe(user, chunk, &delivery);
+    }
+    let acker = &delivery.acker;
+    let settle = || Some(Receipt::amqp(acker.clone()));
+    let (frame, advisory) = match OutboundReply::for_sockets(
+        inbound,
+        user,
+        context.watcher.as_ref(),
+        settle,
+    ) {
+        Ok(mapped) => mapped,
+        Err(what) => {
             error!(user_id = %user, "{what} in the user's reply queue; dropped, never delivered");
             let reject = delivery.reject(BasicRejectOptions { requeue: false });
             return settle_now(context, reject).await;
-        }
-        Inbound::Status(event) => (OutboundReply::status(&event), true),
-        Inbound::Receipt(receipt) => (OutboundReply::receipt(receipt), true),
-        Inbound::Presence(presence) => (OutboundReply::presence(presence), true),
-        Inbound::Chunk(chunk) => {
-            observe(context, user, &chunk, &delivery);
-            let receipt = Receipt::amqp(delivery.acker.clone());
-            (OutboundReply::chunk(chunk, Some(receipt)), false)
-        }
-        Inbound::RoomMessage(message) => {
-            let receipt = Receipt::amqp(delivery.acker.clone());
-            (OutboundReply::room_message(message, Some(receipt)), false)
         }
     };
     relay::copy(context, session, user, peers, &delivery).await;
@@ -276,13 +276,8 @@ async fn declare(
     }
 }
 
-/// Metrics, trace and the answer watcher for a chunk on its way out.
-fn observe(
-    context: &Context,
-    user: &UserId,
-    chunk: &protocol::amqp::ReplyChunk,
-    delivery: &Delivery,
-) {
+/// Metrics and trace for a chunk on its way out.
+fn observe(user: &UserId, chunk: &protocol::amqp::ReplyChunk, delivery: &Delivery) {
     metrics::counter!("switchboard_gateway_reply_chunks_consumed_total").increment(1);
     if delivery.redelivered {
         metrics::counter!("switchboard_gateway_redeliveries_total").increment(1);
@@ -308,11 +303,6 @@ fn observe(
         trace_id = trace.map(|t| t.trace_id().to_string()).unwrap_or_default(),
         "reply chunk for local sockets"
     );
-    if chunk.user_id == *user {
-        context
-            .watcher
-            .chunk_seen(user, chunk.in_reply_to, chunk.r#final);
-    }
 }
 
 /// Settles a delivery from the consumer loop itself, time-boxed: an ack on

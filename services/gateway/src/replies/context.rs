@@ -3,10 +3,11 @@
 //! who is told of answers streaming by.
 
 use super::local::LocalUsers;
+use super::outbound::AnswerWatcher;
 use crate::store::Store;
 use broker::Broker;
 use broker::topology::ReplyQueueShape;
-use protocol::{MessageId, UserId};
+use protocol::MessageId;
 use std::hash::RandomState;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
@@ -17,13 +18,6 @@ use tokio_util::task::TaskTracker;
 
 /// Reply queues set up at once (declare, bind, consume); more wait their turn.
 const CONCURRENT_SETUPS: usize = 16;
-
-/// Told of every chunk of a user's own answer this gateway delivers or
-/// relays, so it knows which messages are being answered.
-pub trait AnswerWatcher: Send + Sync + std::fmt::Debug {
-    /// A chunk of the answer to `message` of `user`; `last` when final.
-    fn chunk_seen(&self, user: &UserId, message: MessageId, last: bool);
-}
 
 /// Shared by the router, the consumers, the relay and queue declaration.
 #[derive(Debug)]

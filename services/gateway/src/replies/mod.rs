@@ -28,8 +28,9 @@ mod queues;
 mod relay;
 mod router;
 
-pub use context::{AnswerWatcher, ReplySetup};
+pub use context::ReplySetup;
 pub use local::ReplyHealth;
+pub use outbound::AnswerWatcher;
 pub use outbound::{OutboundReply, Outbox, Receipt, Settlement};
 pub use own_queue::OwnQueue;
 pub use queues::ReplyQueues;

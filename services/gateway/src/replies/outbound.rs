@@ -4,15 +4,23 @@
 //! (socket closed, cut loose, gateway stopping), so the user's next socket
 //! gets it.
 
+use super::inbound::Inbound;
 use axum::extract::ws::Utf8Bytes;
 use broker::lapin::Acker;
 use broker::lapin::options::{BasicAckOptions, BasicNackOptions};
 use protocol::amqp::{ReplyChunk, RoomMessage, RoomPresence, RoomReceipt, StatusEvent};
-use protocol::ws::{ReplyFrame, ServerFrame};
-use protocol::{ReplyId, RoomId};
+use protocol::ws::ServerFrame;
+use protocol::{MessageId, ReplyId, RoomId, UserId};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tracing::debug;
+
+/// Told of every chunk of a user's own answer this gateway delivers or
+/// relays, so it knows which messages are being answered.
+pub trait AnswerWatcher: Send + Sync + std::fmt::Debug {
+    /// A chunk of the answer to `message` of `user`; `last` when final.
+    fn chunk_seen(&self, user: &UserId, message: MessageId, last: bool);
+}
 
 /// Outbound frames for one socket.
 pub type Outbox = mpsc::Sender<OutboundReply>;
@@ -56,7 +64,7 @@ impl OutboundReply {
     /// A `reply` frame, acknowledged by its reply id and `seq`.
     pub fn chunk(chunk: ReplyChunk, receipt: Option<Receipt>) -> Self {
         let key = (chunk.id, chunk.seq);
-        let frame = ServerFrame::Reply(ReplyFrame::from(chunk));
+        let frame = ServerFrame::Reply(chunk.frame);
         Self::of(&frame, Some(key), None, receipt)
     }
 
@@ -107,6 +115,33 @@ impl OutboundReply {
             status: event.status,
         };
         Self::of(&frame, None, None, None)
+    }
+
+    /// What `owner`'s sockets get of `inbound` — the one mapping for the
+    /// user's consumer and for relayed copies — and whether it is advisory
+    /// (settled at once, never by a client's ack). A chunk or room message
+    /// is settled by the receipt `settle` makes (none for a relayed copy);
+    /// the owner's own chunks are told to `watcher`. `Err` names what was
+    /// refused.
+    pub fn for_sockets(
+        inbound: Inbound,
+        owner: &UserId,
+        watcher: &dyn AnswerWatcher,
+        settle: impl FnOnce() -> Option<Receipt>,
+    ) -> Result<(Self, bool), &'static str> {
+        Ok(match inbound {
+            Inbound::Refused(what) => return Err(what),
+            Inbound::Status(event) => (Self::status(&event), true),
+            Inbound::Receipt(receipt) => (Self::receipt(receipt), true),
+            Inbound::Presence(presence) => (Self::presence(presence), true),
+            Inbound::Chunk(chunk) => {
+                if chunk.user_id == *owner {
+                    watcher.chunk_seen(owner, chunk.in_reply_to, chunk.r#final);
+                }
+                (Self::chunk(chunk, settle()), false)
+            }
+            Inbound::RoomMessage(message) => (Self::room_message(message, settle()), false),
+        })
     }
 
     /// The serialized frame to write.

@@ -220,20 +220,11 @@ async fn relayed(context: &Context, session: &Session, channel: &Channel, delive
         Some(_) => {}
         None => {
             let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
-            let frame = match Inbound::decode(&user, kind, &delivery.data) {
-                Inbound::Chunk(chunk) => {
-                    if chunk.user_id == user {
-                        context
-                            .watcher
-                            .chunk_seen(&user, chunk.in_reply_to, chunk.r#final);
-                    }
-                    OutboundReply::chunk(chunk, None)
-                }
-                Inbound::RoomMessage(message) => OutboundReply::room_message(message, None),
-                Inbound::Status(event) => OutboundReply::status(&event),
-                Inbound::Receipt(receipt) => OutboundReply::receipt(receipt),
-                Inbound::Presence(presence) => OutboundReply::presence(presence),
-                Inbound::Refused(what) => {
+            let inbound = Inbound::decode(&user, kind, &delivery.data);
+            let watcher = context.watcher.as_ref();
+            let frame = match OutboundReply::for_sockets(inbound, &user, watcher, || None) {
+                Ok((frame, _)) => frame,
+                Err(what) => {
                     error!(user_id = %user, "relayed {what}; dropped");
                     return;
                 }

@@ -18,7 +18,7 @@ mod limits;
 mod step;
 mod writer;
 
-use crate::messages::Outgoing;
+use crate::messages::Accepted;
 use crate::rate::TokenBucket;
 use crate::replies::{OutboundReply, ReplyHealth};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -26,7 +26,6 @@ use end::{End, close_reason, read_failure};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use protocol::amqp::MessageStatus;
-use protocol::trace::TraceParent;
 use protocol::ws::{LinkState, ServerFrame};
 use protocol::{CloseCode, ErrorCode, MessageId, RoomId, UserId};
 use std::future::Future;
@@ -35,7 +34,7 @@ use step::Step;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{debug, info};
 use writer::Writer;
 
 pub use limits::Limits;
@@ -46,9 +45,8 @@ pub trait Chat: Send + Sync + 'static {
     fn send(
         &self,
         user: UserId,
-        message: Outgoing,
-        trace: TraceParent,
-    ) -> impl Future<Output = Result<(), ErrorCode>> + Send + 'static;
+        message: protocol::message::Message,
+    ) -> impl Future<Output = Result<Accepted, ErrorCode>> + Send + 'static;
 
     /// Stops the answer to message `id`.
     fn cancel(
@@ -352,32 +350,18 @@ fn refusal(code: ErrorCode, id: Option<MessageId>) -> ServerFrame {
 
 /// Sends `message` and becomes the frame that answers it: `accepted`, or an
 /// `error` with the reason.
-fn send<C: Chat>(chat: &C, user: UserId, message: Outgoing) -> Answering {
+fn send<C: Chat>(chat: &C, user: UserId, message: protocol::message::Message) -> Answering {
     let id = message.id;
-    // One trace per message, from here through the responder and back.
-    let span = info_span!(
-        "request",
-        trace_id = tracing::field::Empty,
-        user_id = %user,
-        message_id = %id
-    );
-    let trace = platform::telemetry::start_trace(&span);
-    span.record("trace_id", tracing::field::display(trace.trace_id()));
-    let trace_id = trace.trace_id().to_string();
     // Mapped rather than awaited in an async block, which would hold the
     // send's future twice.
-    chat.send(user, message, trace)
+    chat.send(user, message)
         .map(move |sent| match sent {
-            Ok(()) => {
-                debug!("message queued");
-                ServerFrame::Accepted {
-                    id,
-                    trace_id: Some(trace_id),
-                }
-            }
+            Ok(Accepted { trace_id }) => ServerFrame::Accepted {
+                id,
+                trace_id: Some(trace_id),
+            },
             Err(code) => refusal(code, Some(id)),
         })
-        .instrument(span)
         .boxed()
 }
 

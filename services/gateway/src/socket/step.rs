@@ -2,8 +2,7 @@
 //! decoding and validating the frame, nothing else — so it is
 //! property-tested on its own.
 
-use crate::messages::Outgoing;
-use protocol::ws::{ClientFrame, FrameLimits, ServerFrame};
+use protocol::ws::{ClientFrame, FrameLimits, Message, ServerFrame};
 use protocol::{MessageId, ReplyId, RoomId};
 
 /// What one client frame asks of the socket.
@@ -16,7 +15,7 @@ pub enum Step {
     /// A ping or pong: nothing to answer here, but it counts.
     Control,
     /// Send this message.
-    Publish(Outgoing),
+    Publish(Message),
     /// The client has this reply chunk.
     Acknowledge { id: ReplyId, seq: u32 },
     /// Stop the answer to this message.
@@ -45,17 +44,7 @@ impl Step {
 pub fn step(text: &str, limits: &FrameLimits) -> Step {
     match ClientFrame::decode(text, limits) {
         Ok(ClientFrame::Ping) => Step::Answer(ServerFrame::Pong),
-        Ok(ClientFrame::Send {
-            id,
-            text,
-            context,
-            room_id,
-        }) => Step::Publish(Outgoing {
-            id,
-            text,
-            context,
-            room: room_id,
-        }),
+        Ok(ClientFrame::Send(message)) => Step::Publish(message),
         Ok(ClientFrame::Ack { id, seq }) => Step::Acknowledge { id, seq },
         Ok(ClientFrame::Cancel { id }) => Step::Cancel { id },
         Ok(ClientFrame::Read { room_id, seq }) => Step::Read { room_id, seq },
@@ -109,7 +98,7 @@ mod tests {
         fn every_valid_frame_is_understood(frame in arb_client_frame()) {
             let expected = match frame.clone() {
                 ClientFrame::Ping => Step::Answer(ServerFrame::Pong),
-                ClientFrame::Send { id, text, context, room_id } => Step::Publish(Outgoing { id, text, context, room: room_id }),
+                ClientFrame::Send(message) => Step::Publish(message),
                 ClientFrame::Ack { id, seq } => Step::Acknowledge { id, seq },
                 ClientFrame::Cancel { id } => Step::Cancel { id },
                 ClientFrame::Read { room_id, seq } => Step::Read { room_id, seq },
@@ -162,12 +151,12 @@ mod tests {
             Just(ClientFrame::Ping),
             (uuid.clone(), "\\PC{0,50}")
                 .prop_filter("non-blank", |(_, t)| !t.trim().is_empty())
-                .prop_map(|(id, text)| ClientFrame::Send {
+                .prop_map(|(id, text)| ClientFrame::Send(Message {
                     id: MessageId::from(id),
                     text,
                     context: Vec::new(),
                     room_id: None,
-                }),
+                })),
             (uuid.clone(), any::<u32>()).prop_map(|(id, seq)| ClientFrame::Ack {
                 id: ReplyId::parse(&id.to_string()).expect("a UUID"),
                 seq

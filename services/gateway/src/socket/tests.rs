@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+/// The trace id the fake gateway gives every accepted message.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
 /// The gateway's side of a socket: what the client sent, and where the
 /// gateway's writes go. A stalled socket takes no writes at all (a client
 /// that stopped reading).
@@ -57,7 +60,10 @@ impl Sink<Message> for FakeSocket {
 }
 
 /// A send the test completes when it chooses.
-type PendingSend = (Outgoing, oneshot::Sender<Result<(), ErrorCode>>);
+type PendingSend = (
+    protocol::ws::Message,
+    oneshot::Sender<Result<(), ErrorCode>>,
+);
 
 /// What the socket asked of the gateway, and how the gateway answers:
 /// every `send` waits for the test to complete it.
@@ -72,12 +78,16 @@ impl Chat for FakeChat {
     fn send(
         &self,
         _user: UserId,
-        message: Outgoing,
-        _trace: TraceParent,
-    ) -> impl Future<Output = Result<(), ErrorCode>> + Send + 'static {
+        message: protocol::ws::Message,
+    ) -> impl Future<Output = Result<Accepted, ErrorCode>> + Send + 'static {
         let (done, outcome) = oneshot::channel();
         self.sends.lock().unwrap().push((message, done));
-        async move { outcome.await.unwrap_or(Err(ErrorCode::Internal)) }
+        async move {
+            let outcome = outcome.await.unwrap_or(Err(ErrorCode::Internal));
+            outcome.map(|()| Accepted {
+                trace_id: TRACE_ID.into(),
+            })
+        }
     }
 
     async fn cancel(&self, _user: UserId, id: MessageId) -> Result<(), ErrorCode> {
@@ -222,12 +232,12 @@ impl Harness {
 
 fn send_frame(text: &str) -> (MessageId, ClientFrame) {
     let id = MessageId::new_random();
-    let frame = ClientFrame::Send {
+    let frame = ClientFrame::Send(protocol::ws::Message {
         id,
         text: text.into(),
         context: Vec::new(),
         room_id: None,
-    };
+    });
     (id, frame)
 }
 

@@ -363,11 +363,11 @@ async fn run_user(
 }
 
 fn send(id: MessageId, text: &str) -> String {
-    ClientFrame::Send {
+    ClientFrame::Send(protocol::ws::Message {
         id,
         text: text.to_owned(),
         context: Vec::new(),
         room_id: None,
-    }
+    })
     .to_json()
 }

@@ -428,12 +428,12 @@ async fn a_client_too_slow_to_read_is_disconnected_and_loses_nothing() {
     let ids: Vec<protocol::MessageId> =
         (0..40).map(|_| protocol::MessageId::new_random()).collect();
     let send = |id: protocol::MessageId| {
-        protocol::ws::ClientFrame::Send {
+        protocol::ws::ClientFrame::Send(protocol::ws::Message {
             id,
             text: text.clone(),
             context: Vec::new(),
             room_id: None,
-        }
+        })
         .to_json()
     };
     for id in &ids {
