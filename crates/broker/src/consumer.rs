@@ -6,7 +6,7 @@ use crate::connection::backoff;
 use crate::{Broker, BrokerError, Session};
 use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use std::future::Future;
 use std::sync::Arc;
@@ -133,6 +133,64 @@ pub async fn consume(
         )
         .await?;
     Ok((tag, consumer))
+}
+
+/// Where a stream consumer starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStart {
+    /// At this offset (the one after the last read: nothing twice).
+    Offset(u64),
+    /// At what was written since this instant (seconds since the Unix
+    /// epoch; RabbitMQ finds the first chunk of that second).
+    Since(u64),
+}
+
+/// Starts a consumer of `stream` (a RabbitMQ stream) from `start`, with at
+/// most `prefetch` unacknowledged deliveries (a stream consumer needs
+/// acknowledgements only to get more: nothing is removed). Each delivery
+/// carries its offset ([`stream_offset`]).
+pub async fn consume_stream(
+    channel: &Channel,
+    stream: &str,
+    label: &str,
+    prefetch: u16,
+    start: StreamStart,
+) -> Result<(String, Consumer), BrokerError> {
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("{label}-{}", protocol::MessageId::new_random());
+    let offset = match start {
+        StreamStart::Offset(offset) => {
+            AMQPValue::LongLongInt(i64::try_from(offset).unwrap_or(i64::MAX))
+        }
+        StreamStart::Since(secs) => AMQPValue::Timestamp(secs),
+    };
+    let mut arguments = FieldTable::default();
+    arguments.insert(ShortString::from(STREAM_OFFSET), offset);
+    let consumer = channel
+        .basic_consume(
+            stream.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await?;
+    Ok((tag, consumer))
+}
+
+/// The argument and header naming a position in a stream.
+const STREAM_OFFSET: &str = "x-stream-offset";
+
+/// The offset of a delivery from a stream.
+pub fn stream_offset(delivery: &lapin::message::Delivery) -> Option<u64> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(STREAM_OFFSET)? {
+        AMQPValue::LongLongInt(offset) => u64::try_from(*offset).ok(),
+        AMQPValue::LongUInt(offset) => Some(u64::from(*offset)),
+        AMQPValue::LongInt(offset) => u64::try_from(*offset).ok(),
+        _ => None,
+    }
 }
 
 /// [`consume`] on a channel other consumers share, within `limit`. A

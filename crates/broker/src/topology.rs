@@ -6,7 +6,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 use protocol::topology::Names;
-use protocol::{MessageId, RoomId, UserId};
+use protocol::{RoomId, UserId};
 use tracing::warn;
 
 fn durable_queue() -> QueueDeclareOptions {
@@ -102,7 +102,44 @@ pub async fn declare_shared(
         ),
         ("x-overflow", AMQPValue::LongString("reject-publish".into())),
     ]);
-    declare_bounded(connection, &names.chat_queue(), arguments).await
+    declare_bounded(connection, &names.chat_queue(), arguments).await?;
+    declare_completions_stream(connection, names).await
+}
+
+/// How long the completions stream keeps what was written to it: longer
+/// than any answer streams and than a gateway reads back when it starts
+/// (docs/protocol.md §9).
+pub const COMPLETIONS_MAX_AGE: &str = "1h";
+/// The most the completions stream holds on disk (per node on a cluster);
+/// beyond it its oldest segments go, whatever their age.
+pub const COMPLETIONS_MAX_BYTES: i64 = 2_000_000_000;
+/// A stream drops whole segments: small ones keep what it holds close to
+/// its bounds.
+const COMPLETIONS_SEGMENT_BYTES: i64 = 50_000_000;
+
+/// Declares the completions stream: the OpenAI API's answers, written by
+/// the responders and read by every gateway. One object, whatever the
+/// number of requests; replicated on a cluster; bounded by age and size.
+async fn declare_completions_stream(
+    connection: &Connection,
+    names: &Names,
+) -> Result<(), BrokerError> {
+    let arguments = table([
+        ("x-queue-type", AMQPValue::LongString("stream".into())),
+        (
+            "x-max-age",
+            AMQPValue::LongString(COMPLETIONS_MAX_AGE.into()),
+        ),
+        (
+            "x-max-length-bytes",
+            AMQPValue::LongLongInt(COMPLETIONS_MAX_BYTES),
+        ),
+        (
+            "x-stream-max-segment-size-bytes",
+            AMQPValue::LongLongInt(COMPLETIONS_SEGMENT_BYTES),
+        ),
+    ]);
+    declare_bounded(connection, &names.completions_stream(), arguments).await
 }
 
 /// Declares durable `queue` with `arguments`; when it exists with others,
@@ -208,27 +245,6 @@ pub async fn declare_reply_queue(
 ) -> Result<ReplyQueue, BrokerError> {
     let queue = names.reply_queue(user);
     declare_answer_queue(channel, names, queue, Names::reply_routing_key(user), shape).await
-}
-
-/// Declares the queue of one request's answer (an HTTP client's,
-/// [`Names::request_queue`]), shaped like a reply queue — one reader at a
-/// time, so two resumes of one stream cannot both take chunks — and bound
-/// with [`Names::request_routing_key`].
-pub async fn declare_request_queue(
-    channel: &Channel,
-    names: &Names,
-    id: &MessageId,
-    shape: ReplyQueueShape,
-) -> Result<ReplyQueue, BrokerError> {
-    let queue = names.request_queue(id);
-    declare_answer_queue(
-        channel,
-        names,
-        queue,
-        &Names::request_routing_key(id),
-        shape,
-    )
-    .await
 }
 
 async fn declare_answer_queue(

@@ -32,6 +32,8 @@ pub const ROOM_MESSAGE_TYPE: &str = "chat.room_message";
 pub const ROOM_RECEIPT_TYPE: &str = "chat.room_receipt";
 /// AMQP `type` of a [`RoomPresence`] (on the responses exchange, key `room.<id>`).
 pub const ROOM_PRESENCE_TYPE: &str = "chat.room_presence";
+/// AMQP `type` of a [`CompletionNote`].
+pub const COMPLETION_NOTE_TYPE: &str = "chat.completion_note";
 
 /// A user's message, published by the gateway to `chat_queue` once the client
 /// sent it; consumed by exactly one responder at a time.
@@ -54,11 +56,12 @@ pub struct ChatRequest {
     /// answer goes to the room (every member), not only to `user_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room_id: Option<RoomId>,
-    /// The answer goes to this request's own queue (an HTTP client's,
-    /// [`crate::topology::Names::request_queue`]), published with
-    /// [`crate::topology::Names::request_routing_key`], not to the user's.
+    /// The answer goes to the completions stream
+    /// ([`crate::topology::Names::completions_stream`]), where every
+    /// gateway reads it for the OpenAI API's clients, not to the user's
+    /// queue.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub own_queue: bool,
+    pub to_stream: bool,
     /// What the client asked of the model; the responder's own settings
     /// where absent.
     #[serde(default, skip_serializing_if = "ModelOptions::is_empty")]
@@ -244,6 +247,50 @@ impl StatusEvent {
     }
 }
 
+/// What the gateways tell each other about the OpenAI API's answers,
+/// through the completions stream beside the answers' chunks
+/// (docs/protocol.md §9). Every gateway reads them all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletionNote {
+    pub v: u16,
+    #[serde(flatten)]
+    pub note: Note,
+}
+
+/// One [`CompletionNote`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "note", rename_all = "snake_case")]
+pub enum Note {
+    /// Completion `id` of `user_id` was asked: it exists (for a resume on
+    /// another gateway) before its first chunk does.
+    Opened { id: MessageId, user_id: UserId },
+    /// A client started reading completion `id` (a stream or a resume) on
+    /// gateway `gateway`, as its reader number `reader`: every other
+    /// reader of it stops (one reader at a time), and its answer is not
+    /// cancelled as abandoned.
+    Reading {
+        id: MessageId,
+        user_id: UserId,
+        gateway: String,
+        reader: u64,
+    },
+    /// Completion `id` reached its client whole: nobody will read it
+    /// again, every gateway forgets it.
+    Delivered { id: MessageId, user_id: UserId },
+    /// Gateway `gateway` wrote this to know when it has read everything
+    /// written before (`mark` counts up).
+    Mark { gateway: String, mark: u64 },
+}
+
+impl CompletionNote {
+    pub fn new(note: Note) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            note,
+        }
+    }
+}
+
 /// Why a request got no answer. The chunk carrying it is final and has
 /// `seq` [`ERROR_SEQ`], after any chunk that may have been streamed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,6 +344,7 @@ bodies!(
     RoomMessage,
     RoomReceipt,
     RoomPresence,
+    CompletionNote,
 );
 
 /// Decodes a versioned body, parsing it once; a body of another version
@@ -332,15 +380,15 @@ impl ChatRequest {
             sent_at_ms,
             context: Vec::new(),
             room_id: None,
-            own_queue: false,
+            to_stream: false,
             model: ModelOptions::default(),
         }
     }
 
-    /// The same request, answered into its own queue with the client's
-    /// wishes for the model (an OpenAI-API request).
-    pub fn to_own_queue(mut self, model: ModelOptions) -> Self {
-        self.own_queue = true;
+    /// The same request, answered into the completions stream with the
+    /// client's wishes for the model (an OpenAI-API request).
+    pub fn for_api(mut self, model: ModelOptions) -> Self {
+        self.to_stream = true;
         self.model = model;
         self
     }

@@ -87,6 +87,16 @@ pub enum ErrorCode {
     RequestTimeout,
     /// `GET /ws` without a WebSocket upgrade (or with a broken one).
     NotAWebsocket,
+    /// The user has as many OpenAI-API streams open on this gateway as a
+    /// user may (`openai_api.max_streams_per_user`); close one first.
+    TooManyStreams,
+    /// Another request of the same user now reads this completion (a
+    /// resume, on this gateway or another): this stream ends, that one
+    /// goes on. One reader at a time.
+    StreamTakenOver,
+    /// The completion is no longer kept (its resume window passed, or the
+    /// gateway's memory bound for answers was reached): ask again.
+    AnswerExpired,
     /// An unexpected server fault; details are in the server log only.
     Internal,
 }
@@ -107,6 +117,8 @@ impl ErrorCode {
                 | Self::AnswerRestarted
                 | Self::TooManyPending
                 | Self::RequestTimeout
+                | Self::TooManyStreams
+                | Self::AnswerExpired
         )
     }
 
@@ -160,6 +172,9 @@ impl ErrorCode {
             Self::MethodNotAllowed => "this endpoint does not take that method",
             Self::RequestTimeout => "the request did not arrive in time",
             Self::NotAWebsocket => "this endpoint takes a WebSocket upgrade (version 13)",
+            Self::TooManyStreams => "too many open streams for this user; close one first",
+            Self::StreamTakenOver => "another request now reads this completion",
+            Self::AnswerExpired => "the answer is no longer kept; ask again",
             Self::Internal => "internal error",
         }
     }
@@ -181,9 +196,13 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
             Self::NotAWebsocket => 426,
-            Self::NothingToCancel | Self::IdTaken => 409,
+            Self::NothingToCancel | Self::IdTaken | Self::StreamTakenOver => 409,
+            Self::AnswerExpired => 410,
             Self::TextTooLong => 413,
-            Self::TooManySockets | Self::RateLimited | Self::TooManyPending => 429,
+            Self::TooManySockets
+            | Self::RateLimited
+            | Self::TooManyPending
+            | Self::TooManyStreams => 429,
             Self::RequestFailed | Self::Internal => 500,
             Self::ModelFailed | Self::AnswerRestarted => 502,
             Self::BrokerUnavailable
@@ -229,12 +248,15 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
             Self::NotAWebsocket => "not_a_websocket",
+            Self::TooManyStreams => "too_many_streams",
+            Self::StreamTakenOver => "stream_taken_over",
+            Self::AnswerExpired => "answer_expired",
             Self::Internal => "internal",
         }
     }
 
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 37] = [
         Self::InvalidJson,
         Self::InvalidFrame,
         Self::UnknownType,
@@ -268,6 +290,9 @@ impl ErrorCode {
         Self::MethodNotAllowed,
         Self::RequestTimeout,
         Self::NotAWebsocket,
+        Self::TooManyStreams,
+        Self::StreamTakenOver,
+        Self::AnswerExpired,
         Self::Internal,
     ];
 }

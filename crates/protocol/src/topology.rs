@@ -3,7 +3,7 @@
 //! runs can share one broker without colliding.
 
 use crate::amqp::ChatRequest;
-use crate::{MessageId, RoomId, UserId};
+use crate::{RoomId, UserId};
 
 /// Durable quorum queue of [`ChatRequest`](crate::amqp::ChatRequest)s.
 pub const CHAT_QUEUE: &str = "chat_queue";
@@ -17,6 +17,10 @@ pub const RELAY_EXCHANGE: &str = "chat_relay";
 /// with it; it can never be a user id.
 pub const RELAY_PRESENCE_KEY: &str = "~presence";
 
+/// Stream (a RabbitMQ stream: an append-only log every gateway reads) of
+/// the OpenAI API's answers and the gateways' notes about them.
+pub const COMPLETIONS_STREAM: &str = "chat_completions";
+
 /// Fanout exchange on which gateways broadcast
 /// [`CancelRequest`](crate::amqp::CancelRequest)s to every responder.
 pub const CONTROL_EXCHANGE: &str = "chat_control";
@@ -28,6 +32,30 @@ pub const DEAD_LETTER_QUEUE: &str = "chat_queue.dead";
 /// Durable queue getting a copy of every dead-lettered request, consumed by
 /// responders to tell its user that it failed.
 pub const DEAD_LETTER_NOTIFY_QUEUE: &str = "chat_queue.dead.notify";
+
+/// Where a message is published: an exchange and a routing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub exchange: String,
+    pub routing_key: String,
+}
+
+impl Destination {
+    /// Straight into queue (or stream) `queue`.
+    fn default_exchange(queue: String) -> Self {
+        Self {
+            exchange: String::new(),
+            routing_key: queue,
+        }
+    }
+
+    fn responses(names: &Names, routing_key: String) -> Self {
+        Self {
+            exchange: names.responses_exchange(),
+            routing_key,
+        }
+    }
+}
 
 /// The names for one deployment (one prefix).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,47 +127,39 @@ impl Names {
         user.as_str()
     }
 
-    /// The queue of one HTTP request's answer (`POST /v1/chat/completions`),
-    /// bound to the responses exchange with [`Names::request_routing_key`]:
-    /// `chat_responses.req.<message id>` (user ids have no dot: never a
-    /// user's queue).
-    pub fn request_queue(&self, id: &MessageId) -> String {
-        format!("{}{RESPONSES_EXCHANGE}.req.{id}", self.prefix)
+    /// `chat_completions`: the stream of the OpenAI API's answers.
+    pub fn completions_stream(&self) -> String {
+        self.prefixed(COMPLETIONS_STREAM)
     }
 
-    /// Routing key of the answer to request `id` when it has its own queue.
-    pub fn request_routing_key(id: &MessageId) -> String {
-        format!("req.{id}")
-    }
-
-    /// Where the chunks (and statuses) answering `request` are published on
-    /// the responses exchange: its own queue's key, its room's, or its
-    /// user's.
-    pub fn answer_routing_key(request: &ChatRequest) -> String {
-        if request.own_queue {
-            Self::request_routing_key(&request.id)
+    /// Where the chunks answering `request` are published: the completions
+    /// stream (through the default exchange) for an OpenAI-API request,
+    /// else the responses exchange with its room's key or its user's.
+    pub fn answer_destination(&self, request: &ChatRequest) -> Destination {
+        if request.to_stream {
+            Destination::default_exchange(self.completions_stream())
         } else if let Some(room) = &request.room_id {
-            Self::room_routing_key(room)
+            Destination::responses(self, Self::room_routing_key(room))
         } else {
-            Self::reply_routing_key(&request.user_id).to_owned()
+            Destination::responses(self, Self::reply_routing_key(&request.user_id).to_owned())
         }
     }
 
-    /// Where a status of `request` (`processing`) goes: to its asker only —
-    /// its own queue, or the user's, never a room's.
-    pub fn status_routing_key(request: &ChatRequest) -> String {
-        if request.own_queue {
-            Self::request_routing_key(&request.id)
-        } else {
-            Self::reply_routing_key(&request.user_id).to_owned()
-        }
+    /// Where a status of `request` (`processing`) goes: to its asker only,
+    /// never a room's; `None` for an OpenAI-API request (its clients have
+    /// no use for it).
+    pub fn status_destination(&self, request: &ChatRequest) -> Option<Destination> {
+        (!request.to_stream).then(|| {
+            Destination::responses(self, Self::reply_routing_key(&request.user_id).to_owned())
+        })
     }
 
-    /// The queue that reads the answer to `request` for its asker: its own
-    /// queue, or the user's. Once it is gone, nobody is left to read.
+    /// The queue that reads the answer to `request` for its asker: the
+    /// completions stream, or the user's queue. Once it is gone, nobody is
+    /// left to read.
     pub fn answer_queue(&self, request: &ChatRequest) -> String {
-        if request.own_queue {
-            self.request_queue(&request.id)
+        if request.to_stream {
+            self.completions_stream()
         } else {
             self.reply_queue(&request.user_id)
         }

@@ -32,9 +32,9 @@ where
 }
 
 #[test]
-fn a_request_with_its_own_queue_and_model_wishes() {
+fn an_api_request_with_model_wishes_is_answered_into_the_completions_stream() {
     let request = ChatRequest::new(MessageId::parse(MSG).unwrap(), alice(), "hi".into(), 1)
-        .to_own_queue(amqp::ModelOptions {
+        .for_api(amqp::ModelOptions {
             name: Some("big".into()),
             max_tokens: Some(200),
             system: None,
@@ -42,17 +42,50 @@ fn a_request_with_its_own_queue_and_model_wishes() {
     assert_golden(
         &request,
         &format!(
-            r#"{{"v":1,"id":"{MSG}","user_id":"alice","text":"hi","sent_at_ms":1,"own_queue":true,"model":{{"name":"big","max_tokens":200}}}}"#
+            r#"{{"v":1,"id":"{MSG}","user_id":"alice","text":"hi","sent_at_ms":1,"to_stream":true,"model":{{"name":"big","max_tokens":200}}}}"#
         ),
     );
+    let names = protocol::topology::Names::new("p.");
+    let to = names.answer_destination(&request);
     assert_eq!(
-        protocol::topology::Names::answer_routing_key(&request),
-        format!("req.{MSG}")
+        (to.exchange.as_str(), to.routing_key.as_str()),
+        ("", "p.chat_completions")
     );
+    assert_eq!(names.answer_queue(&request), "p.chat_completions");
     assert_eq!(
-        protocol::topology::Names::new("p.").answer_queue(&request),
-        format!("p.chat_responses.req.{MSG}")
+        names.status_destination(&request),
+        None,
+        "no processing status"
     );
+}
+
+#[test]
+fn completion_notes() {
+    let opened = amqp::CompletionNote::new(amqp::Note::Opened {
+        id: msg(),
+        user_id: alice(),
+    });
+    assert_golden(
+        &opened,
+        &format!(r#"{{"v":1,"note":"opened","id":"{MSG}","user_id":"alice"}}"#),
+    );
+    let reading = amqp::CompletionNote::new(amqp::Note::Reading {
+        id: msg(),
+        user_id: alice(),
+        gateway: "gw-1".into(),
+        reader: 7,
+    });
+    assert_golden(
+        &reading,
+        &format!(
+            r#"{{"v":1,"note":"reading","id":"{MSG}","user_id":"alice","gateway":"gw-1","reader":7}}"#
+        ),
+    );
+    let mark = amqp::CompletionNote::new(amqp::Note::Mark {
+        gateway: "gw-1".into(),
+        mark: 3,
+    });
+    assert_golden(&mark, r#"{"v":1,"note":"mark","gateway":"gw-1","mark":3}"#);
 }
 
 #[test]

@@ -96,6 +96,7 @@ async fn delete_all(url: &str, names: &Names, users: &[UserId]) {
     queues.push(names.chat_queue());
     queues.push(names.dead_letter_queue());
     queues.push(names.dead_letter_notify_queue());
+    queues.push(names.completions_stream());
     for queue in queues {
         // A failed delete closes the channel, so each gets its own.
         if let Ok(channel) = connection.create_channel().await {

@@ -22,6 +22,7 @@
 //! the service; [`Gateway::spawn`] runs it in the background.
 
 pub mod auth;
+pub mod completions;
 pub mod http;
 pub mod messages;
 pub mod rate;
@@ -37,6 +38,7 @@ use anyhow::Context;
 use auth::Tokens;
 use broker::Broker;
 use broker::topology::ReplyQueueShape;
+use completions::{CompletionSettings, Completions};
 use http::{
     ApiRates, GuestRates, GuestSessions, HttpContext, MessageLimits, Sockets, TrustForwarded,
 };
@@ -57,6 +59,9 @@ use tracing::{info, warn};
 
 /// How long shutdown waits for sockets and consumers to close.
 const DRAIN_BOUND: Duration = Duration::from_secs(5);
+/// An OpenAI-API answer with no sign of life this long is forgotten: its
+/// responders went and nobody answers it again.
+const COMPLETION_IDLE: Duration = Duration::from_secs(10 * 60);
 
 /// A built gateway: listening, connecting to RabbitMQ, not yet serving.
 #[derive(Debug)]
@@ -157,7 +162,10 @@ impl Gateway {
         );
         let stop = CancellationToken::new();
         let sockets = TaskTracker::new();
+        let completions = completions(&settings.openai_api, &broker);
+        completions.spawn(&stop);
         let http = HttpContext {
+            completions,
             tokens,
             guests: GuestSessions(settings.auth.guest_sessions),
             message_limits: MessageLimits {
@@ -322,4 +330,23 @@ impl RunningGateway {
         info!("gateway stopped");
         Ok(())
     }
+}
+
+/// The OpenAI API's answers, kept as `openai_api` says.
+fn completions(api: &settings::OpenAiApiSettings, broker: &Broker) -> Completions {
+    let resume_window = Duration::from_millis(api.resume_window_ms);
+    let gateway = format!("gw-{}", &protocol::MessageId::new_random().to_string()[..8]);
+    Completions::new(
+        broker.clone(),
+        gateway,
+        CompletionSettings {
+            keep: completions::Keep {
+                after_end: resume_window,
+                idle: COMPLETION_IDLE,
+                max_bytes: api.max_answer_bytes,
+            },
+            catch_up: Duration::from_millis(api.catch_up_ms),
+            max_readers_per_user: api.max_streams_per_user,
+        },
+    )
 }

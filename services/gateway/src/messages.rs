@@ -107,10 +107,10 @@ impl Messages {
         .instrument(span)
     }
 
-    /// Sends `message` for `user` with its answer going to a queue of its
-    /// own (an OpenAI-API request: docs/protocol.md §9), declared first;
-    /// `model` carries the client's wishes for the model.
-    pub fn send_own(
+    /// Sends `message` for `user` with its answer going to the completions
+    /// stream (an OpenAI-API request: docs/protocol.md §9); `model` carries
+    /// the client's wishes for the model. Nothing is declared for it.
+    pub fn send_api(
         &self,
         user: UserId,
         message: Message,
@@ -119,11 +119,10 @@ impl Messages {
         let (span, trace) = begin(&user, message.id, Via::OpenAi);
         let messages = self.clone();
         async move {
-            messages.inner.queues.declare_own(&message.id).await?;
             let request =
                 ChatRequest::new(message.id, user.clone(), message.text, properties::now_ms())
                     .with_context(message.context)
-                    .to_own_queue(model);
+                    .for_api(model);
             messages.submit(request, &trace).await?;
             Ok(accepted(&trace))
         }
@@ -208,6 +207,13 @@ impl Messages {
         if !self.inner.in_progress.contains(user, id) {
             return Err(ErrorCode::NothingToCancel);
         }
+        self.stop(user, id).await
+    }
+
+    /// [`Messages::cancel`] of a message known to be `user`'s by other
+    /// means (an OpenAI-API answer, whose owner its chunks name, read on
+    /// whichever gateway).
+    pub async fn stop(&self, user: &UserId, id: MessageId) -> Result<(), ErrorCode> {
         let broker = &self.inner.broker;
         let session = broker.current().ok_or(ErrorCode::BrokerUnavailable)?;
         let request = CancelRequest::new(user.clone(), id);

@@ -34,8 +34,18 @@ pub struct OpenAiApiSettings {
     /// answers to requests that name none.
     pub models: Vec<String>,
     /// How long an answer whose stream broke goes on for its client to
-    /// resume it; then, with nobody reading, it is cancelled.
+    /// resume it; then, with nobody reading, it is cancelled. An answer
+    /// that ended is kept as long for a resume.
     pub resume_window_ms: u64,
+    /// How far back a gateway that starts reads the completions stream:
+    /// answers begun earlier cannot be resumed on it.
+    pub catch_up_ms: u64,
+    /// The most memory (bytes of chunks) this gateway keeps answers in;
+    /// beyond it the ones idle longest are forgotten first.
+    pub max_answer_bytes: usize,
+    /// Streams, whole completions and resumes of one user open on this
+    /// gateway at once; one more gets `too_many_streams`.
+    pub max_streams_per_user: usize,
 }
 
 /// Fairness between users.

@@ -12,7 +12,7 @@ use broker::{PendingConfirm, PublishError, Session, properties};
 use futures_util::StreamExt;
 use protocol::ErrorCode;
 use protocol::amqp::{self, ChatRequest, MessageStatus, ReplyChunk, ReplyError, StatusEvent};
-use protocol::topology::Names;
+use protocol::topology::{Destination, Names};
 use protocol::trace::TraceParent;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -104,11 +104,9 @@ impl Answer<'_> {
         let request = self.request;
         let mut out = Outgoing {
             answer: self,
-            exchange: self.names.responses_exchange(),
-            // An answer to a room goes to every member's queue through the room's key.
-            // Its own queue (an HTTP client's), its room (every member), or
-            // its user.
-            routing_key: Names::answer_routing_key(request),
+            // The completions stream (an OpenAI-API client's), its room
+            // (every member's queue), or its user's queue.
+            to: self.names.answer_destination(request),
             attempt,
             seq: 0,
             pending: Vec::new(),
@@ -239,6 +237,9 @@ impl Answer<'_> {
     /// status is advisory, the answer itself is what counts).
     async fn tell_processing(&self) {
         let request = self.request;
+        let Some(to) = self.names.status_destination(request) else {
+            return;
+        };
         let event = StatusEvent::new(
             request.user_id.clone(),
             request.id,
@@ -248,8 +249,8 @@ impl Answer<'_> {
             .session
             .publisher()
             .publish_best_effort(
-                &self.names.responses_exchange(),
-                &Names::status_routing_key(request),
+                &to.exchange,
+                &to.routing_key,
                 &amqp::encode(&event),
                 properties::status_event(&event, self.trace),
             )
@@ -264,8 +265,7 @@ impl Answer<'_> {
 /// confirms kept.
 struct Outgoing<'a> {
     answer: &'a Answer<'a>,
-    exchange: String,
-    routing_key: String,
+    to: Destination,
     attempt: u64,
     /// The seq of the next chunk.
     seq: u32,
@@ -281,8 +281,8 @@ impl Outgoing<'_> {
             .session
             .publisher()
             .start(
-                &self.exchange,
-                &self.routing_key,
+                &self.to.exchange,
+                &self.to.routing_key,
                 &amqp::encode(&chunk),
                 properties::reply_chunk(&chunk, answer.trace),
             )

@@ -10,7 +10,7 @@ use broker::lapin::message::Delivery;
 use broker::lapin::options::{BasicAckOptions, BasicNackOptions};
 use broker::{Broker, PublishError, Session, properties};
 use protocol::amqp::{self, ChatRequest, ReplyChunk, ReplyError};
-use protocol::topology::Names;
+use protocol::topology::{Destination, Names};
 use protocol::trace::TraceParent;
 use protocol::{ErrorCode, MessageId, UserId};
 use std::sync::Arc;
@@ -40,18 +40,21 @@ impl Serve for DeadLetters {
     }
 }
 
-/// Whose request it was, its id and where its answer goes: from the body
-/// if it is readable, else from the properties every request carries (and
-/// then to the user's queue).
-fn owner(delivery: &Delivery) -> Option<(UserId, MessageId, String)> {
-    if let Ok(request) = amqp::decode::<ChatRequest>(&delivery.data) {
-        let key = Names::status_routing_key(&request);
-        return Some((request.user_id, request.id, key));
+/// Whose request it was, its id and where its answer goes (its asker's
+/// queue, or the completions stream for an OpenAI-API request): from the
+/// body if it is readable, else from the properties every request carries
+/// (and then to the user's queue).
+fn owner(names: &Names, delivery: &Delivery) -> Option<(UserId, MessageId, Destination)> {
+    if let Ok(mut request) = amqp::decode::<ChatRequest>(&delivery.data) {
+        // Its asker, not its room.
+        request.room_id = None;
+        let to = names.answer_destination(&request);
+        return Some((request.user_id, request.id, to));
     }
     let user = UserId::parse(properties::user_header(&delivery.properties)?).ok()?;
     let id = MessageId::parse(delivery.properties.message_id().as_ref()?.as_str()).ok()?;
-    let key = Names::reply_routing_key(&user).to_owned();
-    Some((user, id, key))
+    let request = ChatRequest::new(id, user.clone(), String::new(), 0);
+    Some((user, id, names.answer_destination(&request)))
 }
 
 impl DeadLetters {
@@ -61,7 +64,7 @@ impl DeadLetters {
             .to_owned();
         metrics::counter!("switchboard_responder_dead_letters_total", "reason" => reason.clone())
             .increment(1);
-        let Some((user, id, key)) = owner(&delivery) else {
+        let Some((user, id, to)) = owner(self.broker.names(), &delivery) else {
             error!(%reason, "dead-lettered request with no known owner; kept in the dead-letter queue");
             self.settle(&delivery).await;
             return;
@@ -82,8 +85,8 @@ impl DeadLetters {
         let published = session
             .publisher()
             .publish(
-                &self.broker.names().responses_exchange(),
-                &key,
+                &to.exchange,
+                &to.routing_key,
                 &amqp::encode(&chunk),
                 properties::reply_chunk(
                     &chunk,

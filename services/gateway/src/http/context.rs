@@ -2,6 +2,7 @@
 //! which each handler takes only what it uses (`State<Messages>`, …).
 
 use crate::auth::Tokens;
+use crate::completions::Completions;
 use crate::messages::Messages;
 use crate::rate::KeyedRates;
 use crate::replies::ReplyRouter;
@@ -41,6 +42,8 @@ pub struct HttpContext {
     pub trust_forwarded: TrustForwarded,
     /// The OpenAI-compatible API's settings.
     pub openai_api: OpenAiApi,
+    /// The OpenAI API's answers, read from the completions stream.
+    pub completions: Completions,
 }
 
 /// The OpenAI-compatible API (`openai_api.*`).
@@ -126,4 +129,5 @@ handles!(
     guest_rates: GuestRates,
     trust_forwarded: TrustForwarded,
     openai_api: OpenAiApi,
+    completions: Completions,
 );

@@ -3,16 +3,17 @@
 //! JSON body), `GET /v1/chat/completions/{id}/stream` to resume a stream
 //! that broke, and `GET /v1/models`. A request goes through `chat_queue`
 //! like any message — the same validation, limits and codes, errors in
-//! OpenAI's shape — and its answer comes back through a queue of its own,
-//! so it never takes chunks from the user's sockets, nor they from it.
+//! OpenAI's shape — and its answer comes back through the completions
+//! stream ([`crate::completions`]), never through the user's queue: it
+//! never takes chunks from the user's sockets, nor they from it.
 
-use super::context::{HttpContext, MessageLimits, OpenAiApi, Sockets};
+use super::context::{HttpContext, MessageLimits, OpenAiApi};
 use super::error::ApiError;
 use super::extract::Authenticated;
 use super::openai_answer::{Emit, EventId, StreamedAnswer};
 use super::openai_wire::{self as wire, CompletionRequest};
+use crate::completions::{Completions, Reader};
 use crate::messages::Messages;
-use crate::replies::{OwnQueue, ReplyQueues};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -26,7 +27,7 @@ use protocol::ws::Message;
 use protocol::{ErrorCode, MessageId, UserId};
 use serde_json::{Value, json};
 use std::convert::Infallible;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -105,7 +106,7 @@ async fn complete(
     State(messages): State<Messages>,
     State(limits): State<MessageLimits>,
     State(api): State<OpenAiApi>,
-    State(sockets): State<Sockets>,
+    State(completions): State<Completions>,
     body: Bytes,
 ) -> Result<Response, OpenAiError> {
     let user = auth?.0.user;
@@ -124,16 +125,21 @@ async fn complete(
         .name
         .clone()
         .unwrap_or_else(|| api.models[0].clone());
-    messages
-        .send_own(user.clone(), message, asked.options)
-        .await?;
-    let (answer, queue) = Reading::open(user, id, model, messages, &sockets, &api).await?;
+    // Readable before it is asked: its first chunk may come at once.
+    let reader = completions.begin(&user, id)?;
+    let send = messages.send_api(user.clone(), message, asked.options);
+    let (sent, ()) = tokio::join!(send, reader.announce());
+    if let Err(code) = sent {
+        reader.forget();
+        return Err(code.into());
+    }
+    let answer = Reading::new(user, id, model, messages, completions, &api);
     if request.stream {
         Ok(answer
-            .stream(queue, StreamedAnswer::new(None))
+            .stream(reader, StreamedAnswer::new(None))
             .into_response())
     } else {
-        answer.whole(queue).await
+        answer.whole(reader).await
     }
 }
 
@@ -143,7 +149,7 @@ async fn resume(
     auth: Result<Authenticated, ApiError>,
     State(messages): State<Messages>,
     State(api): State<OpenAiApi>,
-    State(sockets): State<Sockets>,
+    State(completions): State<Completions>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, OpenAiError> {
@@ -166,65 +172,57 @@ async fn resume(
             )
         })?),
     };
+    let reader = completions.read(&user, id).await?;
     let model = api.models[0].clone();
-    let (answer, queue) = Reading::open(user, id, model, messages, &sockets, &api).await?;
+    let answer = Reading::new(user, id, model, messages, completions, &api);
     Ok(answer
-        .stream(queue, StreamedAnswer::new(after))
+        .stream(reader, StreamedAnswer::new(after))
         .into_response())
 }
 
-/// One answer being read from its own queue for its client.
+/// One answer being read for its client.
 struct Reading {
     user: UserId,
     id: MessageId,
     model: String,
     created: u64,
     messages: Messages,
-    queues: ReplyQueues,
+    completions: Completions,
     /// How long a broken stream's answer goes on for a resume.
     resume_window: Duration,
 }
 
 impl Reading {
-    /// Starts reading the answer to `id` from its own queue.
-    async fn open(
+    fn new(
         user: UserId,
         id: MessageId,
         model: String,
         messages: Messages,
-        sockets: &Sockets,
+        completions: Completions,
         api: &OpenAiApi,
-    ) -> Result<(Self, OwnQueue), OpenAiError> {
-        let queues = sockets.replies.queues();
-        let queue = queues.read_own(&user, &id).await?;
-        let reading = Self {
+    ) -> Self {
+        Self {
             user,
             id,
             model,
             created: now_secs(),
             messages,
-            queues,
+            completions,
             resume_window: api.resume_window,
-        };
-        Ok((reading, queue))
+        }
     }
 
     /// Everything, then one `chat.completion`: nothing was shown before,
-    /// so it is simply the newest attempt, whole.
-    async fn whole(self, mut queue: OwnQueue) -> Result<Response, OpenAiError> {
+    /// so it is simply the newest attempt, whole. A client that goes
+    /// first does not cancel it: its answer runs to its end, and is kept
+    /// for the resume window.
+    async fn whole(self, mut reader: Reader) -> Result<Response, OpenAiError> {
         let mut answer = ShownAnswer::default();
         while !answer.is_complete() {
-            match queue.next().await {
-                Ok(chunk) => {
-                    answer.add(&chunk);
-                }
-                Err(code) => {
-                    queue.abandon().await;
-                    return Err(code.into());
-                }
-            }
+            let chunk = reader.next().await.map_err(|ended| ended.code())?;
+            answer.add(&chunk);
         }
-        queue.finish().await;
+        reader.delivered();
         self.messages.answered(&self.user, self.id);
         if let Some(error) = answer.error() {
             return Err(refused(error.code, error.message.clone()));
@@ -235,10 +233,10 @@ impl Reading {
 
     /// Server-Sent Events as the answer streams: `chat.completion.chunk`s
     /// with ids to resume from, then `[DONE]`.
-    fn stream(self, queue: OwnQueue, answer: StreamedAnswer) -> impl IntoResponse {
+    fn stream(self, reader: Reader, answer: StreamedAnswer) -> impl IntoResponse {
         let id = wire::completion_id(&self.id);
         let (tx, rx) = mpsc::channel::<Event>(64);
-        tokio::spawn(self.pump(queue, answer, tx));
+        tokio::spawn(self.pump(reader, answer, tx));
         let events = stream::unfold(rx, |mut rx| async move {
             rx.recv()
                 .await
@@ -252,23 +250,24 @@ impl Reading {
         )
     }
 
-    /// Reads the queue and writes events until the answer ends or the
-    /// client goes.
-    async fn pump(self, mut queue: OwnQueue, mut answer: StreamedAnswer, tx: mpsc::Sender<Event>) {
+    /// Reads the answer and writes events until it ends, another reader
+    /// takes over, or the client goes.
+    async fn pump(self, mut reader: Reader, mut answer: StreamedAnswer, tx: mpsc::Sender<Event>) {
         let mut first = true;
         loop {
             let chunk = tokio::select! {
-                next = queue.next() => match next {
+                next = reader.next() => match next {
                     Ok(chunk) => chunk,
-                    Err(code) => {
+                    Err(ended) => {
+                        let code = ended.code();
                         let _ = tx.send(error_event(code, code.describe())).await;
-                        queue.abandon().await;
+                        let _ = tx.send(Event::default().data("[DONE]")).await;
                         return;
                     }
                 },
                 () = tx.closed() => break,
             };
-            for emit in answer.take(chunk) {
+            for emit in answer.take(&chunk) {
                 let (event, end) = match emit {
                     Emit::Text { id, text } => {
                         let mut delta = json!({"content": text});
@@ -296,7 +295,7 @@ impl Reading {
                     Emit::Restarted => {
                         // The text sent cannot be taken back: stop this
                         // attempt's generation and say so.
-                        let _ = self.messages.cancel(&self.user, self.id).await;
+                        let _ = self.messages.stop(&self.user, self.id).await;
                         let why = "the answer was restarted after a responder failed; ask again";
                         (error_event(ErrorCode::AnswerRestarted, why), true)
                     }
@@ -306,21 +305,23 @@ impl Reading {
                 }
                 if end {
                     let _ = tx.send(Event::default().data("[DONE]")).await;
-                    queue.finish().await;
+                    reader.delivered();
                     self.messages.answered(&self.user, self.id);
                     return;
                 }
             }
         }
-        // The client went before the end: everything goes back to the
-        // queue, and the answer is cancelled unless someone resumes it
+        // The client went before the end: the answer is kept, and
+        // cancelled unless someone resumes it (here or on another gateway)
         // within `openai_api.resume_window_ms`.
-        queue.abandon().await;
+        drop(reader);
+        let left = Instant::now();
         debug!(message_id = %self.id, "stream left before its end; kept for a resume");
         tokio::spawn(async move {
             tokio::time::sleep(self.resume_window).await;
-            if self.queues.own_readers(&self.id).await == Some(0) {
-                let _ = self.messages.cancel(&self.user, self.id).await;
+            if self.completions.unattended_since(&self.id, left) {
+                debug!(message_id = %self.id, "nobody resumed it: cancelled");
+                let _ = self.messages.stop(&self.user, self.id).await;
             }
         });
     }

@@ -71,8 +71,8 @@ impl StreamedAnswer {
     }
 
     /// Takes one chunk in; what to tell the client because of it.
-    pub fn take(&mut self, chunk: ReplyChunk) -> Vec<Emit> {
-        match self.shown.add(&chunk) {
+    pub fn take(&mut self, chunk: &ReplyChunk) -> Vec<Emit> {
+        match self.shown.add(chunk) {
             Arrival::Repeat | Arrival::Stale | Arrival::AfterEnd => Vec::new(),
             Arrival::Failed => self
                 .shown
@@ -100,6 +100,11 @@ impl StreamedAnswer {
             match self.shown.through() {
                 Some(through) if through >= resume.seq => {
                     self.sent = self.shown.text_through(resume.seq).len();
+                    self.resume = None;
+                }
+                // The client names an event past the end: it has it all.
+                _ if self.shown.is_complete() => {
+                    self.sent = self.shown.text().len();
                     self.resume = None;
                 }
                 _ => return Vec::new(),
@@ -153,11 +158,11 @@ mod tests {
     fn text_goes_out_in_order_once_and_ends_with_done() {
         let mut answer = StreamedAnswer::new(None);
         assert_eq!(
-            texts(&answer.take(chunk(5, 1, "b", false))),
+            texts(&answer.take(&chunk(5, 1, "b", false))),
             "",
             "waits for seq 0"
         );
-        let first = answer.take(chunk(5, 0, "a", false));
+        let first = answer.take(&chunk(5, 0, "a", false));
         assert_eq!(
             first,
             [Emit::Text {
@@ -166,10 +171,10 @@ mod tests {
             }]
         );
         assert!(
-            answer.take(chunk(5, 0, "a", false)).is_empty(),
+            answer.take(&chunk(5, 0, "a", false)).is_empty(),
             "a repeat adds nothing"
         );
-        let last = answer.take(chunk(5, 2, "c", true));
+        let last = answer.take(&chunk(5, 2, "c", true));
         assert_eq!(texts(&last), "c");
         assert_eq!(last.last(), Some(&Emit::Done { cancelled: false }));
     }
@@ -177,14 +182,14 @@ mod tests {
     #[test]
     fn a_newer_attempt_before_any_text_is_simply_followed_and_after_text_ends_the_stream() {
         let mut quiet = StreamedAnswer::new(None);
-        assert!(quiet.take(chunk(5, 1, "late", false)).is_empty());
-        let emits = quiet.take(chunk(9, 0, "new", true));
+        assert!(quiet.take(&chunk(5, 1, "late", false)).is_empty());
+        let emits = quiet.take(&chunk(9, 0, "new", true));
         assert_eq!(texts(&emits), "new");
         let mut spoke = StreamedAnswer::new(None);
-        spoke.take(chunk(5, 0, "old", false));
-        assert_eq!(spoke.take(chunk(9, 0, "new", false)), [Emit::Restarted]);
+        spoke.take(&chunk(5, 0, "old", false));
+        assert_eq!(spoke.take(&chunk(9, 0, "new", false)), [Emit::Restarted]);
         assert!(
-            spoke.take(chunk(3, 0, "older", false)).is_empty(),
+            spoke.take(&chunk(3, 0, "older", false)).is_empty(),
             "older: stale"
         );
     }
@@ -192,14 +197,26 @@ mod tests {
     #[test]
     fn a_resumed_stream_starts_after_what_the_client_had() {
         let mut resumed = StreamedAnswer::new(Some("7.1".parse().unwrap()));
-        assert!(resumed.take(chunk(7, 1, "b", false)).is_empty());
-        let emits = resumed.take(chunk(7, 0, "a", false));
+        assert!(resumed.take(&chunk(7, 1, "b", false)).is_empty());
+        let emits = resumed.take(&chunk(7, 0, "a", false));
         assert!(emits.is_empty(), "nothing new yet: {emits:?}");
-        let emits = resumed.take(chunk(7, 2, "c", true));
+        let emits = resumed.take(&chunk(7, 2, "c", true));
         assert_eq!(texts(&emits), "c");
         // Resumed, but the answer began again meanwhile.
         let mut moved = StreamedAnswer::new(Some("7.1".parse().unwrap()));
-        assert_eq!(moved.take(chunk(8, 0, "x", false)), [Emit::Restarted]);
+        assert_eq!(moved.take(&chunk(8, 0, "x", false)), [Emit::Restarted]);
+    }
+
+    #[test]
+    fn a_resume_past_the_final_chunk_ends_at_once() {
+        let mut resumed = StreamedAnswer::new(Some("7.99".parse().unwrap()));
+        assert!(resumed.take(&chunk(7, 0, "a", false)).is_empty());
+        let emits = resumed.take(&chunk(7, 1, "b", true));
+        assert_eq!(
+            emits,
+            [Emit::Done { cancelled: false }],
+            "nothing twice, and the end"
+        );
     }
 
     #[test]
@@ -211,7 +228,7 @@ mod tests {
         };
         let mut failed = chunk(5, 0, "", true);
         failed.error = Some(error.clone());
-        assert_eq!(answer.take(failed), [Emit::Failed(error)]);
+        assert_eq!(answer.take(&failed), [Emit::Failed(error)]);
     }
 
     #[test]

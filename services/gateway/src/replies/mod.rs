@@ -11,7 +11,6 @@
 //!   chunk only once a client has it.
 //! - `relay`: one user on several gateways.
 //! - `queues`: [`ReplyQueues`] — declaring, binding rooms, counting consumers.
-//! - `own_queue`: [`OwnQueue`] — one HTTP request's own reply queue.
 //! - `presence`: members of a user's rooms told when the user comes and goes.
 //! - `context`: what these parts share.
 //!
@@ -22,7 +21,6 @@ mod context;
 mod inbound;
 mod local;
 mod outbound;
-mod own_queue;
 mod presence;
 mod queues;
 mod relay;
@@ -32,6 +30,5 @@ pub use context::ReplySetup;
 pub use local::ReplyHealth;
 pub use outbound::AnswerWatcher;
 pub use outbound::{OutboundReply, Outbox, Receipt, Settlement};
-pub use own_queue::OwnQueue;
 pub use queues::ReplyQueues;
 pub use router::{ReplyRouter, Subscription};

@@ -130,10 +130,6 @@ impl ReplyQueues {
         matches!(session.with_channel(context.setup_limit(), count).await, Ok(n) if n > 0)
     }
 
-    pub(super) fn context(&self) -> &Context {
-        &self.inner.context
-    }
-
     /// Tells `room`'s members that `user` joined it (with whether they are
     /// online) or, not `member`, left it. Best effort (advisory).
     pub async fn announce(&self, user: &UserId, room: RoomId, member: bool) {

@@ -239,3 +239,152 @@ async fn a_paused_node_loses_nothing() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(faults_cluster),
+    ignore = "needs FAULTS_CLUSTER=1 (a three-node RabbitMQ of its own; scripts/test sets it where RabbitMQ is installed)"
+)]
+async fn sse_clients_resume_on_another_gateway_when_their_gateways_node_dies() {
+    use crate::sse::{Setup, assert_kept, under_fault};
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start();
+    let all = Cluster::urls(&["a", "b", "c"]);
+    let setup = Setup {
+        url: &all,
+        gateway_urls: vec![
+            Some(Cluster::urls(&["a", "b", "c"])),
+            Some(Cluster::urls(&["b", "c", "a"])),
+        ],
+        responder_url: &Cluster::urls(&["c", "b", "a"]),
+    };
+    let tally = under_fault(
+        "cluster-sse-node-kill",
+        setup,
+        async |_: &Stack, _: &mut Vec<_>, _: &mut Vec<_>, tally: &crate::sse::Tally| {
+            // Mid-stream, the node of the gateway streaming every answer
+            // dies; its clients cut their streams and resume on the other
+            // gateway, on another node.
+            node(&["kill", "a"]).await;
+            tally.cut_streams();
+        },
+    )
+    .await;
+    drop(cluster);
+    assert!(tally.resumed() > 0, "streams were cut and resumed");
+    assert_kept(
+        "cluster: SIGKILL the streaming gateway's node, SSE clients resume elsewhere",
+        &tally,
+    );
+}
+
+/// Each node's count of Erlang atoms (never reclaimed while it runs).
+async fn atom_counts() -> Vec<u64> {
+    let mut counts = Vec::new();
+    for n in ["a", "b", "c"] {
+        let name = format!("rabbit-{n}@localhost");
+        let out = Cluster::run(&[
+            "ctl",
+            "-q",
+            "-n",
+            &name,
+            "eval",
+            "erlang:system_info(atom_count).",
+        ])
+        .await;
+        counts.push(out.trim().parse().expect("an atom count"));
+    }
+    counts
+}
+
+/// How many queues (and streams) the cluster holds.
+async fn queue_count() -> usize {
+    let out = Cluster::run(&["ctl", "-q", "list_queues", "name"]).await;
+    out.lines()
+        .filter(|l| !l.trim().is_empty() && *l != "name")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(faults_cluster),
+    ignore = "needs FAULTS_CLUSTER=1 (a three-node RabbitMQ of its own; scripts/test sets it where RabbitMQ is installed)"
+)]
+async fn a_thousand_api_requests_leave_no_queue_and_no_atoms_behind() {
+    const REQUESTS: usize = 1000;
+    const AT_ONCE: usize = 20;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    platform::telemetry::init_for_tests();
+    let cluster = Cluster::start();
+    let prefix = testkit::unique_prefix();
+    let mut stack = Stack::new(
+        "cluster-api-atoms",
+        &Cluster::urls(&["a", "b", "c"]),
+        &prefix,
+        1,
+    );
+    stack.responder_url = Cluster::urls(&["b", "c", "a"]);
+    stack.chunk_delay_ms = 0;
+    let _gateway = stack.gateway(0);
+    stack.gateway_ready(0).await;
+    let _responder = stack.responder();
+    let addr = stack.addrs[0];
+    let guest = testkit::guest_session(addr).await.unwrap();
+    let http = reqwest::Client::new();
+    let ask = async |n: usize| {
+        let body = serde_json::json!({"stream": n % 2 == 0,
+            "messages": [{"role": "user", "content": format!("question {n}")}]});
+        let deadline = tokio::time::Instant::now() + testkit::WAIT;
+        loop {
+            let response = http
+                .post(format!("http://{addr}/v1/chat/completions"))
+                .bearer_auth(&guest.token)
+                .json(&body)
+                .send()
+                .await;
+            if let Ok(response) = response
+                && response.status() == 200
+                && response
+                    .text()
+                    .await
+                    .is_ok_and(|t| t.contains(&format!("question {n}")))
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "request {n} never answered"
+            );
+            // The responder may still be connecting: ask again.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // Everything that exists once (the stream, the exchanges, the queues,
+    // the first connections) exists before counting.
+    ask(0).await;
+    let (atoms_before, queues_before) = (atom_counts().await, queue_count().await);
+    let mut next = 1;
+    while next <= REQUESTS {
+        let batch: Vec<_> = (next..(next + AT_ONCE).min(REQUESTS + 1))
+            .map(ask)
+            .collect();
+        next += batch.len();
+        futures_util::future::join_all(batch).await;
+    }
+    let (atoms_after, queues_after) = (atom_counts().await, queue_count().await);
+    drop(cluster);
+    let grown: Vec<i64> = atoms_after
+        .iter()
+        .zip(&atoms_before)
+        .map(|(after, before)| *after as i64 - *before as i64)
+        .collect();
+    println!(
+        "[cluster] {REQUESTS} API requests: queues {queues_before} → {queues_after}, \
+         atoms per node {atoms_before:?} → {atoms_after:?} (grown {grown:?})"
+    );
+    assert_eq!(queues_after, queues_before, "no queue left behind");
+    assert!(
+        grown.iter().all(|g| *g <= 50),
+        "a few dozen atoms at most: {grown:?}"
+    );
+}

@@ -79,6 +79,9 @@ pub struct Stack {
     pub name: String,
     /// The broker, as the gateways are given it.
     pub url: String,
+    /// The broker as gateway `n` is given it, where a scenario puts it on
+    /// other nodes of a cluster than `url` says.
+    pub gateway_urls: Vec<Option<String>>,
     /// The broker, as the responders are given it (the same unless a
     /// scenario puts them on other nodes of a cluster).
     pub responder_url: String,
@@ -104,6 +107,7 @@ impl Stack {
         Self {
             name: name.into(),
             url: url.into(),
+            gateway_urls: vec![None; gateways],
             responder_url: url.into(),
             prefix: prefix.into(),
             addrs: listeners.iter().map(|l| l.local_addr().unwrap()).collect(),
@@ -125,7 +129,8 @@ impl Stack {
 
     /// Starts gateway number `n` on its port.
     pub fn gateway(&self, n: usize) -> Service {
-        let mut env = self.common(&self.url);
+        let url = self.gateway_urls[n].as_ref().unwrap_or(&self.url);
+        let mut env = self.common(url);
         env.push(("SWITCHBOARD_HTTP__LISTEN", self.addrs[n].to_string()));
         env.push(("SWITCHBOARD_HTTP__WEB_DIR", "does-not-exist".into()));
         env.push(("SWITCHBOARD_ROOMS__DATABASE_URL", String::new()));

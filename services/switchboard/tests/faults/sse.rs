@@ -23,7 +23,7 @@ const PER_REQUEST: Duration = Duration::from_secs(60);
 
 /// How one request ended.
 #[derive(Debug, Default)]
-struct Tally {
+pub struct Tally {
     answered: AtomicUsize,
     told: AtomicUsize,
     wrong: AtomicUsize,
@@ -31,6 +31,40 @@ struct Tally {
     resumes: AtomicUsize,
     /// Streams open now (their response began, their end not yet read).
     open: AtomicUsize,
+    /// Counts up when the clients are to cut every stream they read (and
+    /// resume it): a fault that breaks no connection by itself.
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Tally {
+    /// Every client cuts the stream it reads now, and resumes it.
+    pub fn cut_streams(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn resumed(&self) -> usize {
+        self.resumes.load(Ordering::SeqCst)
+    }
+}
+
+/// Where the users are and how they come back.
+pub struct Setup<'a> {
+    /// The broker as the gateways are given it, and each gateway's own
+    /// (on a cluster: on other nodes).
+    pub url: &'a str,
+    pub gateway_urls: Vec<Option<String>>,
+    pub responder_url: &'a str,
+}
+
+impl Setup<'_> {
+    /// One gateway, one responder, on `url`.
+    fn single(url: &str) -> Setup<'_> {
+        Setup {
+            url,
+            gateway_urls: vec![None],
+            responder_url: url,
+        }
+    }
 }
 
 /// Reads a stream's events into `text`, remembering the last event id;
@@ -40,11 +74,19 @@ async fn read(
     response: reqwest::Response,
     text: &mut String,
     last_id: &mut Option<String>,
+    tally: &Tally,
 ) -> Result<Option<String>, ()> {
     let mut body = response.bytes_stream();
     let mut raw = String::new();
     let mut error = None;
-    while let Some(bytes) = body.next().await {
+    let mut cut = tally.cut.subscribe();
+    cut.mark_unchanged();
+    loop {
+        let bytes = tokio::select! {
+            bytes = body.next() => bytes,
+            _ = cut.changed() => return Err(()),
+        };
+        let Some(bytes) = bytes else { break };
         let Ok(bytes) = bytes else { return Err(()) };
         raw.push_str(&String::from_utf8_lossy(&bytes));
         while let Some(end) = raw.find("\n\n") {
@@ -72,13 +114,15 @@ async fn read(
     Err(())
 }
 
-/// One request, to its end: posted, read, resumed as often as it breaks.
-async fn ask(addr: SocketAddr, token: &str, question: &str, tally: &Tally) {
-    asked(addr, token, question, tally).await;
+/// One request, to its end: posted to the first gateway, read, resumed as
+/// often as it breaks — on the last gateway (another, when there are two).
+async fn ask(addrs: &[SocketAddr], token: &str, question: &str, tally: &Tally) {
+    asked(addrs, token, question, tally).await;
     tally.open.fetch_sub(1, Ordering::SeqCst);
 }
 
-async fn asked(addr: SocketAddr, token: &str, question: &str, tally: &Tally) {
+async fn asked(addrs: &[SocketAddr], token: &str, question: &str, tally: &Tally) {
+    let (addr, resume_at) = (addrs[0], addrs[addrs.len() - 1]);
     let http = reqwest::Client::new();
     let body = json!({"stream": true, "messages": [{"role": "user", "content": question}]});
     let deadline = tokio::time::Instant::now() + PER_REQUEST;
@@ -105,7 +149,7 @@ async fn asked(addr: SocketAddr, token: &str, question: &str, tally: &Tally) {
     };
     let (mut text, mut last_id) = (String::new(), None);
     loop {
-        match read(response, &mut text, &mut last_id).await {
+        match read(response, &mut text, &mut last_id, tally).await {
             Ok(None) if text == TEMPLATE.replace("{text}", question) => {
                 tally.answered.fetch_add(1, Ordering::SeqCst);
                 return;
@@ -138,7 +182,7 @@ async fn asked(addr: SocketAddr, token: &str, question: &str, tally: &Tally) {
             }
             let mut resume = http
                 .get(format!(
-                    "http://{addr}/v1/chat/completions/{completion}/stream"
+                    "http://{resume_at}/v1/chat/completions/{completion}/stream"
                 ))
                 .bearer_auth(token);
             if let Some(id) = &last_id {
@@ -155,33 +199,39 @@ async fn asked(addr: SocketAddr, token: &str, question: &str, tally: &Tally) {
 
 /// Users asking one question after another while `strike` hits once a
 /// third of the requests have ended.
-async fn under_fault(
+pub async fn under_fault(
     name: &str,
-    strike: impl AsyncFnOnce(&Stack, &mut Vec<Service>, &mut Vec<Service>),
+    setup: Setup<'_>,
+    strike: impl AsyncFnOnce(&Stack, &mut Vec<Service>, &mut Vec<Service>, &Tally),
 ) -> Tally {
     platform::telemetry::init_for_tests();
-    let url = testkit::amqp_url().await;
     let prefix = testkit::unique_prefix();
-    let cleanup = Cleanup::new(&url, &prefix);
-    let mut stack = Stack::new(name, &url, &prefix, 1);
+    let cleanup = Cleanup::new(setup.url, &prefix);
+    let mut stack = Stack::new(name, setup.url, &prefix, setup.gateway_urls.len());
+    stack.gateway_urls = setup.gateway_urls;
+    stack.responder_url = setup.responder_url.to_owned();
     stack.words_per_chunk = 1;
     stack.chunk_delay_ms = 20;
-    let mut gateways = vec![stack.gateway(0)];
-    stack.gateway_ready(0).await;
+    let mut gateways = Vec::new();
+    for n in 0..stack.addrs.len() {
+        gateways.push(stack.gateway(n));
+        stack.gateway_ready(n).await;
+    }
     let mut responders = vec![stack.responder()];
     let addr = stack.addrs[0];
+    let addrs = stack.addrs.clone();
     let tally = Arc::new(Tally::default());
     let mut users = Vec::new();
     for user in 0..USERS {
         let guest = testkit::guest_session(addr).await.unwrap();
         cleanup.track_user(&guest.user_id);
-        let tally = tally.clone();
+        let (tally, addrs) = (tally.clone(), addrs.clone());
         users.push(tokio::spawn(async move {
             // Out of step, so that a fault finds streams at every stage.
             tokio::time::sleep(Duration::from_millis(70 * user as u64)).await;
             for n in 0..REQUESTS {
                 ask(
-                    addr,
+                    &addrs,
                     &guest.token,
                     &format!("user {user} question {n}"),
                     &tally,
@@ -204,7 +254,7 @@ async fn under_fault(
         tally.open.load(Ordering::SeqCst) >= USERS / 2
     })
     .await;
-    strike(&stack, &mut gateways, &mut responders).await;
+    strike(&stack, &mut gateways, &mut responders, &tally).await;
     for user in users {
         tokio::time::timeout(PER_REQUEST * REQUESTS as u32, user)
             .await
@@ -217,7 +267,7 @@ async fn under_fault(
     Arc::try_unwrap(tally).unwrap()
 }
 
-fn assert_kept(scenario: &str, t: &Tally) {
+pub fn assert_kept(scenario: &str, t: &Tally) {
     let (answered, told, wrong, lost, resumes) = (
         t.answered.load(Ordering::SeqCst),
         t.told.load(Ordering::SeqCst),
@@ -242,13 +292,21 @@ fn assert_kept(scenario: &str, t: &Tally) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sse_clients_resume_across_a_gateway_sigkill() {
+async fn sse_clients_resume_on_another_gateway_after_a_gateway_sigkill() {
     let _turn = ONE_AT_A_TIME.lock().await;
+    let url = testkit::amqp_url().await;
+    let two = Setup {
+        gateway_urls: vec![None, None],
+        ..Setup::single(&url)
+    };
     let tally = under_fault(
         "sse-gateway-kill",
-        async |stack: &Stack, gateways: &mut Vec<Service>, _: &mut Vec<Service>| {
-            gateways.pop().unwrap().kill();
-            gateways.push(stack.gateway(0));
+        two,
+        async |stack: &Stack, gateways: &mut Vec<Service>, _: &mut Vec<Service>, _: &Tally| {
+            // The gateway streaming every answer dies; its clients resume
+            // on the other one, then post to it again once it is back.
+            gateways.remove(0).kill();
+            gateways.insert(0, stack.gateway(0));
             stack.gateway_ready(0).await;
         },
     )
@@ -262,15 +320,20 @@ async fn sse_clients_resume_across_a_gateway_sigkill() {
         0,
         "the same attempt goes on: nothing restarted"
     );
-    assert_kept("gateway SIGKILL + restart, SSE clients resume", &tally);
+    assert_kept(
+        "gateway SIGKILL, SSE clients resume on the other gateway",
+        &tally,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_clients_are_told_when_a_responder_dies_mid_stream() {
     let _turn = ONE_AT_A_TIME.lock().await;
+    let url = testkit::amqp_url().await;
     let tally = under_fault(
         "sse-responder-kill",
-        async |stack: &Stack, _: &mut Vec<Service>, responders: &mut Vec<Service>| {
+        Setup::single(&url),
+        async |stack: &Stack, _: &mut Vec<Service>, responders: &mut Vec<Service>, _: &Tally| {
             responders.pop().unwrap().kill();
             responders.push(stack.responder());
         },

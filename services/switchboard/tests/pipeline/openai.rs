@@ -10,13 +10,13 @@ use testkit::Guest;
 
 /// One Server-Sent Event: its `id:` and `data:`.
 #[derive(Debug, Clone)]
-struct Sse {
-    id: Option<String>,
-    data: String,
+pub struct Sse {
+    pub id: Option<String>,
+    pub data: String,
 }
 
 /// The events in `raw` (whole events only) and what is left over.
-fn events(raw: &str) -> (Vec<Sse>, String) {
+pub fn events(raw: &str) -> (Vec<Sse>, String) {
     let mut out = Vec::new();
     let mut rest = raw;
     while let Some(end) = rest.find("\n\n") {
@@ -41,7 +41,7 @@ fn events(raw: &str) -> (Vec<Sse>, String) {
 }
 
 /// The text the events carry.
-fn content(events: &[Sse]) -> String {
+pub fn content(events: &[Sse]) -> String {
     events
         .iter()
         .filter(|e| e.data != "[DONE]")
@@ -54,7 +54,7 @@ fn content(events: &[Sse]) -> String {
         .collect()
 }
 
-async fn post(stack: &TestStack, token: &str, body: Value) -> reqwest::Response {
+pub async fn post(stack: &TestStack, token: &str, body: Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("http://{}/v1/chat/completions", stack.addr()))
         .bearer_auth(token)
@@ -71,10 +71,17 @@ async fn resume(
     completion: &str,
     last_id: Option<&str>,
 ) -> reqwest::Response {
-    let url = format!(
-        "http://{}/v1/chat/completions/{completion}/stream",
-        stack.addr()
-    );
+    resume_at(stack.addr(), token, completion, last_id).await
+}
+
+/// [`resume`] on the gateway at `addr`.
+pub async fn resume_at(
+    addr: std::net::SocketAddr,
+    token: &str,
+    completion: &str,
+    last_id: Option<&str>,
+) -> reqwest::Response {
+    let url = format!("http://{addr}/v1/chat/completions/{completion}/stream");
     let mut request = reqwest::Client::new().get(url).bearer_auth(token);
     if let Some(id) = last_id {
         request = request.header("Last-Event-ID", id);
@@ -82,7 +89,7 @@ async fn resume(
     request.send().await.unwrap()
 }
 
-fn asking(text: &str, stream: bool) -> Value {
+pub fn asking(text: &str, stream: bool) -> Value {
     json!({"model": "switchboard", "stream": stream, "messages": [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": text},
@@ -183,7 +190,7 @@ async fn a_broken_stream_resumes_from_its_last_event_with_nothing_lost_or_twice(
     let (rest, _) = events(&resumed.text().await.unwrap());
     assert_eq!(rest.last().unwrap().data, "[DONE]");
     assert_eq!(format!("{got}{}", content(&rest)), expected_answer(text));
-    // Read to the end: the answer's queue is gone, a resume finds nothing.
+    // Read to the end: every gateway forgets it, a resume finds nothing.
     let again = resume(&stack, &guest.token, &completion, None).await;
     assert_eq!(again.status(), StatusCode::NOT_FOUND);
 }

@@ -113,7 +113,7 @@ fn the_clients_wishes_win_over_the_settings() {
         max_tokens: Some(7),
         system: Some("Be terse.".into()),
     };
-    let body = client.body(&request("hi").to_own_queue(wishes));
+    let body = client.body(&request("hi").for_api(wishes));
     assert_eq!(body["model"], json!("big-70b"));
     assert_eq!(body["max_tokens"], json!(7));
     assert_eq!(
