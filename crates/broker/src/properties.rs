@@ -4,7 +4,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use protocol::UserId;
 use protocol::amqp::{
-    CANCEL_TYPE, CHAT_REQUEST_TYPE, COMPLETION_NOTE_TYPE, CONTENT_TYPE, Note, REPLY_CHUNK_TYPE,
+    CANCEL_TYPE, CHAT_REQUEST_TYPE, COMPLETION_NOTE_TYPE, CONTENT_TYPE, REPLY_CHUNK_TYPE,
     ROOM_MESSAGE_TYPE, ROOM_PRESENCE_TYPE, ROOM_RECEIPT_TYPE, STATUS_TYPE, USER_ID_HEADER,
 };
 use protocol::trace::{TRACEPARENT_HEADER, TraceParent};
@@ -130,24 +130,12 @@ pub fn room_presence(presence: &protocol::amqp::RoomPresence) -> BasicProperties
 
 /// Properties of a [`protocol::amqp::CompletionNote`]: persistent (the
 /// stream keeps it for gateways that start later).
-pub fn completion_note(note: &protocol::amqp::CompletionNote) -> BasicProperties {
-    let user = match &note.note {
-        Note::Opened { user_id, .. }
-        | Note::Reading { user_id, .. }
-        | Note::Delivered { user_id, .. } => user_id.as_str(),
-        Note::Mark { .. } => "",
-    };
-    let mut headers = FieldTable::default();
-    headers.insert(
-        ShortString::from(USER_ID_HEADER),
-        AMQPValue::LongString(user.into()),
-    );
+pub fn completion_note() -> BasicProperties {
     BasicProperties::default()
         .with_content_type(CONTENT_TYPE.into())
         .with_delivery_mode(PERSISTENT)
         .with_type(COMPLETION_NOTE_TYPE.into())
         .with_timestamp(now_ms() / 1000)
-        .with_headers(headers)
 }
 
 /// Whether a delivery is a [`protocol::amqp::RoomReceipt`] (by its `type`).

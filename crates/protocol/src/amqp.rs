@@ -261,9 +261,10 @@ pub struct CompletionNote {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "note", rename_all = "snake_case")]
 pub enum Note {
-    /// Completion `id` of `user_id` was asked: it exists (for a resume on
-    /// another gateway) before its first chunk does.
-    Opened { id: MessageId, user_id: UserId },
+    /// These completions were asked: they exist (for a resume on another
+    /// gateway) before their first chunk does. Gathered over a few
+    /// milliseconds into one note.
+    Opened { completions: Vec<Completion> },
     /// A client started reading completion `id` (a stream or a resume) on
     /// gateway `gateway`, as its reader number `reader`: every other
     /// reader of it stops (one reader at a time), and its answer is not
@@ -274,12 +275,19 @@ pub enum Note {
         gateway: String,
         reader: u64,
     },
-    /// Completion `id` reached its client whole: nobody will read it
-    /// again, every gateway forgets it.
-    Delivered { id: MessageId, user_id: UserId },
+    /// These completions reached their clients whole: nobody will read
+    /// them again, every gateway forgets them. Gathered like `opened`.
+    Delivered { completions: Vec<Completion> },
     /// Gateway `gateway` wrote this to know when it has read everything
     /// written before (`mark` counts up).
     Mark { gateway: String, mark: u64 },
+}
+
+/// A completion (the OpenAI API's answer to message `id`) and its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    pub id: MessageId,
+    pub user_id: UserId,
 }
 
 impl CompletionNote {

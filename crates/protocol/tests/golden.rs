@@ -62,12 +62,14 @@ fn an_api_request_with_model_wishes_is_answered_into_the_completions_stream() {
 #[test]
 fn completion_notes() {
     let opened = amqp::CompletionNote::new(amqp::Note::Opened {
-        id: msg(),
-        user_id: alice(),
+        completions: vec![amqp::Completion {
+            id: msg(),
+            user_id: alice(),
+        }],
     });
     assert_golden(
         &opened,
-        &format!(r#"{{"v":1,"note":"opened","id":"{MSG}","user_id":"alice"}}"#),
+        &format!(r#"{{"v":1,"note":"opened","completions":[{{"id":"{MSG}","user_id":"alice"}}]}}"#),
     );
     let reading = amqp::CompletionNote::new(amqp::Note::Reading {
         id: msg(),

@@ -299,6 +299,12 @@ impl RunningGateway {
         self.parts.admission.open_sockets()
     }
 
+    /// OpenAI-API answers this gateway keeps now (being read, or kept for
+    /// a resume).
+    pub fn completions_kept(&self) -> usize {
+        self.parts.http.completions.kept()
+    }
+
     /// The gateway's RabbitMQ connection (for fault injection in tests).
     pub fn broker(&self) -> &Broker {
         &self.parts.broker

@@ -18,18 +18,19 @@
 //! sent (that is [`crate::messages`]).
 
 mod feed;
+mod notes;
 mod shared;
 mod table;
 
 use broker::Broker;
-use protocol::amqp::{Note, ReplyChunk};
+use protocol::amqp::{Completion, Note, ReplyChunk};
 use protocol::{ErrorCode, MessageId, UserId};
-use shared::Shared;
+use shared::{Noted, Shared};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use table::{ReadBy, Refused};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -43,6 +44,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Completions {
     shared: Arc<Shared>,
+    /// The gatherer's end, until [`Completions::spawn`] starts it.
+    notes: Arc<Mutex<Option<mpsc::Receiver<Noted>>>>,
 }
 
 /// How a reader's reading ended before the answer did.
@@ -65,8 +68,11 @@ impl Ended {
 
 impl Completions {
     pub fn new(broker: Broker, gateway: String, settings: CompletionSettings) -> Self {
+        let (notes, gathered) = mpsc::channel(notes::QUEUE);
         Self {
+            notes: Arc::new(Mutex::new(Some(gathered))),
             shared: Arc::new(Shared {
+                notes,
                 broker,
                 settings,
                 gateway,
@@ -82,6 +88,10 @@ impl Completions {
     /// Starts reading the stream, and the sweep, until `stop` fires.
     pub fn spawn(&self, stop: &CancellationToken) {
         tokio::spawn(feed::run(self.shared.clone(), stop.clone()));
+        let gathered = self.notes.lock().ok().and_then(|mut n| n.take());
+        if let Some(gathered) = gathered {
+            tokio::spawn(notes::gather(self.shared.clone(), gathered, stop.clone()));
+        }
         let (shared, stop) = (self.shared.clone(), stop.clone());
         tokio::spawn(async move {
             let mut every = tokio::time::interval(SWEEP_EVERY);
@@ -121,16 +131,23 @@ impl Completions {
     /// Begins reading completion `id` for `user`; whoever read it before
     /// stops. A completion this gateway does not know yet is looked for
     /// until the gateway has read everything written to the stream before
-    /// now: `not_found` then, as for another user's.
+    /// now, and again once a note gathered elsewhere just before would be
+    /// written: `not_found` then, as for another user's.
     pub async fn read(&self, user: &UserId, id: MessageId) -> Result<Reader, ErrorCode> {
-        match self.attach(user, id, true) {
-            Err(Refused::Unknown) => {
-                self.shared.sync().await?;
-                self.attach(user, id, true)
+        // Read up to now, and once more after the notes asked elsewhere
+        // just before could have been gathered and written.
+        for wait in [None, Some(notes::LATEST)] {
+            match self.attach(user, id, true) {
+                Err(Refused::Unknown) => {
+                    if let Some(wait) = wait {
+                        tokio::time::sleep(wait).await;
+                    }
+                    self.shared.sync().await?;
+                }
+                attached => return attached.map_err(Refused::code),
             }
-            attached => attached,
         }
-        .map_err(Refused::code)
+        self.attach(user, id, true).map_err(Refused::code)
     }
 
     /// A reader of `id` for `user`; `announce`: the other gateways are
@@ -160,6 +177,11 @@ impl Completions {
             next: 0,
             changed,
         })
+    }
+
+    /// How many answers are kept now.
+    pub fn kept(&self) -> usize {
+        self.shared.table().len()
     }
 
     /// Whether completion `id` is still being answered with nobody having
@@ -209,34 +231,32 @@ impl Reader {
         }
     }
 
-    /// Tells the other gateways that this completion exists (so a resume
-    /// there finds it before its first chunk), while its request is sent.
-    /// Advisory: its chunks say whose it is too.
-    pub async fn announce(&self) {
-        let note = Note::Opened {
+    /// Tells the other gateways that this completion exists, so a resume
+    /// there finds it before its first chunk (gathered with others into
+    /// one note, a few milliseconds later; advisory: its chunks say whose
+    /// it is too).
+    pub fn announce(&self) {
+        self.shared.note(Noted::Opened(self.completion()));
+    }
+
+    fn completion(&self) -> Completion {
+        Completion {
             id: self.id,
             user_id: self.user.clone(),
-        };
-        if let Err(e) = self.shared.write(note, true).await {
-            debug!(message_id = %self.id, error = %e, "the opened note was not written");
         }
     }
 
-    /// Its request was never sent: forgotten here.
+    /// Its request was never sent: forgotten, here and (it was announced)
+    /// elsewhere.
     pub fn forget(self) {
-        self.shared.table().delivered(&self.id, &self.user);
+        self.delivered();
     }
 
     /// Its client has the whole answer: every gateway forgets it (a resume
     /// gets `not_found`).
     pub fn delivered(self) {
         self.shared.table().delivered(&self.id, &self.user);
-        let note = Note::Delivered {
-            id: self.id,
-            user_id: self.user.clone(),
-        };
-        let writer = self.shared.clone();
-        tokio::spawn(async move { writer.write(note, false).await });
+        self.shared.note(Noted::Delivered(self.completion()));
     }
 }
 

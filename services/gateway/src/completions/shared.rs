@@ -4,11 +4,11 @@
 use super::table::{Keep, Table};
 use broker::{Broker, properties};
 use protocol::ErrorCode;
-use protocol::amqp::{self, CompletionNote, Note, ReplyChunk};
+use protocol::amqp::{self, Completion, CompletionNote, Note, ReplyChunk};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// What the answers are kept and read with.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +20,13 @@ pub struct CompletionSettings {
     /// Readers (streams, whole completions, resumes) of one user open on
     /// this gateway at once.
     pub max_readers_per_user: usize,
+}
+
+/// One completion to tell the other gateways about.
+#[derive(Debug)]
+pub(super) enum Noted {
+    Opened(Completion),
+    Delivered(Completion),
 }
 
 #[derive(Debug)]
@@ -34,6 +41,8 @@ pub(super) struct Shared {
     /// The last mark written, and the last of ours read back.
     pub(super) marks_written: AtomicU64,
     pub(super) marks_read: watch::Sender<u64>,
+    /// To the gatherer of `opened` and `delivered` notes.
+    pub(super) notes: mpsc::Sender<Noted>,
     /// One mark in flight at a time, whatever the number of waiting resumes.
     pub(super) syncing: tokio::sync::Mutex<()>,
 }
@@ -50,7 +59,7 @@ impl Shared {
         let note = CompletionNote::new(note);
         let stream = self.broker.names().completions_stream();
         let publisher = session.publisher();
-        let (body, props) = (amqp::encode(&note), properties::completion_note(&note));
+        let (body, props) = (amqp::encode(&note), properties::completion_note());
         if confirmed {
             publisher.publish("", &stream, &body, props).await
         } else {
@@ -59,6 +68,14 @@ impl Shared {
                 .await
         }
         .map_err(|e| e.code())
+    }
+
+    /// Hands `noted` to the gatherer ([`super::notes`]); dropped (and
+    /// counted) when it is that far behind.
+    pub(super) fn note(&self, noted: Noted) {
+        if self.notes.try_send(noted).is_err() {
+            metrics::counter!("switchboard_gateway_completion_notes_dropped_total").increment(1);
+        }
     }
 
     /// Returns once everything written to the stream before the call has
@@ -92,7 +109,12 @@ impl Shared {
     pub(super) fn apply_note(&self, note: Note) {
         let now = Instant::now();
         match note {
-            Note::Opened { id, user_id } => self.table().open(id, &user_id, now),
+            Note::Opened { completions } => {
+                let mut table = self.table();
+                for Completion { id, user_id } in completions {
+                    table.open(id, &user_id, now);
+                }
+            }
             Note::Reading {
                 id,
                 user_id,
@@ -100,7 +122,12 @@ impl Shared {
                 ..
             } if gateway != self.gateway => self.table().read_elsewhere(id, &user_id, now),
             Note::Reading { .. } => {}
-            Note::Delivered { id, user_id } => self.table().delivered(&id, &user_id),
+            Note::Delivered { completions } => {
+                let mut table = self.table();
+                for Completion { id, user_id } in completions {
+                    table.delivered(&id, &user_id);
+                }
+            }
             Note::Mark { gateway, mark } if gateway == self.gateway => {
                 self.marks_read.send_if_modified(|read| {
                     let newer = mark > *read;

@@ -127,9 +127,11 @@ async fn complete(
         .unwrap_or_else(|| api.models[0].clone());
     // Readable before it is asked: its first chunk may come at once.
     let reader = completions.begin(&user, id)?;
-    let send = messages.send_api(user.clone(), message, asked.options);
-    let (sent, ()) = tokio::join!(send, reader.announce());
-    if let Err(code) = sent {
+    reader.announce();
+    if let Err(code) = messages
+        .send_api(user.clone(), message, asked.options)
+        .await
+    {
         reader.forget();
         return Err(code.into());
     }

@@ -185,3 +185,61 @@ async fn a_user_has_only_so_many_streams_open() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_completion_is_resumable_elsewhere_before_its_first_chunk() {
+    // No responder yet: the answer cannot have begun.
+    let mut stack = TestStack::start_with(0, SLOW, |_| {}).await;
+    let other = stack.another_gateway().await;
+    let alice = stack.guest().await;
+    let text = "asked here, nothing answered yet";
+    let response = post(&stack, &alice.token, asking(text, true)).await;
+    let completion = completion_id(&response);
+    drop(response);
+    // The other gateway learns of it from the opened note, not a chunk.
+    let resumed = resume_at(other.addr(), &alice.token, &completion, None).await;
+    assert_eq!(resumed.status(), StatusCode::OK);
+    stack.start_responder(SLOW).await;
+    let (all, _) = events(&resumed.text().await.unwrap());
+    assert_eq!(content(&all), expected_answer(text));
+    other.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_storm_of_abandoned_streams_is_cancelled_and_drains_by_itself() {
+    const STREAMS: usize = 200;
+    let slow = Mock {
+        words_per_chunk: 1,
+        chunk_delay_ms: 100,
+        prefetch: 250,
+    };
+    let mut stack = TestStack::start_with(0, slow, |s| {
+        s.openai_api.resume_window_ms = 300;
+        // Their answers all wait at once: the caps on one user's backlog
+        // and request rate are not what this is about.
+        s.messages.max_pending_per_user = STREAMS;
+        s.rate_limit.api_burst = 10 * STREAMS as u32;
+    })
+    .await;
+    let mut counters = stack.start_responder(slow).await;
+    let users = [stack.guest().await, stack.guest().await];
+    let mut asked = Vec::new();
+    for n in 0..STREAMS {
+        let user = &users[n % users.len()];
+        let posted = post(&stack, &user.token, asking(&format!("left {n}"), true)).await;
+        assert_eq!(posted.status(), StatusCode::OK, "{n}");
+        // The first event, then gone.
+        let (_, body) = read_until(posted, |seen| !seen.is_empty()).await;
+        drop(body);
+        asked.push(n);
+    }
+    crate::stack::wait_counters(&mut counters, "every abandoned answer is cancelled", |c| {
+        c.cancelled as usize == STREAMS
+    })
+    .await;
+    testkit::wait_until("the gateway forgets them all", || {
+        stack.gateway().completions_kept() == 0
+    })
+    .await;
+    assert_eq!(asked.len(), STREAMS);
+}
