@@ -62,29 +62,28 @@ pub struct ChatRequest {
     /// queue.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub to_stream: bool,
-    /// What the client asked of the model; the responder's own settings
-    /// where absent.
-    #[serde(default, skip_serializing_if = "ModelOptions::is_empty")]
-    pub model: ModelOptions,
+    /// An OpenAI-API request as its client sent it, validated by the
+    /// gateway: the whole conversation and the generation parameters, for
+    /// an engine that speaks the API (docs/protocol.md §9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiCall>,
 }
 
-/// A client's wishes for the model (the OpenAI API's `model`, `max_tokens`
-/// and system message).
+/// What an OpenAI-API client asked of the model, as it sent it — each
+/// field validated by the gateway, none dropped (docs/protocol.md §9).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelOptions {
+pub struct ApiCall {
+    /// The model upstream (what the name the client chose maps to); `None`:
+    /// the responder's own (`openai.model`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u32>,
-    /// Instead of the responder's system prompt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system: Option<String>,
-}
-
-impl ModelOptions {
-    pub fn is_empty(&self) -> bool {
-        self == &Self::default()
-    }
+    pub model: Option<String>,
+    /// The conversation, every message as the client sent it.
+    pub messages: Vec<serde_json::Value>,
+    /// The generation parameters the client set (`temperature`, `tools`,
+    /// `max_tokens`, …), as it set them; the responder clamps and pins
+    /// what its operator decides.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A message sent to a room, as every member's queue receives it. `seq`
@@ -389,15 +388,15 @@ impl ChatRequest {
             context: Vec::new(),
             room_id: None,
             to_stream: false,
-            model: ModelOptions::default(),
+            api: None,
         }
     }
 
-    /// The same request, answered into the completions stream with the
-    /// client's wishes for the model (an OpenAI-API request).
-    pub fn for_api(mut self, model: ModelOptions) -> Self {
+    /// The same request, answered into the completions stream, with what
+    /// its client asked of the model (an OpenAI-API request).
+    pub fn for_api(mut self, call: ApiCall) -> Self {
         self.to_stream = true;
-        self.model = model;
+        self.api = Some(call);
         self
     }
 

@@ -97,6 +97,12 @@ pub enum ErrorCode {
     /// The completion is no longer kept (its resume window passed, or the
     /// gateway's memory bound for answers was reached): ask again.
     AnswerExpired,
+    /// A field of an OpenAI-API request has the wrong type or range, or is
+    /// one this server does not take; the error's `param` names it.
+    InvalidParameter,
+    /// The OpenAI-API request names a model this server does not offer
+    /// (`GET /v1/models` lists those it does).
+    ModelNotFound,
     /// An unexpected server fault; details are in the server log only.
     Internal,
 }
@@ -175,6 +181,8 @@ impl ErrorCode {
             Self::TooManyStreams => "too many open streams for this user; close one first",
             Self::StreamTakenOver => "another request now reads this completion",
             Self::AnswerExpired => "the answer is no longer kept; ask again",
+            Self::InvalidParameter => "a field of the request is not valid",
+            Self::ModelNotFound => "no such model here",
             Self::Internal => "internal error",
         }
     }
@@ -189,10 +197,11 @@ impl ErrorCode {
             | Self::EmptyText
             | Self::BinaryNotSupported
             | Self::InvalidText
-            | Self::InvalidQuery => 400,
+            | Self::InvalidQuery
+            | Self::InvalidParameter => 400,
             Self::MissingToken | Self::InvalidToken => 401,
             Self::OriginNotAllowed | Self::GuestSessionsDisabled | Self::InvalidRoomToken => 403,
-            Self::NotAMember | Self::NotFound | Self::RoomsDisabled => 404,
+            Self::NotAMember | Self::NotFound | Self::RoomsDisabled | Self::ModelNotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
             Self::NotAWebsocket => 426,
@@ -251,12 +260,14 @@ impl ErrorCode {
             Self::TooManyStreams => "too_many_streams",
             Self::StreamTakenOver => "stream_taken_over",
             Self::AnswerExpired => "answer_expired",
+            Self::InvalidParameter => "invalid_parameter",
+            Self::ModelNotFound => "model_not_found",
             Self::Internal => "internal",
         }
     }
 
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 37] = [
+    pub const ALL: [ErrorCode; 39] = [
         Self::InvalidJson,
         Self::InvalidFrame,
         Self::UnknownType,
@@ -293,6 +304,8 @@ impl ErrorCode {
         Self::TooManyStreams,
         Self::StreamTakenOver,
         Self::AnswerExpired,
+        Self::InvalidParameter,
+        Self::ModelNotFound,
         Self::Internal,
     ];
 }

@@ -34,15 +34,18 @@ where
 #[test]
 fn an_api_request_with_model_wishes_is_answered_into_the_completions_stream() {
     let request = ChatRequest::new(MessageId::parse(MSG).unwrap(), alice(), "hi".into(), 1)
-        .for_api(amqp::ModelOptions {
-            name: Some("big".into()),
-            max_tokens: Some(200),
-            system: None,
+        .for_api(amqp::ApiCall {
+            model: Some("big".into()),
+            messages: vec![serde_json::json!({"role": "user", "content": "hi"})],
+            params: serde_json::json!({"max_tokens": 200})
+                .as_object()
+                .unwrap()
+                .clone(),
         });
     assert_golden(
         &request,
         &format!(
-            r#"{{"v":1,"id":"{MSG}","user_id":"alice","text":"hi","sent_at_ms":1,"to_stream":true,"model":{{"name":"big","max_tokens":200}}}}"#
+            r#"{{"v":1,"id":"{MSG}","user_id":"alice","text":"hi","sent_at_ms":1,"to_stream":true,"api":{{"model":"big","messages":[{{"role":"user","content":"hi"}}],"params":{{"max_tokens":200}}}}}}"#
         ),
     );
     let names = protocol::topology::Names::new("p.");

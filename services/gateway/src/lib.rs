@@ -175,11 +175,9 @@ impl Gateway {
                 max_body_bytes: settings.websocket.max_message_bytes,
             },
             openai_api: http::OpenAiApi {
-                models: match settings.openai_api.models.as_slice() {
-                    [] => vec![http::openai_default_model()].into(),
-                    models => models.into(),
-                },
+                policy: Arc::new(openai_policy(&settings.openai_api)),
                 resume_window: Duration::from_millis(settings.openai_api.resume_window_ms),
+                max_body_bytes: settings.openai_api.max_body_bytes,
             },
             sockets: Sockets {
                 admission: admission.clone(),
@@ -355,4 +353,26 @@ fn completions(api: &settings::OpenAiApiSettings, broker: &Broker) -> Completion
             max_readers_per_user: api.max_streams_per_user,
         },
     )
+}
+
+/// What an OpenAI-API client may ask for, from `openai_api`.
+fn openai_policy(api: &settings::OpenAiApiSettings) -> http::openai_request::Policy {
+    let mut models: Vec<(String, Option<String>)> = api
+        .models
+        .iter()
+        .map(|entry| match entry.split_once('=') {
+            Some((id, upstream)) => (id.trim().to_owned(), Some(upstream.trim().to_owned())),
+            None => (entry.trim().to_owned(), None),
+        })
+        .filter(|(id, _)| !id.is_empty())
+        .collect();
+    if models.is_empty() {
+        models.push((http::openai_default_model(), None));
+    }
+    http::openai_request::Policy {
+        models,
+        max_messages: api.max_messages,
+        max_image_bytes: api.max_image_bytes,
+        extra_fields: api.extra_fields.iter().cloned().collect(),
+    }
 }

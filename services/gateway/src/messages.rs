@@ -14,7 +14,7 @@ pub use in_progress::{Fairness, InProgress};
 use crate::replies::ReplyQueues;
 use crate::rooms::{Posted, Rooms};
 use broker::{Broker, properties};
-use protocol::amqp::{self, CancelRequest, ChatRequest, ModelOptions};
+use protocol::amqp::{self, ApiCall, CancelRequest, ChatRequest};
 use protocol::trace::TraceParent;
 use protocol::ws::Message;
 use protocol::{ErrorCode, MessageId, UserId};
@@ -107,22 +107,21 @@ impl Messages {
         .instrument(span)
     }
 
-    /// Sends `message` for `user` with its answer going to the completions
-    /// stream (an OpenAI-API request: docs/protocol.md §9); `model` carries
-    /// the client's wishes for the model. Nothing is declared for it.
+    /// Sends OpenAI-API request `id` of `user` — `call`, what the client
+    /// asked of the model, and `text`, its last message's text — with its
+    /// answer going to the completions stream (docs/protocol.md §9).
+    /// Nothing is declared for it.
     pub fn send_api(
         &self,
         user: UserId,
-        message: Message,
-        model: ModelOptions,
+        id: MessageId,
+        text: String,
+        call: ApiCall,
     ) -> impl Future<Output = Result<Accepted, ErrorCode>> + Send + 'static {
-        let (span, trace) = begin(&user, message.id, Via::OpenAi);
+        let (span, trace) = begin(&user, id, Via::OpenAi);
         let messages = self.clone();
         async move {
-            let request =
-                ChatRequest::new(message.id, user.clone(), message.text, properties::now_ms())
-                    .with_context(message.context)
-                    .for_api(model);
+            let request = ChatRequest::new(id, user, text, properties::now_ms()).for_api(call);
             messages.submit(request, &trace).await?;
             Ok(accepted(&trace))
         }

@@ -30,9 +30,19 @@ pub struct Settings {
 /// The OpenAI-compatible API (`/v1`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct OpenAiApiSettings {
-    /// What `GET /v1/models` lists; the first is the model named in
-    /// answers to requests that name none.
+    /// What `GET /v1/models` lists, each `id` (the responder's own model)
+    /// or `id=upstream` (the model the responder asks for); the first is
+    /// the one of requests that name none. Any other is `model_not_found`.
     pub models: Vec<String>,
+    /// The largest `POST /v1/chat/completions` body taken (images inline).
+    pub max_body_bytes: usize,
+    /// Messages in one request at most.
+    pub max_messages: usize,
+    /// Bytes of one image's URL (a `data:` URL holds the image) at most.
+    pub max_image_bytes: usize,
+    /// Request fields beyond OpenAI's passed on as they are (a model
+    /// server's own, e.g. `top_k`); any other unknown field is refused.
+    pub extra_fields: Vec<String>,
     /// How long an answer whose stream broke goes on for its client to
     /// resume it; then, with nobody reading, it is cancelled. An answer
     /// that ended is kept as long for a resume.
@@ -65,7 +75,12 @@ impl Settings {
         platform::settings::load(
             DEFAULTS,
             &[RESPONDER_DEFAULTS],
-            &["http.allowed_origins", "amqp.urls", "openai_api.models"],
+            &[
+                "http.allowed_origins",
+                "amqp.urls",
+                "openai_api.models",
+                "openai_api.extra_fields",
+            ],
         )
     }
 }

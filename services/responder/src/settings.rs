@@ -44,8 +44,13 @@ pub struct OpenAiSettings {
     pub api_key: String,
     /// First message of every conversation; empty: none.
     pub system_prompt: String,
-    /// `max_tokens` of each answer; 0: the server's default.
+    /// `max_tokens` of each answer, and the most an OpenAI-API client may
+    /// ask for (a larger `max_tokens` is clamped to it); 0: the server's
+    /// default, and no bound.
     pub max_tokens: u32,
+    /// Parameters fixed by the operator, over whatever a client sets: a
+    /// JSON object (`{"temperature": 0.2, "model": "cheap"}`); empty: none.
+    pub pinned: String,
     /// Bound on connecting and on the first piece of the answer.
     pub first_token_timeout_ms: u64,
     /// Bound on each pause between pieces.

@@ -49,10 +49,13 @@ pub struct HttpContext {
 /// The OpenAI-compatible API (`openai_api.*`).
 #[derive(Debug, Clone)]
 pub struct OpenAiApi {
-    /// What `GET /v1/models` lists; never empty (the first names answers).
-    pub models: Arc<[String]>,
+    /// What a client may ask for; its models are what `GET /v1/models`
+    /// lists (never none: the first is the default).
+    pub policy: Arc<super::openai_request::Policy>,
     /// How long an answer whose stream broke goes on for a resume.
     pub resume_window: std::time::Duration,
+    /// The largest request body taken.
+    pub max_body_bytes: usize,
 }
 
 /// A token bucket per user over HTTP API requests.

@@ -4,7 +4,8 @@
 //! - `context`: [`HttpContext`], what the handlers share.
 //! - `error`: [`ApiError`], the one error type of every handler.
 //! - `extract`: [`Authenticated`], who a request acts for.
-//! - `session`, `messages`, `openai` (with `openai_wire`, `openai_answer`),
+//! - `session`, `messages`, `openai` (with `openai_request`, `openai_wire`,
+//!   `openai_answer`),
 //!   `rooms`, `ws`, `web`: the handlers, each with
 //!   its own `router()`, merged here.
 //! - `listener`: binding and the accept loop.
@@ -20,6 +21,7 @@ pub mod listener;
 mod messages;
 mod openai;
 mod openai_answer;
+pub mod openai_request;
 mod openai_wire;
 mod rooms;
 mod session;
@@ -58,7 +60,7 @@ pub fn router(context: HttpContext, ready: Readiness, web_dir: &str) -> Router {
     Router::new()
         .merge(session::router())
         .merge(messages::router(context.message_limits))
-        .merge(openai::router(context.message_limits))
+        .merge(openai::router(context.openai_api.max_body_bytes))
         .merge(rooms::router())
         .merge(ws::router())
         // Under /api, a wrong path or method gets a JSON error like any other.

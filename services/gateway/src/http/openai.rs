@@ -7,14 +7,16 @@
 //! stream ([`crate::completions`]), never through the user's queue: it
 //! never takes chunks from the user's sockets, nor they from it.
 
-use super::context::{HttpContext, MessageLimits, OpenAiApi};
+use super::context::{HttpContext, OpenAiApi};
 use super::error::ApiError;
 use super::extract::Authenticated;
 use super::openai_answer::{Emit, EventId, StreamedAnswer};
-use super::openai_wire::{self as wire, CompletionRequest};
+use super::openai_request::Refusal;
+use super::openai_wire as wire;
 use crate::completions::{Completions, Reader};
 use crate::messages::Messages;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -23,7 +25,6 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use futures_util::stream;
 use protocol::answer::ShownAnswer;
-use protocol::ws::Message;
 use protocol::{ErrorCode, MessageId, UserId};
 use serde_json::{Value, json};
 use std::convert::Infallible;
@@ -35,30 +36,37 @@ use tracing::debug;
 /// any event.
 pub const COMPLETION_ID_HEADER: &str = "x-completion-id";
 
-pub fn router(limits: MessageLimits) -> Router<HttpContext> {
+pub fn router(max_body_bytes: usize) -> Router<HttpContext> {
     Router::new()
         .route(
             "/v1/chat/completions",
-            post(complete).layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+            post(complete).layer(DefaultBodyLimit::max(max_body_bytes)),
         )
         .route("/v1/chat/completions/{id}/stream", get(resume))
         .route("/v1/models", get(models))
         .route("/v1/{*rest}", any(not_found))
 }
 
-/// An error as OpenAI's clients read it.
+/// An error as OpenAI's clients read it, naming the request's field at
+/// fault where there is one.
 #[derive(Debug)]
-pub struct OpenAiError(ApiError);
+pub struct OpenAiError(ApiError, Option<String>);
 
 impl From<ApiError> for OpenAiError {
     fn from(error: ApiError) -> Self {
-        Self(error)
+        Self(error, None)
     }
 }
 
 impl From<ErrorCode> for OpenAiError {
     fn from(code: ErrorCode) -> Self {
-        Self(code.into())
+        Self(code.into(), None)
+    }
+}
+
+impl OpenAiError {
+    fn about(refusal: Refusal) -> Self {
+        Self(ApiError::new(refusal.code, refusal.message), refusal.param)
     }
 }
 
@@ -68,12 +76,13 @@ impl IntoResponse for OpenAiError {
         let status =
             StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         metrics::counter!("switchboard_gateway_errors_total", "code" => code.as_str()).increment(1);
-        (status, Json(wire::error_body(code, self.0.message()))).into_response()
+        let body = wire::error_about(code, self.0.message(), self.1.as_deref());
+        (status, Json(body)).into_response()
     }
 }
 
 fn refused(code: ErrorCode, message: impl Into<String>) -> OpenAiError {
-    OpenAiError(ApiError::new(code, message.into()))
+    OpenAiError(ApiError::new(code, message.into()), None)
 }
 
 async fn not_found() -> OpenAiError {
@@ -93,9 +102,12 @@ async fn models(
 ) -> Result<Json<Value>, OpenAiError> {
     auth?;
     let data: Vec<Value> = api
+        .policy
         .models
         .iter()
-        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "switchboard"}))
+        .map(
+            |(id, _)| json!({"id": id, "object": "model", "created": 0, "owned_by": "switchboard"}),
+        )
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }
@@ -104,39 +116,30 @@ async fn models(
 async fn complete(
     auth: Result<Authenticated, ApiError>,
     State(messages): State<Messages>,
-    State(limits): State<MessageLimits>,
     State(api): State<OpenAiApi>,
     State(completions): State<Completions>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
     let user = auth?.0.user;
-    let request: CompletionRequest = serde_json::from_slice(&body).map_err(|e| {
-        refused(
-            ErrorCode::InvalidJson,
-            format!("not a chat-completions request: {e}"),
-        )
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => refused(
+            ErrorCode::TextTooLong,
+            format!("the body is over {} bytes", api.max_body_bytes),
+        ),
+        _ => refused(ErrorCode::RequestTimeout, "the body did not arrive whole"),
     })?;
-    let asked = request.asked().map_err(|(code, why)| refused(code, why))?;
+    let asked = api.policy.read(&body).map_err(OpenAiError::about)?;
     let id = MessageId::new_random();
-    let message = Message::new(id, asked.text, asked.context, &limits.frames)
-        .map_err(|e| OpenAiError(ApiError::from(e)))?;
-    let model = asked
-        .options
-        .name
-        .clone()
-        .unwrap_or_else(|| api.models[0].clone());
     // Readable before it is asked: its first chunk may come at once.
     let reader = completions.begin(&user, id)?;
     reader.announce();
-    if let Err(code) = messages
-        .send_api(user.clone(), message, asked.options)
-        .await
-    {
+    let sent = messages.send_api(user.clone(), id, asked.text, asked.call);
+    if let Err(code) = sent.await {
         reader.forget();
         return Err(code.into());
     }
-    let answer = Reading::new(user, id, model, messages, completions, &api);
-    if request.stream {
+    let answer = Reading::new(user, id, asked.model, messages, completions, &api);
+    if asked.stream {
         Ok(answer
             .stream(reader, StreamedAnswer::new(None))
             .into_response())
@@ -175,7 +178,7 @@ async fn resume(
         })?),
     };
     let reader = completions.read(&user, id).await?;
-    let model = api.models[0].clone();
+    let model = api.policy.models[0].0.clone();
     let answer = Reading::new(user, id, model, messages, completions, &api);
     Ok(answer
         .stream(reader, StreamedAnswer::new(after))

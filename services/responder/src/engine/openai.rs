@@ -36,6 +36,8 @@ pub struct OpenAi {
     api_key: String,
     system_prompt: String,
     max_tokens: u32,
+    /// Parameters the operator fixes, over any client's.
+    pinned: serde_json::Map<String, Value>,
     first_token_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -67,7 +69,15 @@ impl OpenAi {
             http = http.tls_certs_merge(roots);
         }
         let http = http.build().context("cannot build the HTTP client")?;
+        let pinned = match settings.pinned.trim() {
+            "" => serde_json::Map::new(),
+            json => match serde_json::from_str(json) {
+                Ok(Value::Object(pinned)) => pinned,
+                _ => bail!("openai.pinned must be a JSON object, e.g. {{\"temperature\": 0.2}}"),
+            },
+        };
         Ok(Self {
+            pinned,
             http,
             url: format!("{base}/chat/completions"),
             model: settings.model.clone(),
@@ -79,30 +89,57 @@ impl OpenAi {
         })
     }
 
-    /// The request body for `request`: the client's model, system prompt
-    /// and `max_tokens` where it asked for them (the OpenAI API), else the
-    /// settings'.
+    /// The request body for `request`. The operator's system prompt comes
+    /// first, always; then an OpenAI-API client's messages and parameters
+    /// as it sent them (the socket path's context and text otherwise);
+    /// then the operator's bounds: `max_tokens` clamped to `openai.max_tokens`,
+    /// the `openai.pinned` parameters over the client's.
     fn body(&self, request: &ChatRequest) -> Value {
-        let wishes = &request.model;
         let mut messages = Vec::with_capacity(request.context.len() + 2);
-        let system = wishes.system.as_deref().unwrap_or(&self.system_prompt);
-        if !system.is_empty() {
-            messages.push(json!({"role": "system", "content": system}));
+        if !self.system_prompt.is_empty() {
+            messages.push(json!({"role": "system", "content": self.system_prompt}));
         }
-        for turn in &request.context {
-            let role = match turn.role {
-                Role::User => "user",
-                Role::Assistant => "assistant",
-            };
-            messages.push(json!({"role": role, "content": turn.text}));
+        let mut body = json!({"model": self.model});
+        match &request.api {
+            Some(call) => {
+                messages.extend(call.messages.iter().cloned());
+                for (field, value) in &call.params {
+                    body[field] = value.clone();
+                }
+                if let Some(model) = &call.model {
+                    body["model"] = json!(model);
+                }
+            }
+            None => {
+                for turn in &request.context {
+                    let role = match turn.role {
+                        Role::User => "user",
+                        Role::Assistant => "assistant",
+                    };
+                    messages.push(json!({"role": role, "content": turn.text}));
+                }
+                messages.push(json!({"role": "user", "content": request.text}));
+            }
         }
-        messages.push(json!({"role": "user", "content": request.text}));
-        let model = wishes.name.as_deref().unwrap_or(&self.model);
-        let mut body = json!({"model": model, "stream": true, "messages": messages});
-        let max_tokens = wishes.max_tokens.unwrap_or(self.max_tokens);
-        if max_tokens > 0 {
-            body["max_tokens"] = json!(max_tokens);
+        body["messages"] = Value::Array(messages);
+        if self.max_tokens > 0 {
+            let cap = u64::from(self.max_tokens);
+            let mut asked = false;
+            for field in ["max_tokens", "max_completion_tokens"] {
+                if let Some(n) = body.get(field).and_then(Value::as_u64) {
+                    body[field] = json!(n.min(cap));
+                    asked = true;
+                }
+            }
+            if !asked {
+                body["max_tokens"] = json!(cap);
+            }
         }
+        for (field, value) in &self.pinned {
+            body[field] = value.clone();
+        }
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
         body
     }
 

@@ -14,6 +14,7 @@ mod failures;
 mod identity;
 mod model;
 mod openai;
+mod openai_agents;
 mod openai_readers;
 mod rest;
 mod rooms;

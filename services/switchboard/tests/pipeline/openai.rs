@@ -235,19 +235,28 @@ async fn errors_come_in_openais_shape_with_our_codes() {
     assert_eq!(body["error"]["type"], json!("authentication_error"));
     assert_eq!(body["error"]["code"], json!("missing_token"));
     let cases = [
-        (json!("not json"), StatusCode::BAD_REQUEST, "invalid_json"),
+        (
+            json!("a string, not a request"),
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+        ),
         (
             json!({"messages": []}),
             StatusCode::BAD_REQUEST,
-            "invalid_frame",
+            "invalid_parameter",
         ),
         (
-            json!({"messages": [{"role": "user", "content": ""}]}),
+            json!({"messages": [{"role": "user", "content": "x"}], "temperature": 5}),
             StatusCode::BAD_REQUEST,
-            "empty_text",
+            "invalid_parameter",
         ),
         (
-            json!({"messages": [{"role": "user", "content": "x".repeat(5000)}]}),
+            json!({"messages": [{"role": "user", "content": "x"}], "model": "o1-pro"}),
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "x".repeat(9 << 20)}]}),
             StatusCode::PAYLOAD_TOO_LARGE,
             "text_too_long",
         ),
@@ -257,8 +266,37 @@ async fn errors_come_in_openais_shape_with_our_codes() {
         assert_eq!(response.status(), status, "{body}");
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["error"]["code"], json!(code), "{body}");
-        assert_eq!(error["error"]["type"], json!("invalid_request_error"));
+        let kind = if status == StatusCode::NOT_FOUND {
+            "not_found_error"
+        } else {
+            "invalid_request_error"
+        };
+        assert_eq!(error["error"]["type"], json!(kind), "{body}");
     }
+    let not_json = http
+        .post(&url)
+        .bearer_auth(&guest.token)
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
+    let error: Value = not_json.json().await.unwrap();
+    assert_eq!(error["error"]["code"], json!("invalid_json"));
+    let named: Value = post(
+        &stack,
+        &guest.token,
+        json!({"messages": [{"role": "user", "content": "x"}], "top_p": "high"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        named["error"]["param"],
+        json!("top_p"),
+        "the field at fault is named"
+    );
     let models: Value = http
         .get(format!("http://{}/v1/models", stack.addr()))
         .bearer_auth(&guest.token)
