@@ -435,6 +435,7 @@ impl ReplyChunk {
                 error: None,
                 cancelled: false,
                 room_id: request.room_id,
+                output: None,
             },
         }
     }
@@ -445,6 +446,13 @@ impl ReplyChunk {
         let mut chunk = Self::answering(request, seq, text, true);
         chunk.cancelled = true;
         chunk
+    }
+
+    /// This chunk carrying `output` besides its text (nothing when empty).
+    #[must_use]
+    pub fn with_output(mut self, output: crate::output::ModelOutput) -> Self {
+        self.output = (!output.is_empty()).then(|| Box::new(output));
+        self
     }
 
     /// This chunk, as part of attempt `attempt` at the answer.
@@ -468,6 +476,7 @@ impl ReplyChunk {
                 error: Some(error),
                 cancelled: false,
                 room_id: None,
+                output: None,
             },
             user_id,
             request_sent_at_ms: None,

@@ -26,6 +26,7 @@
 //! acknowledged as it arrives, whatever becomes of it.
 
 use crate::amqp::ReplyError;
+use crate::output::ModelOutput;
 use crate::ws::ReplyFrame;
 use std::collections::{BTreeMap, btree_map::Entry};
 
@@ -52,7 +53,7 @@ pub fn attempt_begun_now() -> u64 {
 /// One attempt's chunks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Attempt {
-    chunks: BTreeMap<u32, String>,
+    chunks: BTreeMap<u32, (String, Option<Box<ModelOutput>>)>,
     /// The seq of its final chunk, once in.
     final_seq: Option<u32>,
     cancelled: bool,
@@ -108,7 +109,7 @@ impl ShownAnswer {
         let attempt = self.attempts.entry(chunk.attempt).or_default();
         match attempt.chunks.entry(chunk.seq) {
             Entry::Occupied(_) => return Arrival::Repeat,
-            Entry::Vacant(slot) => slot.insert(chunk.text.clone()),
+            Entry::Vacant(slot) => slot.insert((chunk.text.clone(), chunk.output.clone())),
         };
         if chunk.r#final {
             attempt.final_seq = Some(chunk.seq);
@@ -170,13 +171,38 @@ impl ShownAnswer {
             return String::new();
         };
         let mut text = String::new();
-        for (expected, (s, chunk)) in (0u32..=seq).zip(&attempt.chunks) {
+        for (expected, (s, (chunk, _))) in (0u32..=seq).zip(&attempt.chunks) {
             if expected != *s {
                 break;
             }
             text.push_str(chunk);
         }
         text
+    }
+
+    /// The shown attempt's text and other output of the chunks after
+    /// `after` (from the first when `None`) through `through`, merged in
+    /// order — what a client that has everything up to `after` is owed.
+    pub fn between(&self, after: Option<u32>, through: u32) -> (String, ModelOutput) {
+        let (mut text, mut output) = (String::new(), ModelOutput::default());
+        let Some(attempt) = self.on_screen() else {
+            return (text, output);
+        };
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        for (_, (chunk, more)) in attempt.chunks.range(from..=through) {
+            text.push_str(chunk);
+            if let Some(more) = more {
+                output.merge((**more).clone());
+            }
+        }
+        (text, output)
+    }
+
+    /// Everything but the text of the shown attempt, merged.
+    pub fn output(&self) -> ModelOutput {
+        self.through()
+            .map(|through| self.between(None, through).1)
+            .unwrap_or_default()
     }
 
     /// Whether the answer is whole: failed, or one attempt's final chunk
@@ -238,6 +264,7 @@ mod tests {
             error: None,
             cancelled: false,
             room_id: None,
+            output: None,
         }
     }
 

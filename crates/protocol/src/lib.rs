@@ -18,6 +18,7 @@ pub mod answer;
 pub mod error;
 pub mod ids;
 pub mod message;
+pub mod output;
 pub mod topology;
 pub mod trace;
 pub mod ws;

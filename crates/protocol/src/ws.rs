@@ -230,6 +230,10 @@ pub struct ReplyFrame {
     /// The room this answer is in, when the assistant was addressed in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room_id: Option<RoomId>,
+    /// What the model returned besides text in this chunk (tool calls, its
+    /// finish reason, usage…): OpenAI-API answers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Box<crate::output::ModelOutput>>,
 }
 
 impl ServerFrame {

@@ -156,6 +156,7 @@ fn server_frames() {
             error: None,
             cancelled: false,
             room_id: None,
+            output: None,
         }),
         &format!(
             r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":0,"text":"Hi ","final":false}}"#
@@ -173,6 +174,7 @@ fn server_frames() {
             error: None,
             cancelled: false,
             room_id: None,
+            output: None,
         }),
         &format!(
             r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":0,"attempt":9,"text":"Hello ","final":false}}"#
@@ -209,6 +211,7 @@ fn server_frames() {
             }),
             cancelled: false,
             room_id: None,
+            output: None,
         }),
         &format!(
             r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":4294967295,"text":"","final":true,"error":{{"code":"request_failed","message":"failed 5 times"}}}}"#
@@ -230,6 +233,7 @@ fn stop_generating_and_status_frames() {
             error: None,
             cancelled: true,
             room_id: None,
+            output: None,
         }),
         &format!(
             r#"{{"type":"reply","id":"{reply_id}","in_reply_to":"{MSG}","seq":4,"text":"","final":true,"cancelled":true}}"#

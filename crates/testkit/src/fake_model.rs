@@ -11,6 +11,11 @@
 //! | `[[stall]]` | one word, then nothing (the client's idle timeout) |
 //! | `[[error]]` | one word, then an error event |
 //!
+//! A request with `tools` whose conversation does not end with a tool's
+//! result gets a call of its first tool (each required property set to its
+//! name), streamed in pieces, `finish_reason: "tool_calls"`; with
+//! `stream_options.include_usage` every answer ends with a usage chunk.
+//!
 //! [`FakeModel::start_random`] starts one that writes like a sampling model
 //! instead: a different answer of random words every time, a word every
 //! few milliseconds, recording each answer it began (see
@@ -250,6 +255,10 @@ async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: St
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default()
         .to_owned();
+    let usage = body["stream_options"]["include_usage"] == json!(true);
+    if let Some(call) = tool_call(&body) {
+        return tool_call_response(call, usage);
+    }
     if text.contains("[[500]]") {
         let error = json!({"error": {"message": "the fake model is down", "type": "server_error"}});
         return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response();
@@ -315,7 +324,13 @@ async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: St
             _ => {
                 let finish =
                     json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
-                send(format!("data: {finish}\n\ndata: [DONE]\n\n")).await;
+                let used = if usage {
+                    let n = words.len() as u64;
+                    format!("data: {}\n\n", usage_event(7, n))
+                } else {
+                    String::new()
+                };
+                send(format!("data: {finish}\n\n{used}data: [DONE]\n\n")).await;
             }
         }
     });
@@ -323,5 +338,64 @@ async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: St
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(Body::from_stream(events))
+        .expect("a valid response")
+}
+
+/// `usage` of an answer: `prompt` and `completion` tokens.
+fn usage_event(prompt: u64, completion: u64) -> Value {
+    json!({"choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+        "total_tokens": prompt + completion}})
+}
+
+/// The tool a model would call for `body`: its first tool, with each
+/// required property set to its name — unless the conversation ends with
+/// a tool's result (then it answers in text).
+fn tool_call(body: &Value) -> Option<(String, String)> {
+    let last_role = body["messages"].as_array()?.last()?["role"].as_str()?;
+    if last_role == "tool" {
+        return None;
+    }
+    let function = &body["tools"].as_array()?.first()?["function"];
+    let mut arguments = serde_json::Map::new();
+    for name in function["parameters"]["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(name) = name.as_str() {
+            arguments.insert(name.to_owned(), json!(name));
+        }
+    }
+    Some((
+        function["name"].as_str()?.to_owned(),
+        Value::Object(arguments).to_string(),
+    ))
+}
+
+/// A tool call streamed as a model does: the call's id and name, its
+/// arguments in two pieces, `finish_reason: "tool_calls"`, the usage when
+/// asked.
+fn tool_call_response((name, arguments): (String, String), usage: bool) -> Response {
+    let (head, tail) = arguments.split_at(arguments.len() / 2);
+    let piece = |call: Value| {
+        let event = json!({"choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": null}]});
+        format!("data: {event}\n\n")
+    };
+    let mut events = format!(
+        "data: {}\n\n",
+        json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": null}}]})
+    );
+    events += &piece(json!({"index": 0, "id": "call_fake_1", "type": "function",
+        "function": {"name": name, "arguments": head}}));
+    events += &piece(json!({"index": 0, "function": {"arguments": tail}}));
+    let finish = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]});
+    events += &format!("data: {finish}\n\n");
+    if usage {
+        events += &format!("data: {}\n\n", usage_event(7, 3));
+    }
+    events += "data: [DONE]\n\n";
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from(events))
         .expect("a valid response")
 }

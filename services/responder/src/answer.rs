@@ -137,6 +137,7 @@ impl Answer<'_> {
                 Event::Cancelled => Some(Finished::Cancelled),
                 Event::Piece(Some(Ok(piece))) => {
                     gathered.push(&piece.text);
+                    gathered.push_output(piece.output);
                     if !piece.last {
                         continue;
                     }
@@ -151,8 +152,9 @@ impl Answer<'_> {
                     warn!(engine = self.engine.name(), reason = %why, "the model failed; telling the user");
                     if gathered.due().is_some() {
                         let (text, pieces) = gathered.take(Instant::now());
-                        out.send(ReplyChunk::answering(request, out.seq, text, false), pieces)
-                            .await?;
+                        let chunk = ReplyChunk::answering(request, out.seq, text, false)
+                            .with_output(gathered.take_output());
+                        out.send(chunk, pieces).await?;
                     }
                     let error = ReplyError {
                         code: ErrorCode::ModelFailed,
@@ -172,7 +174,8 @@ impl Answer<'_> {
                 None => ReplyChunk::answering(request, out.seq, text, false),
                 Some(Finished::Cancelled) => ReplyChunk::cancelled(request, out.seq, text),
                 Some(_) => ReplyChunk::answering(request, out.seq, text, true),
-            };
+            }
+            .with_output(gathered.take_output());
             out.send(chunk, pieces).await?;
             *notice = Notice::Settled;
             if let Some(finished) = finished {

@@ -10,6 +10,7 @@
 //!   over (a slow model's pieces go out as they come);
 //! - with `flush` 0 every piece is a chunk of its own.
 
+use protocol::output::ModelOutput;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -32,6 +33,8 @@ impl Gathering {
 pub struct Coalescer {
     gathering: Gathering,
     text: String,
+    /// What came with the text, merged in order.
+    output: ModelOutput,
     /// Pieces in `text`.
     pieces: u32,
     /// When the last chunk went out; `None` before the first.
@@ -43,15 +46,26 @@ impl Coalescer {
         Self {
             gathering,
             text: String::new(),
+            output: ModelOutput::default(),
             pieces: 0,
             last_sent: None,
         }
     }
 
-    /// Adds a piece.
+    /// Adds a piece's text.
     pub fn push(&mut self, piece: &str) {
         self.text.push_str(piece);
         self.pieces += 1;
+    }
+
+    /// Adds a piece's other output (tool-call pieces join their call).
+    pub fn push_output(&mut self, output: ModelOutput) {
+        self.output.merge(output);
+    }
+
+    /// Takes what came besides the text, for the chunk going out.
+    pub fn take_output(&mut self) -> ModelOutput {
+        std::mem::take(&mut self.output)
     }
 
     /// Whether more pieces that are already waiting may join the chunk due

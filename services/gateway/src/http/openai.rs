@@ -138,7 +138,8 @@ async fn complete(
         reader.forget();
         return Err(code.into());
     }
-    let answer = Reading::new(user, id, asked.model, messages, completions, &api);
+    let mut answer = Reading::new(user, id, asked.model, messages, completions, &api);
+    answer.include_usage = asked.include_usage;
     if asked.stream {
         Ok(answer
             .stream(reader, StreamedAnswer::new(None))
@@ -195,6 +196,8 @@ struct Reading {
     completions: Completions,
     /// How long a broken stream's answer goes on for a resume.
     resume_window: Duration,
+    /// A last chunk with the usage (`stream_options.include_usage`).
+    include_usage: bool,
 }
 
 impl Reading {
@@ -214,6 +217,7 @@ impl Reading {
             messages,
             completions,
             resume_window: api.resume_window,
+            include_usage: false,
         }
     }
 
@@ -232,7 +236,13 @@ impl Reading {
         if let Some(error) = answer.error() {
             return Err(refused(error.code, error.message.clone()));
         }
-        let body = wire::completion(&self.id, &self.model, self.created, &answer.text(), "stop");
+        let body = wire::completion(
+            &self.id,
+            &self.model,
+            self.created,
+            &answer.text(),
+            &answer.output(),
+        );
         Ok(Json(body).into_response())
     }
 
@@ -274,27 +284,37 @@ impl Reading {
             };
             for emit in answer.take(&chunk) {
                 let (event, end) = match emit {
-                    Emit::Text { id, text } => {
-                        let mut delta = json!({"content": text});
-                        if std::mem::take(&mut first) {
-                            delta["role"] = json!("assistant");
-                        }
-                        let data =
+                    Emit::Delta { id, text, output } => {
+                        let delta = wire::delta(&text, &output, std::mem::take(&mut first));
+                        let mut data =
                             wire::chunk_event(&self.id, &self.model, self.created, delta, None);
+                        data["choices"][0]["logprobs"] = wire::logprobs(&output);
                         (
                             Event::default().id(id.to_string()).data(data.to_string()),
                             false,
                         )
                     }
-                    Emit::Done { .. } => {
+                    Emit::Done {
+                        finish_reason,
+                        usage,
+                        ..
+                    } => {
+                        let finish = finish_reason.as_deref().unwrap_or("stop");
                         let data = wire::chunk_event(
                             &self.id,
                             &self.model,
                             self.created,
                             json!({}),
-                            Some("stop"),
+                            Some(finish),
                         );
-                        (Event::default().data(data.to_string()), true)
+                        if let Some(used) = usage.filter(|_| self.include_usage) {
+                            let last =
+                                wire::usage_event(&self.id, &self.model, self.created, &used);
+                            let _ = tx.send(Event::default().data(data.to_string())).await;
+                            (Event::default().data(last.to_string()), true)
+                        } else {
+                            (Event::default().data(data.to_string()), true)
+                        }
                     }
                     Emit::Failed(error) => (error_event(error.code, &error.message), true),
                     Emit::Restarted => {

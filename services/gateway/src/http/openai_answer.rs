@@ -8,6 +8,7 @@
 
 use protocol::amqp::{ReplyChunk, ReplyError};
 use protocol::answer::{Arrival, ShownAnswer};
+use protocol::output::{ModelOutput, Usage};
 use std::fmt;
 use std::str::FromStr;
 
@@ -39,10 +40,20 @@ impl FromStr for EventId {
 /// What to tell the client next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Emit {
-    /// More text of the answer.
-    Text { id: EventId, text: String },
-    /// The answer is whole (`cancelled`: stopped before its end).
-    Done { cancelled: bool },
+    /// More of the answer: text, and tool-call pieces, refusal or
+    /// log-probabilities that came with it.
+    Delta {
+        id: EventId,
+        text: String,
+        output: ModelOutput,
+    },
+    /// The answer is whole (`cancelled`: stopped before its end), with
+    /// why the model stopped and what it used, where it said.
+    Done {
+        cancelled: bool,
+        finish_reason: Option<String>,
+        usage: Option<Usage>,
+    },
     /// The answer failed (the model, or every attempt).
     Failed(ReplyError),
     /// A newer attempt replaced the one the client has text of.
@@ -53,9 +64,9 @@ pub enum Emit {
 #[derive(Debug, Default)]
 pub struct StreamedAnswer {
     shown: ShownAnswer,
-    /// The attempt the client is getting, and the bytes of its text sent.
+    /// The attempt the client is getting, and the last of its chunks sent.
     attempt: Option<u64>,
-    sent: usize,
+    sent: Option<u32>,
     /// A resumed stream: what the client had, until it is found again.
     resume: Option<EventId>,
 }
@@ -88,40 +99,44 @@ impl StreamedAnswer {
     fn advance(&mut self) -> Vec<Emit> {
         let attempt = self.shown.attempt();
         if self.attempt != Some(attempt) {
-            let had_text = self.sent > 0 || self.resume.is_some_and(|r| r.attempt != attempt);
+            let had_text = self.sent.is_some() || self.resume.is_some_and(|r| r.attempt != attempt);
             if had_text {
                 return vec![Emit::Restarted];
             }
             self.attempt = Some(attempt);
-            self.sent = 0;
+            self.sent = None;
         }
+        let through = self.shown.through();
         if let Some(resume) = self.resume {
             // Wait until the chunks the client has are all here again.
-            match self.shown.through() {
-                Some(through) if through >= resume.seq => {
-                    self.sent = self.shown.text_through(resume.seq).len();
-                    self.resume = None;
-                }
+            match through {
+                Some(through) if through >= resume.seq => self.sent = Some(resume.seq),
                 // The client names an event past the end: it has it all.
-                _ if self.shown.is_complete() => {
-                    self.sent = self.shown.text().len();
-                    self.resume = None;
-                }
+                _ if self.shown.is_complete() => self.sent = through,
                 _ => return Vec::new(),
             }
+            self.resume = None;
         }
         let mut emits = Vec::new();
-        let text = self.shown.text();
-        if let (true, Some(seq)) = (text.len() > self.sent, self.shown.through()) {
-            emits.push(Emit::Text {
-                id: EventId { attempt, seq },
-                text: text[self.sent..].to_owned(),
-            });
-            self.sent = text.len();
+        if let Some(seq) = through.filter(|t| self.sent.is_none_or(|s| s < *t)) {
+            let (text, mut output) = self.shown.between(self.sent, seq);
+            // Told once, at the end.
+            (output.finish_reason, output.usage) = (None, None);
+            if !text.is_empty() || !output.is_empty() {
+                emits.push(Emit::Delta {
+                    id: EventId { attempt, seq },
+                    text,
+                    output,
+                });
+            }
+            self.sent = Some(seq);
         }
         if self.shown.is_complete() {
+            let output = self.shown.output();
             emits.push(Emit::Done {
                 cancelled: self.shown.is_cancelled(),
+                finish_reason: output.finish_reason,
+                usage: output.usage,
             });
         }
         emits
@@ -144,11 +159,17 @@ mod tests {
         ReplyChunk::answering(&request, seq, text.into(), last).in_attempt(attempt)
     }
 
+    const DONE: Emit = Emit::Done {
+        cancelled: false,
+        finish_reason: None,
+        usage: None,
+    };
+
     fn texts(emits: &[Emit]) -> String {
         emits
             .iter()
             .filter_map(|e| match e {
-                Emit::Text { text, .. } => Some(text.as_str()),
+                Emit::Delta { text, .. } => Some(text.as_str()),
                 _ => None,
             })
             .collect()
@@ -165,9 +186,10 @@ mod tests {
         let first = answer.take(&chunk(5, 0, "a", false));
         assert_eq!(
             first,
-            [Emit::Text {
+            [Emit::Delta {
                 id: EventId { attempt: 5, seq: 1 },
-                text: "ab".into()
+                text: "ab".into(),
+                output: ModelOutput::default(),
             }]
         );
         assert!(
@@ -176,7 +198,7 @@ mod tests {
         );
         let last = answer.take(&chunk(5, 2, "c", true));
         assert_eq!(texts(&last), "c");
-        assert_eq!(last.last(), Some(&Emit::Done { cancelled: false }));
+        assert_eq!(last.last(), Some(&DONE));
     }
 
     #[test]
@@ -212,10 +234,56 @@ mod tests {
         let mut resumed = StreamedAnswer::new(Some("7.99".parse().unwrap()));
         assert!(resumed.take(&chunk(7, 0, "a", false)).is_empty());
         let emits = resumed.take(&chunk(7, 1, "b", true));
+        assert_eq!(emits, [DONE], "nothing twice, and the end");
+    }
+
+    #[test]
+    fn tool_calls_go_out_in_order_and_the_finish_and_usage_at_the_end() {
+        use protocol::output::ToolCallDelta;
+        let call = |seq, head: Option<&str>, arguments: &str, last: bool| {
+            let output = ModelOutput {
+                tool_calls: vec![ToolCallDelta {
+                    index: 0,
+                    id: head.map(str::to_owned),
+                    name: head.map(|_| "f".to_owned()),
+                    arguments: arguments.into(),
+                }],
+                finish_reason: last.then(|| "tool_calls".into()),
+                usage: last.then_some(Usage {
+                    prompt_tokens: 1,
+                    completion_tokens: 2,
+                    total_tokens: 3,
+                }),
+                ..ModelOutput::default()
+            };
+            chunk(4, seq, "", last).with_output(output)
+        };
+        let mut answer = StreamedAnswer::new(None);
+        assert!(
+            answer.take(&call(1, None, "1}", false)).is_empty(),
+            "waits for seq 0"
+        );
+        let emits = answer.take(&call(0, Some("c"), "{\"a\":", false));
+        let [Emit::Delta { output, .. }] = emits.as_slice() else {
+            panic!("{emits:?}");
+        };
         assert_eq!(
-            emits,
-            [Emit::Done { cancelled: false }],
-            "nothing twice, and the end"
+            output.tool_calls[0].arguments, "{\"a\":1}",
+            "both pieces, in order"
+        );
+        assert_eq!(output.tool_calls[0].id.as_deref(), Some("c"));
+        let end = answer.take(&call(2, None, "", true));
+        assert_eq!(
+            end.last(),
+            Some(&Emit::Done {
+                cancelled: false,
+                finish_reason: Some("tool_calls".into()),
+                usage: Some(Usage {
+                    prompt_tokens: 1,
+                    completion_tokens: 2,
+                    total_tokens: 3
+                }),
+            })
         );
     }
 

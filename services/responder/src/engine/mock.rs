@@ -2,9 +2,11 @@
 //! model worker would stream tokens, each after the configured delay.
 
 use super::pieces::{EngineError, Piece, Pieces};
+use super::tools;
 use crate::settings::MockSettings;
 use futures_util::StreamExt;
 use futures_util::stream;
+use protocol::amqp::ChatRequest;
 use std::time::Duration;
 
 /// The mock engine.
@@ -18,37 +20,63 @@ impl Mock {
         Self { settings }
     }
 
-    /// The answer to `text`, piece by piece, each after the configured
+    /// The answer to `request`, piece by piece, each after the configured
     /// delay. A message containing the fail marker is unanswerable, every
-    /// time — a stand-in for a request a real model worker can never process.
-    pub fn answer(&self, text: &str) -> Pieces {
+    /// time — a stand-in for a request a real model worker can never
+    /// process. An OpenAI-API request with tools is answered the way a
+    /// model would, deterministically: the first tool (or the one
+    /// `tool_choice` names) is called with arguments made of its schema's
+    /// required fields; a tool's result is answered as text. Those get a
+    /// usage in words.
+    pub fn answer(&self, request: &ChatRequest) -> Pieces {
+        let text = &request.text;
         let marker = &self.settings.fail_marker;
         if !marker.is_empty() && text.contains(marker.as_str()) {
             let refused = EngineError::Unanswerable("it contains the fail marker");
             return stream::iter([Err(refused)]).boxed();
         }
-        let chunks = chunk(&self.settings, text);
+        let mut pieces: Vec<Piece> = match request
+            .api
+            .as_ref()
+            .and_then(|api| tools::call(api, request.id))
+        {
+            Some(call) => call,
+            None => {
+                let answer = match request.api.as_ref() {
+                    Some(api) if tools::answers_a_tool(api) => format!("The tool answered: {text}"),
+                    _ => self.settings.template.replace("{text}", text),
+                };
+                split(&self.settings, &answer)
+                    .into_iter()
+                    .map(|text| Piece {
+                        text,
+                        ..Piece::default()
+                    })
+                    .collect()
+            }
+        };
+        if let Some(api) = &request.api {
+            tools::finish(api, &mut pieces);
+        }
+        if let Some(last) = pieces.last_mut() {
+            last.last = true;
+        }
         let delay = Duration::from_millis(self.settings.chunk_delay_ms);
-        let last = chunks.len() - 1;
-        stream::iter(chunks.into_iter().enumerate())
-            .then(move |(n, text)| async move {
+        stream::iter(pieces)
+            .then(move |piece| async move {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                Ok(Piece {
-                    text,
-                    last: n == last,
-                })
+                Ok(piece)
             })
             .boxed()
     }
 }
 
-/// Builds the answer to `text` and splits it into chunks of
-/// `words_per_chunk` words. Chunks keep their spaces, so concatenating them
-/// gives the whole answer; there is always at least one chunk.
-fn chunk(settings: &MockSettings, text: &str) -> Vec<String> {
-    let full = settings.template.replace("{text}", text);
+/// Splits `full` into chunks of `words_per_chunk` words. Chunks keep
+/// their spaces, so concatenating them gives the whole answer; there is
+/// always at least one chunk.
+fn split(settings: &MockSettings, full: &str) -> Vec<String> {
     let per_chunk = settings.words_per_chunk.max(1);
     let mut chunks = Vec::new();
     let mut current = String::new();
@@ -83,7 +111,13 @@ mod tests {
     }
 
     async fn answer(settings: MockSettings, text: &str) -> Result<Vec<String>, EngineError> {
-        let pieces: Vec<_> = Mock::new(settings).answer(text).collect().await;
+        let request = ChatRequest::new(
+            protocol::MessageId::new_random(),
+            protocol::UserId::parse("alice").unwrap(),
+            text.into(),
+            0,
+        );
+        let pieces: Vec<_> = Mock::new(settings).answer(&request).collect().await;
         let pieces = pieces.into_iter().collect::<Result<Vec<_>, _>>()?;
         let lasts: Vec<_> = pieces.iter().map(|p| p.last).collect();
         assert_eq!(lasts.iter().filter(|l| **l).count(), 1, "one last piece");
@@ -120,5 +154,67 @@ mod tests {
             ..s
         };
         assert!(answer(off, "x [[poison]] y").await.is_ok());
+    }
+
+    fn api_request(messages: serde_json::Value, params: serde_json::Value) -> ChatRequest {
+        let call = protocol::amqp::ApiCall {
+            model: None,
+            messages: messages.as_array().unwrap().clone(),
+            params: params.as_object().unwrap().clone(),
+        };
+        let text = call.messages.last().unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        ChatRequest::new(
+            protocol::MessageId::new_random(),
+            protocol::UserId::parse("alice").unwrap(),
+            text,
+            0,
+        )
+        .for_api(call)
+    }
+
+    #[tokio::test]
+    async fn a_request_with_tools_gets_a_call_of_the_first_and_its_result_an_answer() {
+        use serde_json::json;
+        let mock = Mock::new(settings("You said: {text}", 1));
+        let tools = json!({"tools": [{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "required": ["city", "days"],
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}]});
+        let asked = api_request(
+            json!([{"role": "user", "content": "weather in Oslo?"}]),
+            tools.clone(),
+        );
+        let pieces: Vec<Piece> = mock.answer(&asked).map(Result::unwrap).collect().await;
+        let mut whole = protocol::output::ModelOutput::default();
+        for piece in &pieces {
+            assert!(piece.text.is_empty());
+            whole.merge(piece.output.clone());
+        }
+        assert!(pieces.len() >= 2, "the arguments come in pieces");
+        assert_eq!(whole.tool_calls.len(), 1);
+        assert_eq!(whole.tool_calls[0].name.as_deref(), Some("get_weather"));
+        let arguments: serde_json::Value =
+            serde_json::from_str(&whole.tool_calls[0].arguments).unwrap();
+        assert_eq!(arguments, json!({"city": "city", "days": 1}));
+        assert_eq!(whole.finish_reason.as_deref(), Some("tool_calls"));
+        assert_eq!(whole.usage.unwrap().prompt_tokens, 3);
+        let result = api_request(
+            json!([
+                {"role": "user", "content": "weather in Oslo?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "sunny"},
+            ]),
+            tools,
+        );
+        let pieces: Vec<Piece> = mock.answer(&result).map(Result::unwrap).collect().await;
+        let text: String = pieces.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(text, "The tool answered: sunny");
+        let last = pieces.last().unwrap();
+        assert!(last.last);
+        assert_eq!(last.output.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(last.output.usage.unwrap().completion_tokens, 4);
     }
 }

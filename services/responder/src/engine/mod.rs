@@ -5,13 +5,14 @@
 //! [`EngineError`] — and nothing of either leaks out of this folder.
 //!
 //! - `pieces`: the contract — what an engine gives.
-//! - `mock`: the mocked answer and its chunking.
+//! - `mock`: the mocked answer and its chunking; `tools`: its tool calls.
 //! - `openai`: the HTTP client; `sse`: reading its event stream.
 
 mod mock;
 mod openai;
 mod pieces;
 mod sse;
+mod tools;
 
 pub use pieces::{EngineError, Piece, Pieces};
 
@@ -36,7 +37,7 @@ impl Engine {
     /// Starts answering `request`; dropping the stream stops it.
     pub fn answer(&self, request: &ChatRequest) -> Pieces {
         match self {
-            Self::Mock(mock) => mock.answer(&request.text),
+            Self::Mock(mock) => mock.answer(request),
             Self::OpenAi(client) => client.answer(request),
         }
     }

@@ -219,9 +219,13 @@ impl OpenAi {
                 let event = std::mem::take(&mut line);
                 match sse::parse_line(&event)? {
                     Event::Done => return Ok(()),
-                    Event::Text(text) => {
+                    Event::Piece(text, output) => {
                         first = false;
-                        let piece = Piece { text, last: false };
+                        let piece = Piece {
+                            text,
+                            output,
+                            last: false,
+                        };
                         if tx.send(Ok(piece)).await.is_err() {
                             debug!("answer no longer wanted; closing the model stream");
                             return Ok(());

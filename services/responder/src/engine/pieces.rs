@@ -2,12 +2,16 @@
 //! could not answer.
 
 use futures_util::stream::Stream;
+use protocol::output::ModelOutput;
 use std::pin::Pin;
 
 /// One piece of an answer, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Piece {
     pub text: String,
+    /// What came with the text: tool-call pieces, the finish reason, the
+    /// usage… (an OpenAI-compatible model's; the mock's for tools).
+    pub output: ModelOutput,
     /// Whether this is known to be the last piece (the mock knows; a
     /// streaming model only learns it when its stream ends, and then the
     /// answer ends with an empty final chunk).

@@ -3,12 +3,15 @@
 //! interest.
 
 use super::pieces::EngineError;
+use protocol::output::{ModelOutput, ToolCallDelta};
 use serde_json::Value;
 
 /// What one line of the event stream says.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
-    Text(String),
+    /// Text, and what came with it (tool-call pieces, a finish reason, the
+    /// usage, a refusal, log-probabilities).
+    Piece(String, ModelOutput),
     Done,
     /// A comment, an empty line, a field other than `data`, a chunk without
     /// text (role announcements, finish reasons).
@@ -34,14 +37,38 @@ pub fn parse_line(line: &[u8]) -> Result<Event, EngineError> {
             .unwrap_or("unknown error");
         return Err(EngineError::Failed(format!("the model failed: {message}")));
     }
-    let text = value["choices"][0]["delta"]["content"]
-        .as_str()
-        .unwrap_or_default();
-    Ok(if text.is_empty() {
+    let choice = &value["choices"][0];
+    let delta = &choice["delta"];
+    let text = delta["content"].as_str().unwrap_or_default().to_owned();
+    let output = ModelOutput {
+        tool_calls: delta["tool_calls"]
+            .as_array()
+            .map(|calls| calls.iter().map(tool_call).collect())
+            .unwrap_or_default(),
+        finish_reason: choice["finish_reason"].as_str().map(str::to_owned),
+        usage: serde_json::from_value(value["usage"].clone()).ok(),
+        refusal: delta["refusal"].as_str().unwrap_or_default().to_owned(),
+        logprobs: choice["logprobs"]["content"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    Ok(if text.is_empty() && output.is_empty() {
         Event::Nothing
     } else {
-        Event::Text(text.to_owned())
+        Event::Piece(text, output)
     })
+}
+
+/// One piece of a tool call in a delta.
+fn tool_call(call: &Value) -> ToolCallDelta {
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    ToolCallDelta {
+        index: call["index"].as_u64().map_or(0, |i| i as u32),
+        id: text(&call["id"]),
+        name: text(&call["function"]["name"]),
+        arguments: text(&call["function"]["arguments"]).unwrap_or_default(),
+    }
 }
 
 #[cfg(test)]
@@ -53,11 +80,11 @@ mod tests {
         let text = |s: &str| parse_line(s.as_bytes()).unwrap();
         assert_eq!(
             text(r#"data: {"choices":[{"delta":{"content":"Hel"}}]}"#),
-            Event::Text("Hel".into())
+            Event::Piece("Hel".into(), ModelOutput::default())
         );
         assert_eq!(
             text("data:{\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\r"),
-            Event::Text("lo".into())
+            Event::Piece("lo".into(), ModelOutput::default())
         );
         assert_eq!(text("data: [DONE]"), Event::Done);
         assert_eq!(
@@ -65,6 +92,32 @@ mod tests {
             Event::Nothing
         );
         assert_eq!(text(": keep-alive"), Event::Nothing);
+        let Event::Piece(_, call) = text(
+            r#"data: {"choices":[{"delta":{"tool_calls":[{"index":1,"id":"c1","type":"function","function":{"name":"f","arguments":"{\"a"}}]},"finish_reason":null}]}"#,
+        ) else {
+            panic!("a tool call is a piece");
+        };
+        assert_eq!(
+            call.tool_calls,
+            [ToolCallDelta {
+                index: 1,
+                id: Some("c1".into()),
+                name: Some("f".into()),
+                arguments: "{\"a".into()
+            }]
+        );
+        let Event::Piece(_, end) = text(
+            r#"data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#,
+        ) else {
+            panic!("the usage is a piece");
+        };
+        assert_eq!(end.usage.map(|u| u.total_tokens), Some(8));
+        let Event::Piece(_, stop) =
+            text(r#"data: {"choices":[{"delta":{},"finish_reason":"length"}]}"#)
+        else {
+            panic!("a finish reason is a piece");
+        };
+        assert_eq!(stop.finish_reason.as_deref(), Some("length"));
         assert_eq!(text(""), Event::Nothing);
         assert_eq!(text("event: message"), Event::Nothing);
         assert!(matches!(

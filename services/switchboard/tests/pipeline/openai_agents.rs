@@ -108,3 +108,120 @@ async fn a_model_that_is_not_offered_never_reaches_the_model_server() {
         "the responder's own"
     );
 }
+
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "required": ["city"],
+            "properties": {"city": {"type": "string"}}}}}])
+}
+
+/// A streamed answer's tool calls (merged by index), finish reason and
+/// usage, from its events.
+fn streamed_calls(raw: &str) -> (Vec<Value>, Option<String>, Option<Value>) {
+    let (events, _) = crate::openai::events(raw);
+    let mut calls: Vec<Value> = Vec::new();
+    let (mut finish, mut usage) = (None, None);
+    for event in events.iter().filter(|e| e.data != "[DONE]") {
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        if let Some(u) = data.get("usage").filter(|u| !u.is_null()) {
+            usage = Some(u.clone());
+        }
+        let Some(choice) = data["choices"].get(0) else {
+            continue;
+        };
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finish = Some(f.to_owned());
+        }
+        for delta in choice["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let index = delta["index"].as_u64().unwrap() as usize;
+            if calls.len() <= index {
+                calls.push(
+                    json!({"id": delta["id"], "name": delta["function"]["name"], "arguments": ""}),
+                );
+            }
+            let pieces = format!(
+                "{}{}",
+                calls[index]["arguments"].as_str().unwrap(),
+                delta["function"]["arguments"].as_str().unwrap_or("")
+            );
+            calls[index]["arguments"] = json!(pieces);
+        }
+    }
+    (calls, finish, usage)
+}
+
+#[tokio::test]
+async fn the_mock_runs_a_tool_loop_with_usage() {
+    let stack = TestStack::start(1, Mock::default()).await;
+    let guest = stack.guest().await;
+    let question = json!({"role": "user", "content": "weather in Oslo?"});
+    let asked = json!({"stream": true, "stream_options": {"include_usage": true},
+        "tools": weather_tools(), "messages": [question]});
+    let response = post(&stack, &guest.token, asked).await;
+    let (calls, finish, usage) = streamed_calls(&response.text().await.unwrap());
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["name"], json!("get_weather"));
+    let arguments: Value = serde_json::from_str(calls[0]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, json!({"city": "city"}));
+    assert_eq!(finish.as_deref(), Some("tool_calls"));
+    assert_eq!(usage.unwrap()["prompt_tokens"], json!(3));
+    // The result goes back; the answer is whole, with its usage.
+    let id = calls[0]["id"].as_str().unwrap();
+    let result = json!({"tools": weather_tools(), "messages": [question,
+        {"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function",
+            "function": {"name": "get_weather", "arguments": calls[0]["arguments"]}}]},
+        {"role": "tool", "tool_call_id": id, "content": "sunny"}]});
+    let answer: Value = post(&stack, &guest.token, result)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        json!("The tool answered: sunny")
+    );
+    assert_eq!(answer["choices"][0]["finish_reason"], json!("stop"));
+    assert_eq!(answer["usage"]["completion_tokens"], json!(4));
+}
+
+#[tokio::test]
+async fn a_models_tool_call_and_usage_reach_the_client_whole_and_streamed() {
+    let model = FakeModel::start().await;
+    let stack = stack_with_model(&model).await;
+    let guest = stack.guest().await;
+    let messages = json!([{"role": "user", "content": "weather?"}]);
+    let streamed = json!({"stream": true, "stream_options": {"include_usage": true},
+        "tools": weather_tools(), "messages": messages});
+    let response = post(&stack, &guest.token, streamed).await;
+    let (calls, finish, usage) = streamed_calls(&response.text().await.unwrap());
+    assert_eq!(
+        calls,
+        [json!({"id": "call_fake_1", "name": "get_weather", "arguments": "{\"city\":\"city\"}"})]
+    );
+    assert_eq!(finish.as_deref(), Some("tool_calls"));
+    assert_eq!(usage.unwrap()["total_tokens"], json!(10));
+    let whole = json!({"tools": weather_tools(), "messages": messages});
+    let answer: Value = post(&stack, &guest.token, whole)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let message = &answer["choices"][0]["message"];
+    assert_eq!(message["content"], Value::Null);
+    assert_eq!(message["tool_calls"][0]["id"], json!("call_fake_1"));
+    assert_eq!(message["tool_calls"][0]["type"], json!("function"));
+    assert_eq!(
+        message["tool_calls"][0]["function"]["arguments"],
+        json!("{\"city\":\"city\"}")
+    );
+    assert_eq!(answer["choices"][0]["finish_reason"], json!("tool_calls"));
+    assert_eq!(
+        answer["usage"]["prompt_tokens"],
+        json!(7),
+        "the model's own count"
+    );
+}
