@@ -103,6 +103,10 @@ pub enum ErrorCode {
     /// The OpenAI-API request names a model this server does not offer
     /// (`GET /v1/models` lists those it does).
     ModelNotFound,
+    /// The model server refused the request as it is (its context too
+    /// long, a tool's schema invalid, …): its reason comes with it. Asking
+    /// the same again will not help.
+    ModelRefused,
     /// An unexpected server fault; details are in the server log only.
     Internal,
 }
@@ -183,6 +187,7 @@ impl ErrorCode {
             Self::AnswerExpired => "the answer is no longer kept; ask again",
             Self::InvalidParameter => "a field of the request is not valid",
             Self::ModelNotFound => "no such model here",
+            Self::ModelRefused => "the model refused the request",
             Self::Internal => "internal error",
         }
     }
@@ -198,7 +203,8 @@ impl ErrorCode {
             | Self::BinaryNotSupported
             | Self::InvalidText
             | Self::InvalidQuery
-            | Self::InvalidParameter => 400,
+            | Self::InvalidParameter
+            | Self::ModelRefused => 400,
             Self::MissingToken | Self::InvalidToken => 401,
             Self::OriginNotAllowed | Self::GuestSessionsDisabled | Self::InvalidRoomToken => 403,
             Self::NotAMember | Self::NotFound | Self::RoomsDisabled | Self::ModelNotFound => 404,
@@ -262,12 +268,13 @@ impl ErrorCode {
             Self::AnswerExpired => "answer_expired",
             Self::InvalidParameter => "invalid_parameter",
             Self::ModelNotFound => "model_not_found",
+            Self::ModelRefused => "model_refused",
             Self::Internal => "internal",
         }
     }
 
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 39] = [
+    pub const ALL: [ErrorCode; 40] = [
         Self::InvalidJson,
         Self::InvalidFrame,
         Self::UnknownType,
@@ -306,6 +313,7 @@ impl ErrorCode {
         Self::AnswerExpired,
         Self::InvalidParameter,
         Self::ModelNotFound,
+        Self::ModelRefused,
         Self::Internal,
     ];
 }

@@ -6,7 +6,8 @@
 //! |---|---|
 //! | none | streams `Model says: <text>` word by word, then `[DONE]` |
 //! | `[[slow]]` | the same, 100 ms between words |
-//! | `[[500]]` | answers `500` with an OpenAI-style error body |
+//! | `[[500]]`, `[[400]]`, `[[401]]` | answers that status with an OpenAI-style error body (which names a key and an organisation) |
+//! | `[[429-once]]` | `429` (`Retry-After: 0`) the first time, then as none |
 //! | `[[cut]]` | two words, then the response ends without `[DONE]` |
 //! | `[[stall]]` | one word, then nothing (the client's idle timeout) |
 //! | `[[error]]` | one word, then an error event |
@@ -54,6 +55,8 @@ pub struct Seen {
     answers: Mutex<HashMap<String, Vec<String>>>,
     /// Answers begun, to seed each one's words differently.
     begun: AtomicU64,
+    /// Messages already refused once with `[[429-once]]`.
+    refused_once: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A running fake model server; stops when dropped.
@@ -259,9 +262,28 @@ async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: St
     if let Some(call) = tool_call(&body) {
         return tool_call_response(call, usage);
     }
-    if text.contains("[[500]]") {
-        let error = json!({"error": {"message": "the fake model is down", "type": "server_error"}});
-        return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response();
+    let refusals = [
+        ("[[500]]", StatusCode::INTERNAL_SERVER_ERROR),
+        ("[[400]]", StatusCode::BAD_REQUEST),
+        ("[[401]]", StatusCode::UNAUTHORIZED),
+    ];
+    for (marker, status) in refusals {
+        if text.contains(marker) {
+            let error = json!({"error": {"type": "error", "message": format!(
+                "the fake model says no ({status}): context too long for key sk-proj-abcdefghijklmnop1234 of org-ABCDEFGHIJKLMNOP"
+            )}});
+            return (status, error.to_string()).into_response();
+        }
+    }
+    if text.contains("[[429-once]]") && seen.refused_once.lock().expect("once").insert(text.clone())
+    {
+        let error = json!({"error": {"message": "slow down", "type": "rate_limit"}});
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "0")],
+            error.to_string(),
+        )
+            .into_response();
     }
     let words: Vec<String> = match seen.random_pace {
         Some(_) => {

@@ -10,7 +10,6 @@ use crate::coalescer::{Coalescer, Gathering};
 use crate::engine::{Engine, EngineError, Piece};
 use broker::{PendingConfirm, PublishError, Session, properties};
 use futures_util::StreamExt;
-use protocol::ErrorCode;
 use protocol::amqp::{self, ChatRequest, MessageStatus, ReplyChunk, ReplyError, StatusEvent};
 use protocol::topology::{Destination, Names};
 use protocol::trace::TraceParent;
@@ -148,18 +147,16 @@ impl Answer<'_> {
                 Event::Piece(Some(Err(e @ EngineError::Unanswerable(_)))) => {
                     return Err(AnswerError::Unanswerable(e));
                 }
-                Event::Piece(Some(Err(EngineError::Failed(why)))) => {
-                    warn!(engine = self.engine.name(), reason = %why, "the model failed; telling the user");
+                Event::Piece(Some(Err(failure))) => {
+                    let (code, why) = (failure.code(), failure.to_string());
+                    warn!(engine = self.engine.name(), reason = %why, %code, "the model failed; telling the user");
                     if gathered.due().is_some() {
                         let (text, pieces) = gathered.take(Instant::now());
                         let chunk = ReplyChunk::answering(request, out.seq, text, false)
                             .with_output(gathered.take_output());
                         out.send(chunk, pieces).await?;
                     }
-                    let error = ReplyError {
-                        code: ErrorCode::ModelFailed,
-                        message: why,
-                    };
+                    let error = ReplyError { code, message: why };
                     let chunk = ReplyChunk {
                         request_sent_at_ms: Some(request.sent_at_ms),
                         ..ReplyChunk::failure(request.user_id.clone(), request.id, error)

@@ -4,11 +4,14 @@
 //! server, vLLM, Ollama, LocalAI and OpenAI itself speak. The conversation's
 //! recent turns go along as context.
 //!
-//! Every failure becomes [`EngineError::Failed`] with a reason a user can
-//! read: the server unreachable, an error status, no first token within
-//! `first_token_timeout_ms`, a pause over `idle_timeout_ms`, an error event,
-//! or a stream that ends without `[DONE]` (cut off). The API key is sent,
-//! never logged.
+//! Every failure becomes an [`EngineError`] with a reason a user can
+//! read: the request refused as it is (a 4xx: `Refused`, the server's
+//! reason with keys masked), this service's credentials refused (401/403:
+//! `Misconfigured`), or `Failed` — the server unreachable or failing (429,
+//! 5xx: tried three times with backoff first; a 5xx body is logged, never
+//! passed on), no first token within `first_token_timeout_ms`, a pause over
+//! `idle_timeout_ms`, an error event, or a stream that ends without
+//! `[DONE]` (cut off). The API key is sent, never logged.
 
 use super::pieces::{EngineError, Piece, Pieces};
 use super::sse::{self, Event};
@@ -20,7 +23,7 @@ use protocol::amqp::{ChatRequest, Role};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, error, warn};
 
 /// Most bytes of an error response quoted in the reason.
 const ERROR_SNIPPET: usize = 300;
@@ -38,6 +41,8 @@ pub struct OpenAi {
     max_tokens: u32,
     /// Parameters the operator fixes, over any client's.
     pinned: serde_json::Map<String, Value>,
+    /// Whether a refusal of this service's credentials was logged.
+    told_misconfigured: std::sync::Arc<std::sync::atomic::AtomicBool>,
     first_token_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -78,6 +83,7 @@ impl OpenAi {
         };
         Ok(Self {
             pinned,
+            told_misconfigured: Default::default(),
             http,
             url: format!("{base}/chat/completions"),
             model: settings.model.clone(),
@@ -169,26 +175,7 @@ impl OpenAi {
         tx: &mpsc::Sender<Result<Piece, EngineError>>,
     ) -> Result<(), EngineError> {
         let failed = |why: String| EngineError::Failed(why);
-        let mut post = self.http.post(&self.url).json(&body);
-        if !self.api_key.is_empty() {
-            post = post.bearer_auth(&self.api_key);
-        }
-        let response = tokio::time::timeout(self.first_token_timeout, post.send())
-            .await
-            .map_err(|_| failed("the model server did not answer in time".into()))?
-            .map_err(|e| failed(format!("the model server is unreachable ({})", short(&e))))?;
-        let status = response.status();
-        if !status.is_success() {
-            let text = tokio::time::timeout(self.idle_timeout, response.text())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            let snippet: String = text.chars().take(ERROR_SNIPPET).collect();
-            return Err(failed(format!(
-                "the model server answered {status}: {snippet}"
-            )));
-        }
+        let response = self.respond(&body).await?;
         let mut bytes = response.bytes_stream();
         let mut line = Vec::new();
         let mut first = true;
@@ -236,6 +223,145 @@ impl OpenAi {
             }
         }
     }
+}
+
+impl OpenAi {
+    /// Sends the request and returns the server's streaming response.
+    /// What the server's status says: a 4xx refusal of the request is the
+    /// client's at once (`Refused`, its message masked); 401/403 is this
+    /// service's configuration (`Misconfigured`, logged once); 429, 5xx,
+    /// an unreachable server and a time-out are tried again with backoff,
+    /// then `Failed` — a 5xx body is logged, never passed on.
+    async fn respond(&self, body: &Value) -> Result<reqwest::Response, EngineError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let retry = match self.send_once(body).await {
+                Ok(response) => return Ok(response),
+                Err(Attempt::Final(failure)) => return Err(failure),
+                Err(Attempt::Again(_, wait)) if tries < RETRIES => {
+                    wait.unwrap_or(BACKOFF * 2u32.pow(tries - 1))
+                }
+                Err(Attempt::Again(failure, _)) => return Err(failure),
+            };
+            debug!(tries, ?retry, "the model server failed; trying again");
+            tokio::time::sleep(retry).await;
+        }
+    }
+
+    async fn send_once(&self, body: &Value) -> Result<reqwest::Response, Attempt> {
+        let again = |why: &str| Attempt::Again(EngineError::Failed(why.to_owned()), None);
+        let mut post = self.http.post(&self.url).json(body);
+        if !self.api_key.is_empty() {
+            post = post.bearer_auth(&self.api_key);
+        }
+        let response = tokio::time::timeout(self.first_token_timeout, post.send())
+            .await
+            .map_err(|_| again("the model server did not answer in time"))?
+            .map_err(|e| again(&format!("the model server is unreachable ({})", short(&e))))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .filter(|wait| *wait <= MAX_RETRY_AFTER);
+        let text = tokio::time::timeout(self.idle_timeout, response.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let code = status.as_u16();
+        Err(match code {
+            400 | 404 | 413 | 422 => Attempt::Final(EngineError::Refused(format!(
+                "the model refused the request: {}",
+                masked(&reason(&text))
+            ))),
+            401 | 403 => {
+                if !self
+                    .told_misconfigured
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    error!(
+                        status = code,
+                        "the model server refuses this responder's credentials: check openai.api_key (and the account behind it)"
+                    );
+                }
+                Attempt::Final(EngineError::Misconfigured(
+                    "the model server refused this service's credentials; its operator must check openai.api_key".into(),
+                ))
+            }
+            429 => Attempt::Again(
+                EngineError::Failed("the model server is busy (429); send again later".into()),
+                retry_after,
+            ),
+            _ => {
+                let snippet: String = text.chars().take(ERROR_SNIPPET).collect();
+                warn!(status = code, body = %masked(&snippet), "the model server failed");
+                Attempt::Again(
+                    EngineError::Failed(format!("the model server failed (HTTP {code})")),
+                    retry_after,
+                )
+            }
+        })
+    }
+}
+
+/// One try at the model server, failed: for good, or worth another (after
+/// the wait the server asked for, if any).
+enum Attempt {
+    Final(EngineError),
+    Again(EngineError, Option<Duration>),
+}
+
+/// Tries of one request before it fails (429, 5xx, unreachable, timed out).
+const RETRIES: u32 = 3;
+/// The wait before the second try; doubled before each next.
+const BACKOFF: Duration = Duration::from_millis(250);
+/// A `Retry-After` longer than this is not waited for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The reason in an error body: OpenAI's `error.message`, or the text.
+fn reason(body: &str) -> String {
+    let message = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned));
+    let reason = message.unwrap_or_else(|| body.to_owned());
+    reason.chars().take(ERROR_SNIPPET).collect()
+}
+
+/// `text` with anything that looks like a key or an account id masked:
+/// `sk-…`, `org-…`, `proj_…`, `key-…`, and any run of 24 or more letters,
+/// digits, `_` or `-`.
+pub(super) fn masked(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let secret = ["sk-", "org-", "proj_", "key-", "rk-"]
+            .iter()
+            .any(|p| word.starts_with(p) && word.len() > p.len() + 3)
+            || word.len() >= 24;
+        if secret {
+            out.push_str("***");
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for ch in text.chars() {
+        if ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' {
+            word.push(ch);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(ch);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 /// An HTTP error without the URL (which could carry credentials).

@@ -30,6 +30,27 @@ pub enum EngineError {
     /// `model_failed` and the reason, and the request is done (not retried).
     #[error("{0}")]
     Failed(String),
+    /// The model server refused the request as it is (context too long,
+    /// an invalid tool schema: a 4xx): the client gets `model_refused`
+    /// with the server's reason, at once — asking again will not help.
+    #[error("{0}")]
+    Refused(String),
+    /// The model server refused this service (401/403: its key, its
+    /// account): an operator's problem, `internal` for the user.
+    #[error("{0}")]
+    Misconfigured(String),
+}
+
+impl EngineError {
+    /// What the user is told, for a failure that ends the answer.
+    pub fn code(&self) -> protocol::ErrorCode {
+        match self {
+            Self::Unanswerable(_) => protocol::ErrorCode::RequestFailed,
+            Self::Failed(_) => protocol::ErrorCode::ModelFailed,
+            Self::Refused(_) => protocol::ErrorCode::ModelRefused,
+            Self::Misconfigured(_) => protocol::ErrorCode::Internal,
+        }
+    }
 }
 
 /// The pieces of one answer.

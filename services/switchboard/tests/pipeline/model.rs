@@ -81,10 +81,26 @@ async fn a_failing_or_cut_off_model_gives_a_clear_error_once_and_is_not_retried(
     let model = FakeModel::start().await;
     let (stack, mut counters) = stack_with_model(&model).await;
     let (_, mut client) = stack.client().await;
-    for (text, streamed, reason) in [
-        ("[[500]] now", "", "500"),
-        ("[[cut]] please", "Model says: ", "cut off"),
-        ("[[stall]] please", "Model ", "timed out"),
+    for (text, streamed, reason, code) in [
+        ("[[500]] now", "", "500", ErrorCode::ModelFailed),
+        (
+            "[[cut]] please",
+            "Model says: ",
+            "cut off",
+            ErrorCode::ModelFailed,
+        ),
+        (
+            "[[stall]] please",
+            "Model ",
+            "timed out",
+            ErrorCode::ModelFailed,
+        ),
+        (
+            "[[400]] too long",
+            "",
+            "context too long",
+            ErrorCode::ModelRefused,
+        ),
     ] {
         let id = client.send_accepted(text).await.unwrap();
         let chunks = client.collect_reply(id).await.unwrap();
@@ -93,7 +109,7 @@ async fn a_failing_or_cut_off_model_gives_a_clear_error_once_and_is_not_retried(
             .error
             .as_ref()
             .expect("the final chunk carries the error");
-        assert_eq!(error.code, ErrorCode::ModelFailed, "{text}");
+        assert_eq!(error.code, code, "{text}");
         assert!(error.message.contains(reason), "{text}: {}", error.message);
         assert_eq!(
             text_of(&chunks),
@@ -101,11 +117,13 @@ async fn a_failing_or_cut_off_model_gives_a_clear_error_once_and_is_not_retried(
             "{text}: what streamed before stays"
         );
     }
-    wait_counters(&mut counters, "three model failures acked", |c| {
-        c.model_failures == 3 && c.answered == 3 && c.failed == 0
+    wait_counters(&mut counters, "four model failures acked", |c| {
+        c.model_failures == 4 && c.answered == 4 && c.failed == 0
     })
     .await;
-    assert_eq!(model.bodies().len(), 3, "each asked once: not retried");
+    // The engine tries a 500 three times; none is redelivered through
+    // chat_queue, and a refusal is not tried again.
+    assert_eq!(model.bodies().len(), 3 + 1 + 1 + 1);
     assert!(client.frames_before_pong().await.unwrap().is_empty());
 }
 

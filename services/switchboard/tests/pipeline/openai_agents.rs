@@ -225,3 +225,42 @@ async fn a_models_tool_call_and_usage_reach_the_client_whole_and_streamed() {
         "the model's own count"
     );
 }
+
+#[tokio::test]
+async fn the_model_servers_errors_reach_the_client_as_what_they_are() {
+    let model = FakeModel::start().await;
+    let stack = stack_with_model(&model).await;
+    let guest = stack.guest().await;
+    for (marker, status, code, says) in [
+        (
+            "[[400]]",
+            StatusCode::BAD_REQUEST,
+            "model_refused",
+            "context too long",
+        ),
+        (
+            "[[401]]",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "openai.api_key",
+        ),
+        (
+            "[[500]]",
+            StatusCode::BAD_GATEWAY,
+            "model_failed",
+            "HTTP 500",
+        ),
+    ] {
+        let body = json!({"messages": [{"role": "user", "content": format!("{marker} hi")}]});
+        let response = post(&stack, &guest.token, body).await;
+        assert_eq!(response.status(), status, "{marker}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], json!(code), "{marker}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{marker}: {message}");
+        assert!(
+            !message.contains("abcdefghijklmnop") && !message.contains("ABCDEFGHIJKLMNOP"),
+            "{marker}: no key or organisation id: {message}"
+        );
+    }
+}

@@ -85,15 +85,59 @@ async fn streams_the_answer_with_the_conversation_as_context() {
 }
 
 #[tokio::test]
-async fn an_error_status_is_a_failure_with_the_servers_reason() {
+async fn a_server_failure_is_tried_again_then_failed_without_its_body() {
     let model = FakeModel::start().await;
     let client = OpenAi::new(&settings(model.base_url())).unwrap();
     let (text, end) = run(&client, &request("[[500]]")).await;
     let why = failed(end);
     assert!(text.is_empty());
     assert!(
-        why.contains("500") && why.contains("the fake model is down"),
+        why.contains("500") && !why.contains("fake model says"),
         "{why}"
+    );
+    assert_eq!(model.bodies().len(), 3, "three tries");
+}
+
+#[tokio::test]
+async fn a_refused_request_is_the_clients_at_once_with_keys_masked() {
+    let model = FakeModel::start().await;
+    let client = OpenAi::new(&settings(model.base_url())).unwrap();
+    let (_, end) = run(&client, &request("[[400]]")).await;
+    let Some(EngineError::Refused(why)) = end else {
+        panic!("refused, got {end:?}");
+    };
+    assert!(why.contains("context too long"), "{why}");
+    assert!(
+        !why.contains("abcdefghijklmnop") && !why.contains("ABCDEFGHIJKLMNOP"),
+        "{why}"
+    );
+    assert_eq!(model.bodies().len(), 1, "not tried again");
+    let (_, end) = run(&client, &request("[[401]]")).await;
+    let Some(EngineError::Misconfigured(why)) = end else {
+        panic!("misconfigured, got {end:?}");
+    };
+    assert!(why.contains("openai.api_key"), "{why}");
+}
+
+#[tokio::test]
+async fn a_busy_server_is_tried_again() {
+    let model = FakeModel::start().await;
+    let client = OpenAi::new(&settings(model.base_url())).unwrap();
+    let (text, end) = run(&client, &request("[[429-once]] hi")).await;
+    assert!(end.is_none(), "{end:?}");
+    assert_eq!(text, model_answer("[[429-once]] hi"));
+    assert_eq!(model.bodies().len(), 2);
+}
+
+#[test]
+fn keys_and_account_ids_are_masked() {
+    assert_eq!(
+        masked("bad key sk-abc123456789 for org-XYZ12345, id 0123456789abcdefghijklmnop."),
+        "bad key *** for ***, id ***."
+    );
+    assert_eq!(
+        masked("context length 4096 exceeded"),
+        "context length 4096 exceeded"
     );
 }
 
