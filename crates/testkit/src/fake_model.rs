@@ -22,8 +22,9 @@
 //! few milliseconds, recording each answer it began (see
 //! [`FakeModel::answers_to`]).
 //!
-//! It records every request body and the `Authorization` header, and counts
-//! streams the client abandoned (closed before the end).
+//! It records every request body and the `Authorization` header (the
+//! bodies also at `GET /v1/_seen`), and counts streams the client abandoned
+//! (closed before the end). `fake-model` runs one as a process.
 
 use axum::Router;
 use axum::body::Body;
@@ -114,6 +115,7 @@ impl FakeModel {
         let seen = Arc::new(seen);
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
+            .route("/v1/_seen", axum::routing::get(bodies_seen))
             .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -137,6 +139,7 @@ impl FakeModel {
         let seen = Arc::new(Seen::default());
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
+            .route("/v1/_seen", axum::routing::get(bodies_seen))
             .with_state(seen.clone());
         let key = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .expect("a self-signed certificate");
@@ -241,6 +244,11 @@ fn delta(text: &str) -> String {
     let event = json!({"id": "fake", "object": "chat.completion.chunk",
         "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
     format!("data: {event}\n\n")
+}
+
+/// `GET /v1/_seen`: every request body so far, for tests outside Rust.
+async fn bodies_seen(State(seen): State<Arc<Seen>>) -> axum::Json<Value> {
+    axum::Json(Value::Array(seen.bodies.lock().expect("bodies").clone()))
 }
 
 async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: String) -> Response {
