@@ -13,7 +13,8 @@ pub struct Counters {
     /// Answers that failed and were handed back to the queue (each counts
     /// towards the request's delivery limit).
     pub failed: u64,
-    /// Dead-lettered requests whose user was told (or had no queue left).
+    /// Dead-lettered requests settled: their user told, or not to be (no
+    /// queue left, a full one, or every try failed).
     pub dead_letters_notified: u64,
     /// Answers stopped by a `cancel` (included in `answered`: the request
     /// got its final chunk and was acked).

@@ -2,7 +2,9 @@
 //! every attempt up to `chat_queue`'s delivery limit, is dead-lettered by
 //! RabbitMQ. A copy stays in `chat_queue.dead` for operators; this consumer
 //! takes the copy in `chat_queue.dead.notify`, logs why, and sends the user a
-//! final `request_failed` reply instead of leaving them waiting.
+//! final `request_failed` reply instead of leaving them waiting — once:
+//! a user's full queue that refuses the notice is final for it, and other
+//! failures are retried with a growing pause, a bounded number of times.
 
 use crate::counters::Tally;
 use broker::consumer::{Serve, Served};
@@ -14,6 +16,8 @@ use protocol::topology::{Destination, Names};
 use protocol::trace::TraceParent;
 use protocol::{ErrorCode, MessageId, UserId};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
@@ -22,11 +26,26 @@ use tracing::{error, warn};
 pub struct DeadLetters {
     broker: Broker,
     tally: Tally,
+    /// Notices a full queue refused, for a log line per so many.
+    refusals_logged: AtomicU64,
 }
+
+/// A notice that could not be published is tried again at most this often.
+const MAX_TRIES: u32 = 8;
+/// The pause before the first retry, doubled before each next, at most
+/// [`MAX_PAUSE`].
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+/// Refusals by full queues between two log lines.
+const REFUSALS_PER_LINE: u64 = 1000;
 
 impl DeadLetters {
     pub fn new(broker: Broker, tally: Tally) -> Self {
-        Self { broker, tally }
+        Self {
+            broker,
+            tally,
+            refusals_logged: AtomicU64::new(0),
+        }
     }
 }
 
@@ -101,9 +120,29 @@ impl DeadLetters {
             Err(PublishError::Unroutable { .. }) => {
                 warn!(user_id = %user, "the user's reply queue is gone; nobody to tell")
             }
+            // The user's queue is full and refuses it: final for the
+            // notice (the dead letter stays in chat_queue.dead). Retrying
+            // would loop as fast as the broker answers, for as long as
+            // the queue stays full — which other users can make it.
+            Err(PublishError::Nacked) => {
+                metrics::counter!("switchboard_responder_dead_letter_notices_refused_total")
+                    .increment(1);
+                if self.refusals_logged.fetch_add(1, Ordering::Relaxed) % REFUSALS_PER_LINE == 0 {
+                    warn!(user_id = %user, "the user's reply queue is full and refused the notice of a dead-lettered request; it stays in chat_queue.dead (logged once per {REFUSALS_PER_LINE})");
+                }
+            }
             Err(e) => {
-                // Try again later; the copy in chat_queue.dead stays either way.
-                warn!(error = %e, "could not tell the user; retrying");
+                // Try again, after a pause that grows with the tries, up
+                // to a bound; the copy in chat_queue.dead stays either way.
+                let tries = properties::delivery_count(&delivery.properties).max(0) as u32;
+                if tries >= MAX_TRIES {
+                    warn!(error = %e, tries, "could not tell the user; giving up (the dead letter stays in chat_queue.dead)");
+                    self.settle(&delivery).await;
+                    return;
+                }
+                let pause = RETRY_PAUSE.saturating_mul(1 << tries.min(6)).min(MAX_PAUSE);
+                warn!(error = %e, tries, retry_in = ?pause, "could not tell the user; retrying");
+                tokio::time::sleep(pause).await;
                 let requeue = BasicNackOptions {
                     requeue: true,
                     ..BasicNackOptions::default()

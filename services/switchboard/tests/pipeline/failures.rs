@@ -227,3 +227,53 @@ async fn an_answer_for_a_reply_queue_that_expired_is_dropped_and_the_request_don
     assert_eq!(counters.borrow().failed, 0, "never handed back");
     let _ = admin.close(200, "done".into()).await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_notice_a_full_queue_refuses_is_settled_once_not_looped() {
+    use broker::lapin::options::BasicPublishOptions;
+    let stack = TestStack::start_with(1, Mock::default(), |s| s.reply_queue.max_length = 2).await;
+    let mut counters = stack.responders[0].counters();
+    let (guest, client) = stack.client().await;
+    client.close().await.unwrap();
+    let names = protocol::topology::Names::new(&stack.prefix);
+    let admin = broker::lapin::Connection::connect(&stack.url, Default::default())
+        .await
+        .unwrap();
+    let channel = admin.create_channel().await.unwrap();
+    let publish = async |queue: String, body: Vec<u8>| {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    };
+    // Someone filled the user's queue (co-members of a room can).
+    for n in 0..2 {
+        publish(
+            names.reply_queue(&guest.user_id),
+            format!("filler {n}").into_bytes(),
+        )
+        .await;
+    }
+    // A request of theirs that fails every attempt is dead-lettered; its
+    // notice is refused by the full queue.
+    let poison = protocol::amqp::ChatRequest::new(
+        protocol::MessageId::new_random(),
+        guest.user_id.clone(),
+        format!("please {}", crate::stack::POISON),
+        0,
+    );
+    publish(names.chat_queue(), protocol::amqp::encode(&poison)).await;
+    crate::stack::wait_counters(&mut counters, "the notice is settled", |c| {
+        c.dead_letters_notified == 1
+    })
+    .await;
+    let _ = admin.close(200, "done".into()).await;
+}
