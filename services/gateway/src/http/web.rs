@@ -1,16 +1,20 @@
 //! The web UI: the built page from `http.web_dir` (its `index.html` for
-//! unknown paths), or a page that says how to build it. A relative
+//! paths of the app; a missing file is `404`), with its security and cache
+//! headers, or a page that says how to build it. A relative
 //! `web_dir` is looked for in the working directory, then in the workspace
 //! this gateway was built from, so `cargo run` serves the page from any
 //! folder of the checkout; the log says which folder is served.
 
 use axum::Router;
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::Html;
+use axum::response::{Html, IntoResponse, Response};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tower::ServiceExt;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// What the page may load and run: its own scripts and styles only (no
 /// inline script, so injected markup could run nothing even if it got
@@ -24,18 +28,77 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 pub fn router<S: Clone + Send + Sync + 'static>(dir: &str) -> Router<S> {
-    page(dir).layer(SetResponseHeaderLayer::overriding(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    ))
+    page(dir)
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+}
+
+/// A path no file of the page can have (a segment longer than a file name
+/// may be, or a path longer than any the page uses).
+fn impossible(path: &str) -> bool {
+    path.len() > 1024 || path.split('/').any(|segment| segment.len() > 255)
+}
+
+/// Serves the built page in `dir`: a file by its path (a hashed asset
+/// under `/assets/` cached for good, anything else revalidated); a path
+/// with no file extension is a page of the app, `index.html` (never
+/// cached); a missing file — an asset, a `.map` — is `404`, never the page.
+async fn serve(dir: Arc<PathBuf>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let file_like = path
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains('.'));
+    let response = if impossible(&path) {
+        (StatusCode::NOT_FOUND, "not found").into_response()
+    } else if file_like {
+        match ServeDir::new(dir.as_path()).oneshot(request).await {
+            Ok(response) => response.into_response(),
+            Err(never) => match never {},
+        }
+    } else {
+        match ServeFile::new(dir.join("index.html"))
+            .oneshot(request)
+            .await
+        {
+            Ok(response) => response.into_response(),
+            Err(never) => match never {},
+        }
+    };
+    let mut response = match response.status() {
+        status if status.is_server_error() => {
+            debug!(path, %status, "the page could not be served");
+            (StatusCode::NOT_FOUND, "not found").into_response()
+        }
+        _ => response,
+    };
+    let cache = if path.starts_with("/assets/") && response.status().is_success() {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    response
 }
 
 fn page<S: Clone + Send + Sync + 'static>(dir: &str) -> Router<S> {
     match find(dir, Path::new(WORKSPACE)) {
         Some(found) => {
             info!(web_dir = %found.display(), "serving the chat page");
-            let index = found.join("index.html");
-            Router::new().fallback_service(ServeDir::new(found).fallback(ServeFile::new(index)))
+            let dir = Arc::new(found);
+            Router::new().fallback(move |request: Request| serve(dir.clone(), request))
         }
         None => {
             warn!(

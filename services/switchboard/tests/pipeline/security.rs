@@ -471,3 +471,46 @@ async fn a_client_too_slow_to_read_is_disconnected_and_loses_nothing() {
     }
     assert_eq!(answered, ids.iter().copied().collect());
 }
+
+#[tokio::test]
+async fn the_page_is_served_with_its_headers_and_a_missing_file_is_not_the_page() {
+    let dir = std::env::temp_dir().join(format!("sb-page-{}", protocol::MessageId::new_random()));
+    std::fs::create_dir_all(dir.join("assets")).unwrap();
+    std::fs::write(dir.join("index.html"), "<!doctype html><title>page</title>").unwrap();
+    std::fs::write(dir.join("assets/app-1a2b3c.js"), "console.log(1)").unwrap();
+    let web_dir = dir.to_str().unwrap().to_owned();
+    let stack = TestStack::start_with(0, Mock::default(), |s| s.http.web_dir = web_dir).await;
+    let get = async |path: &str| {
+        reqwest::get(format!("http://{}{path}", stack.addr()))
+            .await
+            .unwrap()
+    };
+    let long = format!("/{}", "a".repeat(300));
+    for (path, status, cache) in [
+        ("/", 200, "no-cache"),
+        ("/some/page/of/the/app", 200, "no-cache"),
+        (
+            "/assets/app-1a2b3c.js",
+            200,
+            "public, max-age=31536000, immutable",
+        ),
+        ("/assets/missing-9z.js", 404, "no-cache"),
+        ("/assets/app-1a2b3c.js.map", 404, "no-cache"),
+        (long.as_str(), 404, "no-cache"),
+        (&format!("{long}.js"), 404, "no-cache"),
+    ] {
+        let response = get(path).await;
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let headers = response.headers();
+        assert_eq!(headers["cache-control"], cache, "{path}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
+        let body = response.text().await.unwrap();
+        assert_eq!(
+            status == 200 && !path.contains("assets"),
+            body.contains("<title>page"),
+            "{path}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
