@@ -56,6 +56,11 @@ impl ApiError {
         self
     }
 
+    /// When the client was told to try again, if it was.
+    pub fn wait(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
     /// The error concerns message `id`.
     pub fn about(mut self, id: MessageId) -> Self {
         self.id = Some(id);
@@ -109,13 +114,18 @@ impl IntoResponse for ApiError {
             retryable: code.is_retryable(),
         };
         let mut response = (status, Json(body)).into_response();
-        if let Some(wait) = self.retry_after {
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, seconds.max(1).into());
-        }
+        set_retry_after(&mut response, self.retry_after);
         response
+    }
+}
+
+/// `Retry-After` in whole seconds (at least one), when there is a wait.
+pub fn set_retry_after(response: &mut Response, wait: Option<Duration>) {
+    if let Some(wait) = wait {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, seconds.max(1).into());
     }
 }
 

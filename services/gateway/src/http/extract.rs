@@ -40,7 +40,8 @@ where
             .take(&verified.user)
             .map_err(|wait| {
                 metrics::counter!("switchboard_gateway_rate_limited_total").increment(1);
-                ApiError::from(ErrorCode::RateLimited).retry_after(wait)
+                ApiError::new(ErrorCode::RateLimited, "too many requests; slow down")
+                    .retry_after(wait)
             })?;
         Ok(Self(verified))
     }

@@ -77,7 +77,9 @@ impl IntoResponse for OpenAiError {
             StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         metrics::counter!("switchboard_gateway_errors_total", "code" => code.as_str()).increment(1);
         let body = wire::error_about(code, self.0.message(), self.1.as_deref());
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        super::error::set_retry_after(&mut response, self.0.wait());
+        response
     }
 }
 
@@ -169,9 +171,15 @@ async fn resume(
                 "not a completion id (chatcmpl-<uuid>)",
             )
         })?;
-    let after = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
-        None | Some("") => None,
-        Some(raw) => Some(raw.parse::<EventId>().map_err(|()| {
+    let after = match headers.get("last-event-id").map(|v| v.to_str()) {
+        None | Some(Ok("")) => None,
+        Some(Err(_)) => {
+            return Err(refused(
+                ErrorCode::InvalidFrame,
+                "Last-Event-ID is not an event id of this API",
+            ));
+        }
+        Some(Ok(raw)) => Some(raw.parse::<EventId>().map_err(|()| {
             refused(
                 ErrorCode::InvalidFrame,
                 "Last-Event-ID is not an event id of this API",
@@ -283,6 +291,8 @@ impl Reading {
                 () = tx.closed() => break,
             };
             for emit in answer.take(&chunk) {
+                // A made-up resume ends; the answer itself goes on.
+                let over = !matches!(emit, Emit::UnknownAttempt);
                 let (event, end) = match emit {
                     Emit::Delta { id, text, output } => {
                         let delta = wire::delta(&text, &output, std::mem::take(&mut first));
@@ -317,6 +327,10 @@ impl Reading {
                         }
                     }
                     Emit::Failed(error) => (error_event(error.code, &error.message), true),
+                    Emit::UnknownAttempt => {
+                        let why = "Last-Event-ID names an attempt this answer never had";
+                        (error_event(ErrorCode::InvalidFrame, why), true)
+                    }
                     Emit::Restarted => {
                         // The text sent cannot be taken back: stop this
                         // attempt's generation and say so.
@@ -330,8 +344,10 @@ impl Reading {
                 }
                 if end {
                     let _ = tx.send(Event::default().data("[DONE]")).await;
-                    reader.delivered();
-                    self.messages.answered(&self.user, self.id);
+                    if over {
+                        reader.delivered();
+                        self.messages.answered(&self.user, self.id);
+                    }
                     return;
                 }
             }

@@ -58,6 +58,8 @@ pub enum Emit {
     Failed(ReplyError),
     /// A newer attempt replaced the one the client has text of.
     Restarted,
+    /// The resume names an attempt this answer never had.
+    UnknownAttempt,
 }
 
 /// The answer so far, and how much of it the client has.
@@ -69,6 +71,8 @@ pub struct StreamedAnswer {
     sent: Option<u32>,
     /// A resumed stream: what the client had, until it is found again.
     resume: Option<EventId>,
+    /// Whether a chunk of the resumed attempt came.
+    resume_seen: bool,
 }
 
 impl StreamedAnswer {
@@ -83,6 +87,7 @@ impl StreamedAnswer {
 
     /// Takes one chunk in; what to tell the client because of it.
     pub fn take(&mut self, chunk: &ReplyChunk) -> Vec<Emit> {
+        self.resume_seen |= self.resume.is_some_and(|r| r.attempt == chunk.attempt);
         match self.shown.add(chunk) {
             Arrival::Repeat | Arrival::Stale | Arrival::AfterEnd => Vec::new(),
             Arrival::Failed => self
@@ -99,8 +104,12 @@ impl StreamedAnswer {
     fn advance(&mut self) -> Vec<Emit> {
         let attempt = self.shown.attempt();
         if self.attempt != Some(attempt) {
-            let had_text = self.sent.is_some() || self.resume.is_some_and(|r| r.attempt != attempt);
-            if had_text {
+            let resumed_other = self.resume.is_some_and(|r| r.attempt != attempt);
+            if resumed_other && !self.resume_seen {
+                // Its chunks come before a newer attempt's: it never was.
+                return vec![Emit::UnknownAttempt];
+            }
+            if self.sent.is_some() || resumed_other {
                 return vec![Emit::Restarted];
             }
             self.attempt = Some(attempt);
@@ -226,7 +235,15 @@ mod tests {
         assert_eq!(texts(&emits), "c");
         // Resumed, but the answer began again meanwhile.
         let mut moved = StreamedAnswer::new(Some("7.1".parse().unwrap()));
+        assert!(moved.take(&chunk(7, 0, "a", false)).is_empty());
         assert_eq!(moved.take(&chunk(8, 0, "x", false)), [Emit::Restarted]);
+        // Resumed from an attempt the answer never had: told so, nothing
+        // restarted (and so nothing cancelled).
+        let mut made_up = StreamedAnswer::new(Some("3.1".parse().unwrap()));
+        assert_eq!(
+            made_up.take(&chunk(8, 0, "x", false)),
+            [Emit::UnknownAttempt]
+        );
     }
 
     #[test]

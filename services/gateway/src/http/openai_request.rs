@@ -273,8 +273,18 @@ impl Policy {
         kinds: &[&str],
         empty_allowed: bool,
     ) -> Result<String, Refusal> {
+        let plain = |at: &str, text: &str| {
+            if protocol::message::text_allowed(text) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    at,
+                    "text may not hold NUL or other control characters than tab and line breaks",
+                ))
+            }
+        };
         match content {
-            Some(Value::String(text)) => Ok(text.clone()),
+            Some(Value::String(text)) => plain(at, text).map(|()| text.clone()),
             None | Some(Value::Null) if empty_allowed => Ok(String::new()),
             Some(Value::Array(parts)) if !parts.is_empty() => {
                 let mut text = String::new();
@@ -292,9 +302,11 @@ impl Policy {
                     match kind {
                         "text" | "refusal" => {
                             let piece = part.get(kind).and_then(Value::as_str);
-                            text.push_str(piece.ok_or_else(|| {
+                            let piece = piece.ok_or_else(|| {
                                 invalid(&at, format!("a {kind} part needs `{kind}`"))
-                            })?);
+                            })?;
+                            plain(&at, piece)?;
+                            text.push_str(piece);
                         }
                         "image_url" => self.image(&at, part.get("image_url"))?,
                         "input_audio" => {

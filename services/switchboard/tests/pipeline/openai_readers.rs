@@ -243,3 +243,75 @@ async fn a_storm_of_abandoned_streams_is_cancelled_and_drains_by_itself() {
     .await;
     assert_eq!(asked.len(), STREAMS);
 }
+
+#[tokio::test]
+async fn a_resume_with_a_made_up_attempt_or_a_broken_header_is_refused_and_cancels_nothing() {
+    let stack = TestStack::start(1, SLOW).await;
+    let alice = stack.guest().await;
+    let text = "resumed with a made-up id";
+    let response = post(&stack, &alice.token, asking(text, true)).await;
+    let completion = completion_id(&response);
+    let (seen, body) = read_until(response, |seen| !seen.is_empty()).await;
+    drop(body);
+    let url = format!(
+        "http://{}/v1/chat/completions/{completion}/stream",
+        stack.addr()
+    );
+    let broken = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(&alice.token)
+        .header(
+            "Last-Event-ID",
+            reqwest::header::HeaderValue::from_bytes(b"\xff.1").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        broken.status(),
+        StatusCode::BAD_REQUEST,
+        "not UTF-8: refused, not replayed"
+    );
+    let made_up = resume_at(stack.addr(), &alice.token, &completion, Some("1.0")).await;
+    let (told, _) = events(&made_up.text().await.unwrap());
+    let codes: Vec<String> = told.iter().filter_map(error_code).collect();
+    assert_eq!(codes, ["invalid_frame"]);
+    // The answer itself was not cancelled, nor forgotten: resumed
+    // properly, it comes whole.
+    let resumed = resume_at(
+        stack.addr(),
+        &alice.token,
+        &completion,
+        Some(&last_id(&seen)),
+    )
+    .await;
+    let (rest, _) = events(&resumed.text().await.unwrap());
+    assert_eq!(
+        format!("{}{}", content(&seen), content(&rest)),
+        expected_answer(text)
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limited_request_says_when_to_come_back() {
+    let stack = TestStack::start_with(1, Mock::default(), |s| {
+        s.rate_limit.api_burst = 1;
+        s.rate_limit.api_per_second = 1;
+    })
+    .await;
+    let alice = stack.guest().await;
+    let first = post(&stack, &alice.token, asking("one", false)).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = post(&stack, &alice.token, asking("two", false)).await;
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(second.headers().contains_key("retry-after"));
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert!(
+        !body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("frames")
+    );
+}
