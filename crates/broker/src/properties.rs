@@ -23,7 +23,9 @@ pub fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-fn persistent_json(
+/// The properties every body carries (persistent; the transient ones
+/// override the delivery mode).
+fn json_properties(
     message_id: String,
     kind: &str,
     user: &UserId,
@@ -54,13 +56,13 @@ pub fn chat_request(
     user: &UserId,
     trace: &TraceParent,
 ) -> BasicProperties {
-    persistent_json(message_id.to_string(), CHAT_REQUEST_TYPE, user, trace)
+    json_properties(message_id.to_string(), CHAT_REQUEST_TYPE, user, trace)
 }
 
 /// Properties of a reply chunk: `message_id` is `<reply id>:<seq>`, and
 /// `correlation_id` the request it answers.
 pub fn reply_chunk(chunk: &protocol::amqp::ReplyChunk, trace: &TraceParent) -> BasicProperties {
-    persistent_json(
+    json_properties(
         format!("{}:{}", chunk.id, chunk.seq),
         REPLY_CHUNK_TYPE,
         &chunk.user_id,
@@ -72,7 +74,7 @@ pub fn reply_chunk(chunk: &protocol::amqp::ReplyChunk, trace: &TraceParent) -> B
 /// Properties of a status event: transient (advisory; the final chunk is
 /// what counts), `correlation_id` the message it is about.
 pub fn status_event(event: &protocol::amqp::StatusEvent, trace: &TraceParent) -> BasicProperties {
-    persistent_json(
+    json_properties(
         format!("{}:{:?}", event.message_id, event.status),
         STATUS_TYPE,
         &event.user_id,
@@ -85,7 +87,7 @@ pub fn status_event(event: &protocol::amqp::StatusEvent, trace: &TraceParent) ->
 /// Properties of a cancel broadcast: transient (a cancel that finds no
 /// responder has nothing to stop).
 pub fn cancel(request: &protocol::amqp::CancelRequest, trace: &TraceParent) -> BasicProperties {
-    persistent_json(
+    json_properties(
         request.message_id.to_string(),
         CANCEL_TYPE,
         &request.user_id,
@@ -97,7 +99,7 @@ pub fn cancel(request: &protocol::amqp::CancelRequest, trace: &TraceParent) -> B
 /// Properties of a room message: persistent like a chunk (members offline
 /// get it from their queue), `message_id` `<room>:<seq>`.
 pub fn room_message(message: &protocol::amqp::RoomMessage, trace: &TraceParent) -> BasicProperties {
-    persistent_json(
+    json_properties(
         format!("{}:{}", message.room_id, message.seq),
         ROOM_MESSAGE_TYPE,
         &message.user_id,
@@ -107,7 +109,7 @@ pub fn room_message(message: &protocol::amqp::RoomMessage, trace: &TraceParent) 
 
 /// Properties of a room receipt: transient (advisory).
 pub fn room_receipt(receipt: &protocol::amqp::RoomReceipt, trace: &TraceParent) -> BasicProperties {
-    persistent_json(
+    json_properties(
         format!("{}:{}:{}", receipt.room_id, receipt.user_id, receipt.seq),
         ROOM_RECEIPT_TYPE,
         &receipt.user_id,
@@ -119,7 +121,7 @@ pub fn room_receipt(receipt: &protocol::amqp::RoomReceipt, trace: &TraceParent) 
 /// Properties of a [`protocol::amqp::RoomPresence`]: transient, like a
 /// receipt — advisory, and stale by the time a broker restart is over.
 pub fn room_presence(presence: &protocol::amqp::RoomPresence) -> BasicProperties {
-    persistent_json(
+    json_properties(
         format!("{}:{}:presence", presence.room_id, presence.user_id),
         ROOM_PRESENCE_TYPE,
         &presence.user_id,
@@ -136,28 +138,6 @@ pub fn completion_note() -> BasicProperties {
         .with_delivery_mode(PERSISTENT)
         .with_type(COMPLETION_NOTE_TYPE.into())
         .with_timestamp(now_ms() / 1000)
-}
-
-/// Whether a delivery is a [`protocol::amqp::RoomReceipt`] (by its `type`).
-pub fn is_room_receipt(properties: &BasicProperties) -> bool {
-    has_kind(properties, ROOM_RECEIPT_TYPE)
-}
-
-fn has_kind(properties: &BasicProperties, wanted: &str) -> bool {
-    properties
-        .kind()
-        .as_ref()
-        .is_some_and(|kind| kind.as_str() == wanted)
-}
-
-/// Whether a delivery is a [`protocol::amqp::StatusEvent`] (by its `type`).
-pub fn is_status_event(properties: &BasicProperties) -> bool {
-    has_kind(properties, STATUS_TYPE)
-}
-
-/// Whether a delivery is a [`protocol::amqp::RoomMessage`] (by its `type`).
-pub fn is_room_message(properties: &BasicProperties) -> bool {
-    has_kind(properties, ROOM_MESSAGE_TYPE)
 }
 
 fn string_header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a str> {

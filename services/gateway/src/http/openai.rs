@@ -28,7 +28,7 @@ use protocol::answer::ShownAnswer;
 use protocol::{ErrorCode, MessageId, UserId};
 use serde_json::{Value, json};
 use std::convert::Infallible;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -91,11 +91,6 @@ async fn not_found() -> OpenAiError {
     ErrorCode::NotFound.into()
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// `GET /v1/models`: the models this deployment offers (`openai_api.models`).
 async fn models(
@@ -221,7 +216,7 @@ impl Reading {
             user,
             id,
             model,
-            created: now_secs(),
+            created: crate::auth::now_secs(),
             messages,
             completions,
             resume_window: api.resume_window,

@@ -118,6 +118,19 @@ mod tests {
             panic!("a finish reason is a piece");
         };
         assert_eq!(stop.finish_reason.as_deref(), Some("length"));
+        let Event::Piece(word, probs) = text(
+            r#"data: {"choices":[{"delta":{"content":"Hi"},"logprobs":{"content":[{"token":"Hi","logprob":-0.1}]}}]}"#,
+        ) else {
+            panic!("text with log-probabilities is a piece");
+        };
+        assert_eq!(word, "Hi");
+        assert_eq!(probs.logprobs[0]["token"], "Hi");
+        let Event::Piece(_, refused) =
+            text(r#"data: {"choices":[{"delta":{"refusal":"I can't"}}]}"#)
+        else {
+            panic!("a refusal is a piece");
+        };
+        assert_eq!(refused.refusal, "I can't");
         assert_eq!(text(""), Event::Nothing);
         assert_eq!(text("event: message"), Event::Nothing);
         assert!(matches!(
