@@ -93,6 +93,38 @@ struct Inner {
     tokens: Arc<Tokens>,
     /// How long an invitation stays valid.
     invite_ttl: Duration,
+    /// One user's joining and leaving of one room, one at a time: the
+    /// binding follows the membership in the order they were stored (a
+    /// join and a leave racing could otherwise store "left" and bind
+    /// "joined", a hidden listener).
+    membership: Membership,
+}
+
+/// Locks striped by (user, room): bounded, whatever the number of rooms.
+struct Membership {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    hasher: std::hash::RandomState,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Membership")
+    }
+}
+
+impl Membership {
+    fn new() -> Self {
+        Self {
+            stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    async fn of(&self, user: &UserId, room: RoomId) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::BuildHasher;
+        let stripe = self.hasher.hash_one((user, room)) as usize % self.stripes.len();
+        self.stripes[stripe].lock().await
+    }
 }
 
 /// How often a failing rooms database is said in the log (a flood of
@@ -138,6 +170,7 @@ impl Rooms {
                 queues,
                 tokens,
                 invite_ttl,
+                membership: Membership::new(),
             })),
         }
     }
@@ -171,8 +204,10 @@ impl Rooms {
             .tokens
             .verify_room_invite(invitation)
             .map_err(|_| ErrorCode::InvalidRoomToken)?;
+        let turn = rooms.membership.of(user, room).await;
         let summary = rooms.store.join(room, user).await.map_err(store_error)?;
         rooms.bind(user, room, true).await?;
+        drop(turn);
         rooms.queues.announce(user, room, true).await;
         Ok(summary)
     }
@@ -180,11 +215,13 @@ impl Rooms {
     /// `user` leaves `room`: its messages stop reaching them.
     pub async fn leave(&self, user: &UserId, room: RoomId) -> Result<(), ErrorCode> {
         let rooms = self.on()?;
+        let turn = rooms.membership.of(user, room).await;
         if !rooms.store.leave(room, user).await.map_err(store_error)? {
             return Err(ErrorCode::NotAMember);
         }
         // The queue may be gone already (expired): nothing left to unbind then.
         let _ = rooms.bind(user, room, false).await;
+        drop(turn);
         rooms.queues.announce(user, room, false).await;
         Ok(())
     }

@@ -91,7 +91,6 @@ async fn not_found() -> OpenAiError {
     ErrorCode::NotFound.into()
 }
 
-
 /// `GET /v1/models`: the models this deployment offers (`openai_api.models`).
 async fn models(
     auth: Result<Authenticated, ApiError>,

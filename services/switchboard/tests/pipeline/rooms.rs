@@ -497,3 +497,58 @@ async fn members_are_told_when_someone_joins_comes_online_goes_offline_and_leave
     leave(&stack, &bob_guest, room).await;
     assert_eq!(presence_of(&mut alice, &bob).await, (false, false));
 }
+
+#[tokio::test]
+async fn a_join_and_a_leave_racing_never_leave_a_hidden_listener() {
+    // Many requests in a row from one user: not what the rate limit is about.
+    let stack =
+        TestStack::start_with(1, Mock::default(), |s| s.rate_limit.api_burst = 10_000).await;
+    let (alice_guest, mut alice) = stack.client().await;
+    let (bob_guest, mut bob) = stack.client().await;
+    let (room, invite) = create_room(&stack, &alice_guest).await;
+    let leave_path = format!("/api/rooms/{room}/leave");
+    for round in 0..20 {
+        // Joined, then a leave and a join at once.
+        join(&stack, &bob_guest, &invite).await;
+        let invitation = json!({"invite_token": invite});
+        let (left, joined) = tokio::join!(
+            call(&stack, "POST", &leave_path, &bob_guest.token, Value::Null),
+            call(
+                &stack,
+                "POST",
+                "/api/rooms/join",
+                &bob_guest.token,
+                invitation
+            ),
+        );
+        assert!(
+            left.0.is_success() && joined.0.is_success(),
+            "{left:?} {joined:?}"
+        );
+        // Then a leave for good half the time.
+        if round % 2 == 0 {
+            leave(&stack, &bob_guest, room).await;
+        }
+        let (_, rooms) = call(&stack, "GET", "/api/rooms", &bob_guest.token, Value::Null).await;
+        let member = rooms.to_string().contains(&room.to_string());
+        let said = say(&mut alice, room, &format!("round {round}")).await;
+        room_messages(&mut alice, 1).await;
+        // Anything for Bob from the room comes before the answer to what he
+        // asks now: his queue keeps its order.
+        let asked = MessageId::new_random();
+        let frame = json!({"type": "send", "id": asked, "text": format!("after round {round}")});
+        bob.send_text(&frame.to_string()).await.unwrap();
+        let mut heard = false;
+        loop {
+            match bob.next_frame().await.unwrap() {
+                ServerFrame::RoomMessage { id, .. } => heard |= id == said,
+                ServerFrame::Reply(chunk) if chunk.in_reply_to == asked && chunk.r#final => break,
+                _ => {}
+            }
+        }
+        assert_eq!(heard, member, "round {round}: hears the room iff a member");
+        if member {
+            leave(&stack, &bob_guest, room).await;
+        }
+    }
+}
