@@ -19,11 +19,14 @@
 //! This module checks membership and keeps the database and the queues'
 //! bindings in step; it knows nothing of HTTP or sockets.
 
+mod membership;
+
 use crate::auth::Tokens;
 use crate::replies::ReplyQueues;
 use crate::store::{RoomSummary, Store, StoreError, StoredMessage};
 use broker::lapin::BasicProperties;
 use broker::{Broker, PublishError, properties};
+use membership::Membership;
 use protocol::amqp::{self, ReceiptState, Role, RoomMessage, RoomReceipt, Turn};
 use protocol::topology::Names;
 use protocol::trace::TraceParent;
@@ -98,33 +101,6 @@ struct Inner {
     /// join and a leave racing could otherwise store "left" and bind
     /// "joined", a hidden listener).
     membership: Membership,
-}
-
-/// Locks striped by (user, room): bounded, whatever the number of rooms.
-struct Membership {
-    stripes: Vec<tokio::sync::Mutex<()>>,
-    hasher: std::hash::RandomState,
-}
-
-impl std::fmt::Debug for Membership {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Membership")
-    }
-}
-
-impl Membership {
-    fn new() -> Self {
-        Self {
-            stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
-            hasher: std::hash::RandomState::new(),
-        }
-    }
-
-    async fn of(&self, user: &UserId, room: RoomId) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::BuildHasher;
-        let stripe = self.hasher.hash_one((user, room)) as usize % self.stripes.len();
-        self.stripes[stripe].lock().await
-    }
 }
 
 /// How often a failing rooms database is said in the log (a flood of
