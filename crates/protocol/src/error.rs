@@ -107,6 +107,8 @@ pub enum ErrorCode {
     /// long, a tool's schema invalid, …): its reason comes with it. Asking
     /// the same again will not help.
     ModelRefused,
+    /// The user belongs to as many rooms as a user may; leave one first.
+    TooManyRooms,
     /// An unexpected server fault; details are in the server log only.
     Internal,
 }
@@ -188,6 +190,7 @@ impl ErrorCode {
             Self::InvalidParameter => "a field of the request is not valid",
             Self::ModelNotFound => "no such model here",
             Self::ModelRefused => "the model refused the request",
+            Self::TooManyRooms => "you are in as many rooms as a user may be; leave one first",
             Self::Internal => "internal error",
         }
     }
@@ -211,7 +214,9 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
             Self::NotAWebsocket => 426,
-            Self::NothingToCancel | Self::IdTaken | Self::StreamTakenOver => 409,
+            Self::NothingToCancel | Self::IdTaken | Self::StreamTakenOver | Self::TooManyRooms => {
+                409
+            }
             Self::AnswerExpired => 410,
             Self::TextTooLong => 413,
             Self::TooManySockets
@@ -269,12 +274,13 @@ impl ErrorCode {
             Self::InvalidParameter => "invalid_parameter",
             Self::ModelNotFound => "model_not_found",
             Self::ModelRefused => "model_refused",
+            Self::TooManyRooms => "too_many_rooms",
             Self::Internal => "internal",
         }
     }
 
     /// Every code, for documentation checks and exhaustive tests.
-    pub const ALL: [ErrorCode; 40] = [
+    pub const ALL: [ErrorCode; 41] = [
         Self::InvalidJson,
         Self::InvalidFrame,
         Self::UnknownType,
@@ -314,6 +320,7 @@ impl ErrorCode {
         Self::InvalidParameter,
         Self::ModelNotFound,
         Self::ModelRefused,
+        Self::TooManyRooms,
         Self::Internal,
     ];
 }

@@ -142,6 +142,7 @@ impl Gateway {
                 replies.queues(),
                 tokens.clone(),
                 Duration::from_secs(settings.rooms.invite_ttl_secs),
+                settings.rooms.max_rooms_per_user,
             ),
             None => Rooms::off(),
         };

@@ -96,6 +96,8 @@ struct Inner {
     tokens: Arc<Tokens>,
     /// How long an invitation stays valid.
     invite_ttl: Duration,
+    /// Rooms one user may belong to.
+    max_rooms: usize,
     /// One user's joining and leaving of one room, one at a time: the
     /// binding follows the membership in the order they were stored (a
     /// join and a leave racing could otherwise store "left" and bind
@@ -138,6 +140,7 @@ impl Rooms {
         queues: ReplyQueues,
         tokens: Arc<Tokens>,
         invite_ttl: Duration,
+        max_rooms: usize,
     ) -> Self {
         Self {
             inner: Some(Arc::new(Inner {
@@ -146,6 +149,7 @@ impl Rooms {
                 queues,
                 tokens,
                 invite_ttl,
+                max_rooms,
                 membership: Membership::new(),
             })),
         }
@@ -159,6 +163,7 @@ impl Rooms {
     /// its first member.
     pub async fn create(&self, user: &UserId, name: &str) -> Result<RoomCreated, ErrorCode> {
         let rooms = self.on()?;
+        rooms.room_for_one_more(user, None).await?;
         let id = rooms.store.create(name, user).await.map_err(store_error)?;
         rooms.bind(user, id, true).await?;
         Ok(RoomCreated {
@@ -181,6 +186,7 @@ impl Rooms {
             .verify_room_invite(invitation)
             .map_err(|_| ErrorCode::InvalidRoomToken)?;
         let turn = rooms.membership.of(user, room).await;
+        rooms.room_for_one_more(user, Some(room)).await?;
         let summary = rooms.store.join(room, user).await.map_err(store_error)?;
         rooms.bind(user, room, true).await?;
         drop(turn);
@@ -342,6 +348,21 @@ impl Inner {
 
     /// Routes the room into `user`'s reply queue (declared first if need
     /// be), or stops.
+    /// `too_many_rooms` when `user` belongs to as many rooms as a user
+    /// may (joining one they are in already is always fine).
+    async fn room_for_one_more(
+        &self,
+        user: &UserId,
+        joining: Option<RoomId>,
+    ) -> Result<(), ErrorCode> {
+        let theirs = self.store.rooms_of(user).await.map_err(store_error)?;
+        let again = joining.is_some_and(|room| theirs.iter().any(|r| r.id == room));
+        if !again && theirs.len() >= self.max_rooms {
+            return Err(ErrorCode::TooManyRooms);
+        }
+        Ok(())
+    }
+
     async fn bind(&self, user: &UserId, room: RoomId, bound: bool) -> Result<(), ErrorCode> {
         if bound && !self.queues.ensure(user).await {
             return Err(ErrorCode::BrokerUnavailable);

@@ -224,4 +224,7 @@ pub struct RoomsSettings {
     pub max_connections: usize,
     /// Lifetime of room invitations.
     pub invite_ttl_secs: u64,
+    /// Rooms one user may belong to; one more (created or joined) is
+    /// `409 too_many_rooms`.
+    pub max_rooms_per_user: usize,
 }

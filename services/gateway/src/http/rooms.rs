@@ -60,6 +60,13 @@ fn room_id(raw: &str) -> Result<RoomId, ApiError> {
         .map_err(|_| ApiError::new(ErrorCode::InvalidId, "the room id must be a UUID"))
 }
 
+/// Whether `c` shows: not white space, nor a zero-width or direction mark
+/// (a name of those only would be an invisible room).
+fn visible(c: char) -> bool {
+    !c.is_whitespace()
+        && !matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// `POST /api/rooms {"name"}`: a new room, with its creator as member.
 async fn create(
     State(rooms): State<Rooms>,
@@ -67,7 +74,7 @@ async fn create(
     JsonBody(body): JsonBody<CreateRoom>,
 ) -> Result<(StatusCode, Json<RoomCreated>), ApiError> {
     let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+    if !name.chars().any(visible) || name.chars().count() > MAX_NAME_CHARS {
         return Err(ApiError::new(
             ErrorCode::InvalidFrame,
             format!("a room needs a name of 1 to {MAX_NAME_CHARS} characters"),

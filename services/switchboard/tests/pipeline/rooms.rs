@@ -552,3 +552,56 @@ async fn a_join_and_a_leave_racing_never_leave_a_hidden_listener() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_user_is_in_only_so_many_rooms_and_an_invisible_name_is_refused() {
+    let stack = TestStack::start_with(1, Mock::default(), |s| s.rooms.max_rooms_per_user = 2).await;
+    let (alice, _) = stack.client().await;
+    let (bob, _) = stack.client().await;
+    create_room(&stack, &alice).await;
+    let (second, _) = create_room(&stack, &alice).await;
+    let (_, bobs_invite) = create_room(&stack, &bob).await;
+    let (status, body) = call(
+        &stack,
+        "POST",
+        "/api/rooms",
+        &alice.token,
+        json!({"name": "third"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("too_many_rooms"))
+    );
+    let invitation = json!({"invite_token": bobs_invite});
+    let (status, body) = call(
+        &stack,
+        "POST",
+        "/api/rooms/join",
+        &alice.token,
+        invitation.clone(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("too_many_rooms"))
+    );
+    leave(&stack, &alice, second).await;
+    join(&stack, &alice, &bobs_invite).await;
+    join(&stack, &alice, &bobs_invite).await;
+    for name in ["\u{200B}\u{200B}", " \u{FEFF} ", "\u{202E}"] {
+        let (status, body) = call(
+            &stack,
+            "POST",
+            "/api/rooms",
+            &bob.token,
+            json!({"name": name}),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_frame")),
+            "{name:?}"
+        );
+    }
+}
