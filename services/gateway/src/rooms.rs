@@ -19,13 +19,15 @@
 //! This module checks membership and keeps the database and the queues'
 //! bindings in step; it knows nothing of HTTP or sockets.
 
+mod errors;
 mod membership;
 
 use crate::auth::Tokens;
 use crate::replies::ReplyQueues;
-use crate::store::{RoomSummary, Store, StoreError, StoredMessage};
+use crate::store::{RoomSummary, Store, StoredMessage};
 use broker::lapin::BasicProperties;
 use broker::{Broker, PublishError, properties};
+use errors::store_error;
 use membership::Membership;
 use protocol::amqp::{self, ReceiptState, Role, RoomMessage, RoomReceipt, Turn};
 use protocol::topology::Names;
@@ -105,29 +107,6 @@ struct Inner {
     membership: Membership,
 }
 
-/// How often a failing rooms database is said in the log (a flood of
-/// requests must not become a flood of log lines).
-const STORE_WARN_EVERY: Duration = Duration::from_secs(10);
-
-fn store_error(error: StoreError) -> ErrorCode {
-    match error {
-        StoreError::NoSuchRoom => ErrorCode::NotAMember,
-        StoreError::IdTaken => ErrorCode::IdTaken,
-        other => {
-            static SAID: std::sync::Mutex<Option<(std::time::Instant, u64)>> =
-                std::sync::Mutex::new(None);
-            let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
-            let since = said.get_or_insert((std::time::Instant::now() - STORE_WARN_EVERY, 0));
-            since.1 += 1;
-            if since.0.elapsed() >= STORE_WARN_EVERY {
-                warn!(error = %other, failures = since.1, "rooms database failed");
-                *since = (std::time::Instant::now(), 0);
-            }
-            ErrorCode::RoomsUnavailable
-        }
-    }
-}
-
 impl Rooms {
     /// Rooms turned off on purpose: every call answers `rooms_disabled`.
     pub fn off() -> Self {
@@ -163,7 +142,7 @@ impl Rooms {
     /// its first member.
     pub async fn create(&self, user: &UserId, name: &str) -> Result<RoomCreated, ErrorCode> {
         let rooms = self.on()?;
-        rooms.room_for_one_more(user, None).await?;
+        membership::room_for_one_more(&rooms.store, user, None, rooms.max_rooms).await?;
         let id = rooms.store.create(name, user).await.map_err(store_error)?;
         rooms.bind(user, id, true).await?;
         Ok(RoomCreated {
@@ -186,7 +165,7 @@ impl Rooms {
             .verify_room_invite(invitation)
             .map_err(|_| ErrorCode::InvalidRoomToken)?;
         let turn = rooms.membership.of(user, room).await;
-        rooms.room_for_one_more(user, Some(room)).await?;
+        membership::room_for_one_more(&rooms.store, user, Some(room), rooms.max_rooms).await?;
         let summary = rooms.store.join(room, user).await.map_err(store_error)?;
         rooms.bind(user, room, true).await?;
         drop(turn);
@@ -348,21 +327,6 @@ impl Inner {
 
     /// Routes the room into `user`'s reply queue (declared first if need
     /// be), or stops.
-    /// `too_many_rooms` when `user` belongs to as many rooms as a user
-    /// may (joining one they are in already is always fine).
-    async fn room_for_one_more(
-        &self,
-        user: &UserId,
-        joining: Option<RoomId>,
-    ) -> Result<(), ErrorCode> {
-        let theirs = self.store.rooms_of(user).await.map_err(store_error)?;
-        let again = joining.is_some_and(|room| theirs.iter().any(|r| r.id == room));
-        if !again && theirs.len() >= self.max_rooms {
-            return Err(ErrorCode::TooManyRooms);
-        }
-        Ok(())
-    }
-
     async fn bind(&self, user: &UserId, room: RoomId, bound: bool) -> Result<(), ErrorCode> {
         if bound && !self.queues.ensure(user).await {
             return Err(ErrorCode::BrokerUnavailable);
