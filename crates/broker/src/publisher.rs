@@ -27,7 +27,7 @@ pub struct PendingConfirm {
 
 impl Publisher {
     /// `channel` must already be in confirm mode.
-    pub(crate) fn new(channel: Channel, timeout: Duration) -> Self {
+    pub fn new(channel: Channel, timeout: Duration) -> Self {
         Self { channel, timeout }
     }
 

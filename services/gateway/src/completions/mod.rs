@@ -73,6 +73,7 @@ impl Completions {
             notes: Arc::new(Mutex::new(Some(gathered))),
             shared: Arc::new(Shared {
                 notes,
+                notes_channel: tokio::sync::Mutex::new(None),
                 broker,
                 settings,
                 gateway,

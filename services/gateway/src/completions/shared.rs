@@ -2,7 +2,8 @@
 //! gateway's name in the notes, and the marks it reads back.
 
 use super::table::{Keep, Table};
-use broker::{Broker, properties};
+use broker::lapin::options::ConfirmSelectOptions;
+use broker::{Broker, Publisher, properties};
 use protocol::ErrorCode;
 use protocol::amqp::{self, Completion, CompletionNote, Note, ReplyChunk};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,8 @@ pub(super) struct Shared {
     /// The last mark written, and the last of ours read back.
     pub(super) marks_written: AtomicU64,
     pub(super) marks_read: watch::Sender<u64>,
+    /// The notes' own publisher, and the session it belongs to.
+    pub(super) notes_channel: tokio::sync::Mutex<Option<(u64, Publisher)>>,
     /// To the gatherer of `opened` and `delivered` notes.
     pub(super) notes: mpsc::Sender<Noted>,
     /// One mark in flight at a time, whatever the number of waiting resumes.
@@ -55,10 +58,9 @@ impl Shared {
     /// Writes `note` to the stream: confirmed, or (`confirmed: false`) as
     /// a best effort.
     pub(super) async fn write(&self, note: Note, confirmed: bool) -> Result<(), ErrorCode> {
-        let session = self.broker.current().ok_or(ErrorCode::BrokerUnavailable)?;
+        let publisher = self.notes_publisher().await?;
         let note = CompletionNote::new(note);
         let stream = self.broker.names().completions_stream();
-        let publisher = session.publisher();
         let (body, props) = (amqp::encode(&note), properties::completion_note());
         if confirmed {
             publisher.publish("", &stream, &body, props).await
@@ -68,6 +70,31 @@ impl Shared {
                 .await
         }
         .map_err(|e| e.code())
+    }
+
+    /// The notes' own channel on the live session (opened once per
+    /// session): a stream that is slow to take them — its leader moving
+    /// after a node was lost — never holds up the requests' confirms on
+    /// the session's publisher.
+    async fn notes_publisher(&self) -> Result<Publisher, ErrorCode> {
+        let session = self.broker.current().ok_or(ErrorCode::BrokerUnavailable)?;
+        let mut cached = self.notes_channel.lock().await;
+        if let Some((generation, publisher)) = cached.as_ref()
+            && *generation == session.generation()
+        {
+            return Ok(publisher.clone());
+        }
+        let channel = session
+            .open_channel()
+            .await
+            .map_err(|_| ErrorCode::BrokerUnavailable)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|_| ErrorCode::BrokerUnavailable)?;
+        let publisher = Publisher::new(channel, self.broker.settings().publish_timeout());
+        *cached = Some((session.generation(), publisher.clone()));
+        Ok(publisher)
     }
 
     /// Hands `noted` to the gatherer ([`super::notes`]); dropped (and

@@ -264,7 +264,10 @@ async fn sse_clients_resume_on_another_gateway_when_their_gateways_node_dies() {
         async |_: &Stack, _: &mut Vec<_>, _: &mut Vec<_>, tally: &crate::sse::Tally| {
             // Mid-stream, the node of the gateway streaming every answer
             // dies; its clients cut their streams and resume on the other
-            // gateway, on another node.
+            // gateway, on another node. (Once every replica is running: a
+            // node lost while a new queue's replicas start is not the
+            // fault this is about.)
+            all_replicas_online().await;
             node(&["kill", "a"]).await;
             tally.cut_streams();
         },
@@ -276,6 +279,18 @@ async fn sse_clients_resume_on_another_gateway_when_their_gateways_node_dies() {
         "cluster: SIGKILL the streaming gateway's node, SSE clients resume elsewhere",
         &tally,
     );
+}
+
+/// Waits until every quorum queue and stream of the cluster has its three
+/// replicas running.
+async fn all_replicas_online() {
+    testkit::wait_until_async("every replica online", async || {
+        let out = Cluster::run(&["ctl", "-q", "list_queues", "name", "type", "online"]).await;
+        out.lines()
+            .filter(|l| l.contains("quorum") || l.contains("stream"))
+            .all(|l| l.matches("rabbit-").count() == 3)
+    })
+    .await;
 }
 
 /// Each node's count of Erlang atoms (never reclaimed while it runs).
