@@ -42,6 +42,10 @@ impl Tally {
         self.cut.send_modify(|n| *n += 1);
     }
 
+    pub fn streams_open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
     pub fn resumed(&self) -> usize {
         self.resumes.load(Ordering::SeqCst)
     }
